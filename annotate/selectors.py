@@ -1,0 +1,95 @@
+"""Annotation reads, permission-checked and with their related rows fetched in bulk."""
+
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Prefetch, Q
+from django.http import Http404
+from django.utils import timezone
+
+from catalog.models import ProductImage
+from mlcore.models import EmbeddingRun
+
+from . import roles
+from .models import Answer, Campaign, Task, TaskCandidate
+
+
+def _require_verifier(user) -> None:
+    if not roles.user_has_role(user, *roles.VERIFY_ROLES):
+        raise PermissionDenied("Verifying matches needs the employee or admin role.")
+
+
+def campaigns_for_user(user):
+    """Campaigns `user` may verify, newest first (empty for other roles)."""
+    if not roles.user_has_role(user, *roles.VERIFY_ROLES):
+        return Campaign.objects.none()
+    return Campaign.objects.exclude(status=Campaign.Status.PAUSED).order_by("-created_at")
+
+
+def get_campaign_for_user(user, slug: str) -> Campaign:
+    """The campaign `slug` if `user` may verify it.
+
+    Raises:
+        PermissionDenied: the user lacks the employee/admin role.
+        Http404: no such campaign, or it is paused.
+    """
+    _require_verifier(user)
+    campaign = Campaign.objects.select_related("model_version").filter(slug=slug).first()
+    if campaign is None or campaign.status == Campaign.Status.PAUSED:
+        raise Http404("No such campaign.")
+    return campaign
+
+
+def _task_queryset():
+    return Task.objects.select_related("photo", "campaign").prefetch_related(
+        Prefetch(
+            "candidates",
+            queryset=TaskCandidate.objects.select_related("product", "product__retailer").prefetch_related(
+                Prefetch("product__images", queryset=ProductImage.objects.order_by("position", "pk"))
+            ),
+        ),
+    )
+
+
+def task_with_candidates(task_id: int) -> Task:
+    """A task with its photo, campaign and candidates (product, retailer, images) in 4 queries."""
+    return _task_queryset().get(pk=task_id)
+
+
+def get_task_for_user(user, uuid) -> Task:
+    """The task `uuid` with its candidates, if `user` may answer it.
+
+    Raises:
+        PermissionDenied: the user lacks the employee/admin role.
+        Http404: no such task (or a malformed uuid).
+    """
+    _require_verifier(user)
+    try:
+        return _task_queryset().get(uuid=uuid)
+    except (Task.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such task.") from None
+
+
+def campaign_progress(campaign: Campaign) -> dict:
+    """Counts for the campaign header and the preparing screen.
+
+    Returns {"task_count", "complete_count", "answer_count", "runs": [EmbeddingRun, ...]}.
+    """
+    counts = Task.objects.filter(campaign=campaign).aggregate(
+        task_count=Count("pk"), complete_count=Count("pk", filter=Q(status=Task.Status.COMPLETE))
+    )
+    counts["answer_count"] = Answer.objects.filter(task__campaign=campaign, revoked_at__isnull=True).count()
+    runs = []
+    if campaign.model_version_id:
+        latest = {}
+        for run in EmbeddingRun.objects.filter(model_version_id=campaign.model_version_id).order_by("-created_at")[:10]:
+            latest.setdefault(run.target, run)
+        runs = [latest[t] for t in (EmbeddingRun.Target.PRODUCTS, EmbeddingRun.Target.PHOTOS) if t in latest]
+    counts["runs"] = runs
+    return counts
+
+
+def annotator_today_count(user, campaign: Campaign) -> int:
+    """Answers `user` gave in `campaign` since midnight (server time zone), undone ones excluded."""
+    midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    return Answer.objects.filter(
+        annotator=user, task__campaign=campaign, revoked_at__isnull=True, created_at__gte=midnight
+    ).count()

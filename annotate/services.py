@@ -1,0 +1,344 @@
+"""Annotation writes: campaign preparation, routing (task_next_for), answers and undo."""
+
+import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
+
+from celery import chain
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from catalog.models import Photo, Product
+from mlcore import services as ml_services
+from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
+from mlcore.tasks import embed_run_task
+
+from .models import Answer, Campaign, Lease, Task, TaskCandidate
+
+logger = logging.getLogger(__name__)
+
+SHUFFLE_SPACE = 2**31
+UNDO_WINDOW = timedelta(minutes=10)
+MAX_DURATION_MS = 6 * 60 * 60 * 1000
+
+
+class AnswerInvalid(ValueError):
+    """The answer's fields are wrong; `errors` maps field name to a list of reasons."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
+        self.errors = errors
+
+
+class AnswerConflict(Exception):
+    """The answer cannot be taken in the task's current state. `code` is machine-readable."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- campaigns ---------------------------------------------------------------------------------------
+
+
+def campaign_create(*, slug: str, name: str, model_version: ModelVersion, created_by=None, **fields) -> Campaign:
+    """Create a match campaign (or return the one with this slug). Idempotent on slug."""
+    campaign, _ = Campaign.objects.get_or_create(
+        slug=slug, defaults={"name": name, "model_version": model_version, "created_by": created_by, **fields}
+    )
+    return campaign
+
+
+def campaign_prepare(*, campaign: Campaign) -> tuple[EmbeddingRun, EmbeddingRun]:
+    """Queue the suggestion pipeline: embed products, embed photos (queue gpu), then build tasks.
+
+    The Celery chain is sent after the surrounding transaction commits. Safe to call again: each
+    step only does what is missing.
+
+    Returns the two EmbeddingRun rows (products, photos), whose progress the UI shows.
+    """
+    version = campaign.model_version
+    with transaction.atomic():
+        Campaign.objects.filter(pk=campaign.pk).exclude(status=Campaign.Status.ACTIVE).update(
+            status=Campaign.Status.PREPARING, status_detail=""
+        )
+        products_run = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+        photos_run = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PHOTOS)
+        from .tasks import campaign_tasks_build_task
+
+        pipeline = chain(
+            embed_run_task.si(products_run.pk),
+            embed_run_task.si(photos_run.pk),
+            campaign_tasks_build_task.si(campaign.pk),
+        )
+        transaction.on_commit(pipeline.delay)
+    return products_run, photos_run
+
+
+def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
+    """Create a task for every photo that has an embedding and no task yet in the campaign, with the
+    model's top `candidate_count` products (cosine similarity, mlcore.services.photos_topk_products)
+    as its candidates in model order. Marks the campaign ACTIVE.
+
+    Idempotent: (campaign, photo) is unique, so a second run creates nothing. Each batch is one
+    transaction. Returns the number of tasks created.
+
+    Raises:
+        mlcore.services.EmbeddingsMissing: the products were not embedded.
+    """
+    campaign = Campaign.objects.select_related("model_version").filter(pk=campaign_id).first()
+    if campaign is None:
+        logger.warning("campaign %s no longer exists", campaign_id)
+        return 0
+    version = campaign.model_version
+    k = campaign.candidate_count
+    rng = random.Random()
+    created = 0
+    while True:
+        has_task = Task.objects.filter(campaign=campaign, photo=OuterRef("pk"))
+        embedded = PhotoEmbedding.objects.filter(model_version=version, photo=OuterRef("pk"))
+        photo_ids = list(
+            Photo.objects.filter(Exists(embedded)).exclude(Exists(has_task)).order_by("pk").values_list("pk", flat=True)[
+                :batch_size
+            ]
+        )
+        if not photo_ids:
+            break
+        suggestions = ml_services.photos_topk_products(version=version, photo_ids=photo_ids, k=k)
+        with transaction.atomic():
+            tasks = [
+                Task(campaign=campaign, photo_id=photo_id, shuffle_key=rng.randrange(SHUFFLE_SPACE))
+                for photo_id in photo_ids
+                if len(suggestions.get(photo_id, ())) == k
+            ]
+            if not tasks:
+                break
+            Task.objects.bulk_create(tasks, ignore_conflicts=True)
+            by_photo = dict(
+                Task.objects.filter(campaign=campaign, photo_id__in=[t.photo_id for t in tasks])
+                .annotate(n=Count("candidates"))
+                .filter(n=0)
+                .values_list("photo_id", "pk")
+            )
+            TaskCandidate.objects.bulk_create(
+                [
+                    TaskCandidate(task_id=task_id, product_id=product_id, rank=rank, score=score)
+                    for photo_id, task_id in by_photo.items()
+                    for rank, (product_id, score) in enumerate(suggestions[photo_id], start=1)
+                ],
+                ignore_conflicts=True,
+            )
+            created += len(by_photo)
+    Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.PREPARING).update(
+        status=Campaign.Status.ACTIVE, status_detail=""
+    )
+    return created
+
+
+# -- routing -----------------------------------------------------------------------------------------
+
+
+def _open_for(*, user, campaign: Campaign, now):
+    """Open tasks of `campaign` that `user` has not answered and that still have a free slot:
+    answers so far + active leases of other people < answers_per_task."""
+    answered = Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True)
+    held = (
+        Lease.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
+        .exclude(annotator=user)
+        .order_by()
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        Task.objects.filter(campaign=campaign, status=Task.Status.OPEN)
+        .exclude(Exists(answered))
+        .annotate(held_count=Coalesce(Subquery(held), 0))
+        .filter(answer_count__lt=campaign.answers_per_task - F("held_count"))
+    )
+
+
+def _first_from_seed(queryset, seed: int):
+    """The first row in shuffle order at or after `seed`, wrapping round to the start."""
+    after = queryset.filter(shuffle_key__gte=seed).order_by("shuffle_key").first()
+    return after or queryset.filter(shuffle_key__lt=seed).order_by("shuffle_key").first()
+
+
+def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
+    """Hand `user` their next task in `campaign`, leased to them for campaign.lease_seconds.
+
+    A person holding an unexpired lease on an open, unanswered task gets that task again (a page
+    reload does not skip work). Otherwise the first task in the session's shuffled order (a seeded
+    rotation of each task's random shuffle_key) that the person has not answered and that still
+    has room: answers + other people's live leases < answers_per_task. The person's other leases
+    in the campaign are released.
+
+    Locks: the chosen Task row (select_for_update skip_locked on PostgreSQL, so two people never
+    race for the last slot; SQLite serialises writers). Idempotent while the lease lives.
+
+    Returns the Task, or None when nothing is left for this person.
+    """
+    seed %= SHUFFLE_SPACE
+    now = timezone.now()
+    with transaction.atomic():
+        lease = (
+            Lease.objects.filter(
+                annotator=user, task__campaign=campaign, task__status=Task.Status.OPEN, expires_at__gt=now
+            )
+            .exclude(Exists(Answer.objects.filter(task=OuterRef("task"), annotator=user, revoked_at__isnull=True)))
+            .select_related("task")
+            .order_by("-created_at")
+            .first()
+        )
+        if lease is not None:
+            return lease.task
+        queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(skip_locked=True, of=("self",))
+        task = _first_from_seed(queryset, seed)
+        Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
+        if task is None:
+            return None
+        Lease.objects.update_or_create(
+            task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
+        )
+    return task
+
+
+def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Task | None:
+    """The task `task_next_for` would most likely hand out after `current`, without leasing it.
+
+    Used only to prefetch the next task's images; no lock, no write.
+    """
+    queryset = _open_for(user=user, campaign=campaign, now=timezone.now()).exclude(pk=current.pk)
+    return _first_from_seed(queryset, current.shuffle_key)
+
+
+# -- answers -----------------------------------------------------------------------------------------
+
+
+def answer_validate(*, task: Task, choice: str, product_uuid, duration_ms, idempotency_key) -> tuple[str, Product | None, int, str]:
+    """Check an answer's fields against the task. Returns (choice, product or None, duration_ms, key).
+
+    Raises:
+        AnswerInvalid: with every field's reasons at once.
+    """
+    errors: dict[str, list[str]] = {}
+    if choice not in Answer.Choice.values:
+        errors["choice"] = [f"must be one of {', '.join(Answer.Choice.values)}"]
+    product = None
+    if choice == Answer.Choice.PRODUCT:
+        if not product_uuid:
+            errors["product"] = ["required when choice is product"]
+        else:
+            product = next(
+                (c.product for c in task.candidates.all() if str(c.product.uuid) == str(product_uuid)), None
+            )
+            if product is None:
+                errors["product"] = ["is not one of this task's candidates"]
+    elif product_uuid:
+        errors["product"] = ["must be empty unless choice is product"]
+    try:
+        duration_ms = int(duration_ms)
+        if not 0 <= duration_ms <= MAX_DURATION_MS:
+            raise ValueError
+    except (TypeError, ValueError):
+        errors["duration_ms"] = [f"must be an integer between 0 and {MAX_DURATION_MS}"]
+    key = str(idempotency_key or "").strip()
+    if not 1 <= len(key) <= 80:
+        errors["idempotency_key"] = ["must be 1 to 80 characters"]
+    if errors:
+        raise AnswerInvalid(errors)
+    return choice, product, duration_ms, key
+
+
+def answer_submit(
+    *, user, task: Task, choice: str, product_uuid=None, duration_ms, idempotency_key: str
+) -> tuple[Answer, bool]:
+    """Record `user`'s answer to `task`.
+
+    Locks the Task row (select_for_update) for the whole check-and-write, so double submits and
+    people racing for the last slot are serialised. Idempotent on (user, idempotency_key): the same
+    key again returns the first answer and created=False, whatever arrives second.
+
+    Returns:
+        (answer, created).
+
+    Raises:
+        AnswerInvalid: bad fields (nothing written).
+        AnswerConflict: code "idempotency_key_reused" (the key belongs to another answer),
+            "already_answered", "task_complete", or "leased_to_other" (every remaining slot is
+            reserved for other people).
+    """
+    choice, product, duration_ms, key = answer_validate(
+        task=task, choice=choice, product_uuid=product_uuid, duration_ms=duration_ms, idempotency_key=idempotency_key
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().select_related("campaign").get(pk=task.pk)
+        previous = Answer.objects.filter(annotator=user, idempotency_key=key).first()
+        if previous is not None:
+            if previous.task_id != task.pk or previous.choice != choice or previous.product_id != getattr(product, "pk", None):
+                raise AnswerConflict(
+                    "idempotency_key_reused", "This idempotency key was already used for a different answer."
+                )
+            return previous, False
+        if Answer.objects.filter(task=locked, annotator=user, revoked_at__isnull=True).exists():
+            raise AnswerConflict("already_answered", "You have already answered this task.")
+        if locked.status == Task.Status.COMPLETE:
+            raise AnswerConflict("task_complete", "This task already has all the answers it needs.")
+        leases = Lease.objects.filter(task=locked, expires_at__gt=now)
+        if not leases.filter(annotator=user).exists():
+            held_by_others = leases.exclude(annotator=user).count()
+            if locked.answer_count + held_by_others >= locked.campaign.answers_per_task:
+                raise AnswerConflict("leased_to_other", "This task is reserved for other annotators right now.")
+        try:
+            with transaction.atomic():
+                answer = Answer.objects.create(
+                    task=locked, annotator=user, choice=choice, product=product, duration_ms=duration_ms,
+                    idempotency_key=key,
+                )
+        except IntegrityError:
+            # Only reachable if a constraint is hit outside the lock's protection (another task's
+            # lock holder using the same key): report the key reuse rather than a 500.
+            raise AnswerConflict("idempotency_key_reused", "This idempotency key was already used.") from None
+        complete = locked.answer_count + 1 >= locked.campaign.answers_per_task
+        Task.objects.filter(pk=locked.pk).update(
+            answer_count=F("answer_count") + 1,
+            status=Task.Status.COMPLETE if complete else Task.Status.OPEN,
+            completed_at=now if complete else None,
+        )
+        Lease.objects.filter(task=locked, annotator=user).delete()
+    return answer, True
+
+
+def answer_undo_last(*, user, campaign: Campaign) -> Task | None:
+    """Revoke `user`'s most recent answer in `campaign` (within UNDO_WINDOW) and lease its task back
+    to them, so it is their next task. The answer row is kept with revoked_at set.
+
+    Locks the task row. Returns the task, or None when there is nothing to undo.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        answer = (
+            Answer.objects.filter(
+                annotator=user, task__campaign=campaign, revoked_at__isnull=True, created_at__gte=now - UNDO_WINDOW
+            )
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+        if answer is None:
+            return None
+        task = Task.objects.select_for_update().get(pk=answer.task_id)
+        Answer.objects.filter(pk=answer.pk).update(revoked_at=now)
+        Task.objects.filter(pk=task.pk).update(
+            answer_count=F("answer_count") - 1, status=Task.Status.OPEN, completed_at=None
+        )
+        Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
+        Lease.objects.update_or_create(
+            task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
+        )
+        task.refresh_from_db()
+    return task

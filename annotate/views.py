@@ -1,0 +1,120 @@
+"""HTML pages: campaign list and the keyboard-first verify page (htmx partials)."""
+
+import random
+import uuid
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from . import roles, selectors, services
+from .models import Campaign
+
+SEED_SESSION_KEY = "fitcheck_queue_seed"
+
+
+def _session_seed(request) -> int:
+    """A random seed per login session: it picks where in the shuffled queue this person starts."""
+    if SEED_SESSION_KEY not in request.session:
+        request.session[SEED_SESSION_KEY] = random.randrange(services.SHUFFLE_SPACE)
+    return request.session[SEED_SESSION_KEY]
+
+
+@login_required
+@require_GET
+def home(request):
+    campaigns = list(selectors.campaigns_for_user(request.user))
+    return render(
+        request,
+        "annotate/home.html",
+        {"campaigns": campaigns, "roles": sorted(roles.user_roles(request.user))},
+    )
+
+
+def _task_context(request, campaign: Campaign, *, notice: str = "", notice_level: str = "info") -> dict:
+    context = {"campaign": campaign, "notice": notice, "notice_level": notice_level, "task": None, "peek": None}
+    progress = selectors.campaign_progress(campaign)
+    context["progress"] = progress
+    context["today_count"] = selectors.annotator_today_count(request.user, campaign)
+    if campaign.status in (Campaign.Status.PREPARING, Campaign.Status.FAILED) and not progress["task_count"]:
+        context["state"] = campaign.status
+        return context
+    task = services.task_next_for(user=request.user, campaign=campaign, seed=_session_seed(request))
+    if task is None:
+        context["state"] = "done"
+        return context
+    context["state"] = "task"
+    context["task"] = selectors.task_with_candidates(task.pk)
+    context["idempotency_key"] = uuid.uuid4().hex
+    peek = services.task_peek_after(
+        user=request.user, campaign=campaign, seed=_session_seed(request), current=task
+    )
+    if peek is not None:
+        context["peek"] = selectors.task_with_candidates(peek.pk)
+    return context
+
+
+def _render_task(request, campaign, *, status=200, **notice):
+    context = _task_context(request, campaign, **notice)
+    template = "annotate/_task.html" if request.htmx else "annotate/verify.html"
+    return render(request, template, context, status=status)
+
+
+@login_required
+@require_GET
+def verify(request, slug):
+    campaign = selectors.get_campaign_for_user(request.user, slug)
+    return _render_task(request, campaign)
+
+
+def _parse_pick(value: str) -> tuple[str, str | None]:
+    """"product:<uuid>" → ("product", uuid); "none" → ("none", None)."""
+    choice, _, product = (value or "").partition(":")
+    return choice, product or None
+
+
+@login_required
+@require_POST
+def verify_answer(request, slug):
+    campaign = selectors.get_campaign_for_user(request.user, slug)
+    task = selectors.get_task_for_user(request.user, request.POST.get("task"))
+    if task.campaign_id != campaign.pk:
+        raise Http404("No such task in this campaign.")
+    choice, product = _parse_pick(request.POST.get("pick", ""))
+    notice = {}
+    try:
+        services.answer_submit(
+            user=request.user,
+            task=task,
+            choice=choice,
+            product_uuid=product,
+            duration_ms=request.POST.get("duration_ms") or 0,
+            idempotency_key=request.POST.get("idempotency_key", ""),
+        )
+    except services.AnswerInvalid as exc:
+        notice = {"notice": f"That answer was not saved: {exc}", "notice_level": "error"}
+    except services.AnswerConflict as exc:
+        notice = {"notice": f"{exc.message} Here is your next task.", "notice_level": "warning"}
+    if not request.htmx:
+        return redirect("annotate:verify", slug=campaign.slug)
+    response = _render_task(request, campaign, **notice)
+    if not notice:
+        response["HX-Trigger"] = "answer-saved"
+    return response
+
+
+@login_required
+@require_POST
+def verify_undo(request, slug):
+    campaign = selectors.get_campaign_for_user(request.user, slug)
+    task = services.answer_undo_last(user=request.user, campaign=campaign)
+    notice = (
+        {"notice": "Undone: answer it again.", "notice_level": "info"}
+        if task
+        else {"notice": "Nothing to undo.", "notice_level": "warning"}
+    )
+    if not request.htmx:
+        return redirect("annotate:verify", slug=campaign.slug)
+    return _render_task(request, campaign, **notice)
+

@@ -1,0 +1,778 @@
+"""Demo data: real Fashion-MNIST products and synthetic customer photos of them.
+
+Pure Python + numpy + Pillow + torchvision (no Django import), so the demo seeding command, the
+benchmarks and the ML tests can all use it.
+
+- `fashion_mnist_locate` / `fashion_mnist_read`: find and parse the Fashion-MNIST IDX files
+  (Xiao, Rasul & Vollgraf 2017, https://github.com/zalandoresearch/fashion-mnist).
+- `customer_photo_render`: one 28×28 product image → an RGB "customer photo" of that product
+  (background texture, tint, crop, rotation, perspective, lighting, blur, sometimes an occluder).
+- `non_product_photos`: photos that show no product at all (scikit-image's bundled samples).
+- `photo_caption`: an Instagram-style caption that tags a brand but names no product.
+- `png_bytes`: deterministic lossless PNG encoding (stable sha256 for the same pixels).
+
+Every random choice is drawn from the `numpy.random.Generator` passed in; no torch or global RNG is
+used, so the same generator state gives the same pixels (for the same numpy/torch/Pillow builds).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import contextlib
+import functools
+import gzip
+import hashlib
+import io
+import logging
+import math
+import os
+import pathlib
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from typing import Literal
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+# The four files as published at OFFICIAL_URL. `size_bytes`, `md5` and `sha256` are of the .gz file
+# as downloaded (md5s as in the upstream README and torchvision.datasets.FashionMNIST); `raw_*` are
+# of the decompressed IDX payload, which does not depend on how the file was gzipped.
+#
+# Debian's dataset-fashion-mnist package ships the same deflate streams with a rewritten gzip header
+# (strip-nondeterminism drops the FNAME field and sets MTIME to the package date), so its files are
+# len(name) + 1 bytes smaller and have different md5s, but identical `raw_sha256`. Verified by
+# re-inserting FNAME and the original MTIME (2017-08-31 10:50:06 UTC for train-*, 10:50:27 UTC for
+# t10k-*) into the Debian files: that reproduces all four official md5s byte for byte.
+FILES: dict[str, dict] = {
+    "train-images-idx3-ubyte.gz": {
+        "size_bytes": 26421880,
+        "md5": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "sha256": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "raw_size_bytes": 47040016,
+        "raw_sha256": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    },
+    "train-labels-idx1-ubyte.gz": {
+        "size_bytes": 29515,
+        "md5": "25c81989df183df01b3e8a0aad5dffbe",
+        "sha256": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "raw_size_bytes": 60008,
+        "raw_sha256": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    },
+    "t10k-images-idx3-ubyte.gz": {
+        "size_bytes": 4422102,
+        "md5": "bef4ecab320f06d8554ea6380940ec79",
+        "sha256": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "raw_size_bytes": 7840016,
+        "raw_sha256": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    },
+    "t10k-labels-idx1-ubyte.gz": {
+        "size_bytes": 5148,
+        "md5": "bb300cfdad3c16e7a12a480ee83cd310",
+        "sha256": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        "raw_size_bytes": 10008,
+        "raw_sha256": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
+ENV_VAR = "FASHION_MNIST_DIR"
+SYSTEM_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")  # Debian/Ubuntu: dataset-fashion-mnist
+DOWNLOAD_TIMEOUT_S = 30.0
+
+_SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# IDX magic numbers: two zero bytes, the type code (0x08 = unsigned byte), the number of dimensions.
+_IDX_MAGIC_IMAGES = 0x00000803
+_IDX_MAGIC_LABELS = 0x00000801
+_IMAGE_SIDE_PX = 28
+
+
+class DatasetError(Exception):
+    """The Fashion-MNIST files are missing, incomplete or corrupt; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Locating and reading Fashion-MNIST
+# ---------------------------------------------------------------------------------------------------
+
+
+def _default_download_dir() -> pathlib.Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(cache) / "fitcheck" / "fashion-mnist"
+
+
+def _missing_files(directory: pathlib.Path) -> list[str]:
+    """Names from FILES that are not a non-empty regular file in `directory`."""
+    missing = []
+    for name in FILES:
+        path = directory / name
+        try:
+            if not path.is_file() or path.stat().st_size == 0:
+                missing.append(name)
+        except OSError:
+            missing.append(name)
+    return missing
+
+
+def _download_file(name: str, directory: pathlib.Path) -> None:
+    """Download one file from OFFICIAL_URL into `directory`, verified against FILES[name].
+
+    The file is written to a temporary name and renamed only after size, md5 and sha256 match, so
+    an interrupted or corrupt download never leaves a file that a later search would accept.
+    """
+    expected = FILES[name]
+    url = OFFICIAL_URL + name
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    size = 0
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                    while chunk := response.read(1 << 20):
+                        size += len(chunk)
+                        if size > expected["size_bytes"]:
+                            raise DatasetError(
+                                f"{url}: download is larger than the expected {expected['size_bytes']} bytes"
+                            )
+                        md5.update(chunk)
+                        sha256.update(chunk)
+                        out.write(chunk)
+            except (urllib.error.URLError, TimeoutError, OSError) as exc:
+                raise DatasetError(f"{url}: download failed: {exc}") from exc
+        problems = []
+        if size != expected["size_bytes"]:
+            problems.append(f"size {size} bytes, expected {expected['size_bytes']}")
+        if md5.hexdigest() != expected["md5"]:
+            problems.append(f"md5 {md5.hexdigest()}, expected {expected['md5']}")
+        if sha256.hexdigest() != expected["sha256"]:
+            problems.append(f"sha256 {sha256.hexdigest()}, expected {expected['sha256']}")
+        if problems:
+            raise DatasetError(f"{url}: downloaded file failed verification: {'; '.join(problems)}")
+        os.replace(tmp_name, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+
+
+def fashion_mnist_locate(
+    explicit_dir: str | os.PathLike | None = None,
+    *,
+    allow_download: bool = True,
+    download_dir: str | os.PathLike | None = None,
+) -> pathlib.Path:
+    """Find a directory holding the four Fashion-MNIST .gz files, downloading them as a last resort.
+
+    Looks, in order, in `explicit_dir`, in `$FASHION_MNIST_DIR`, in SYSTEM_DIR (Debian's
+    dataset-fashion-mnist package) and in `download_dir`; the first that has all four files
+    (non-empty) wins. Files are found by name; their content is checked when `fashion_mnist_read`
+    parses them. A named directory (argument or environment variable) that lacks files is logged as
+    a warning and the search goes on.
+
+    Args:
+        explicit_dir: a directory to try first, or None.
+        allow_download: when nothing is found, download the missing files from OFFICIAL_URL (urllib,
+            DOWNLOAD_TIMEOUT_S per request) into `download_dir`, verifying size, md5 and sha256.
+        download_dir: where downloads go and are looked for; default
+            `$XDG_CACHE_HOME/fitcheck/fashion-mnist` (`~/.cache/...`). Created if needed.
+
+    Returns:
+        The directory (absolute pathlib.Path) holding the four files named in FILES.
+
+    Raises:
+        DatasetError: nothing found and `allow_download` is False, or a download failed or did not
+            verify; the message lists every place looked and what was missing there.
+
+    Side effects: with `allow_download`, may create `download_dir` and write up to ~30 MB into it.
+    """
+    download_path = pathlib.Path(download_dir) if download_dir is not None else _default_download_dir()
+    candidates: list[tuple[str, pathlib.Path]] = []
+    if explicit_dir is not None:
+        candidates.append(("explicit_dir argument", pathlib.Path(explicit_dir)))
+    env_dir = os.environ.get(ENV_VAR)
+    if env_dir:
+        candidates.append((f"${ENV_VAR}", pathlib.Path(env_dir)))
+    candidates.append(("system package dataset-fashion-mnist", SYSTEM_DIR))
+    candidates.append(("download directory", download_path))
+
+    looked: list[str] = []
+    for label, directory in candidates:
+        if directory.is_dir():
+            missing = _missing_files(directory)
+            if not missing:
+                return directory.resolve()
+            reason = "missing " + ", ".join(missing)
+        else:
+            reason = "no such directory"
+        looked.append(f"{directory} ({label}): {reason}")
+        if label in ("explicit_dir argument", f"${ENV_VAR}"):
+            logger.warning("Fashion-MNIST: %s %s has no usable dataset (%s); looking further", label, directory, reason)
+
+    where = "; ".join(looked)
+    if not allow_download:
+        raise DatasetError(f"Fashion-MNIST files not found (downloads disabled). Looked in: {where}")
+
+    try:
+        download_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create download directory {download_path}: {exc}. Looked in: {where}") from exc
+    for name in _missing_files(download_path):
+        logger.info("Fashion-MNIST: downloading %s%s into %s", OFFICIAL_URL, name, download_path)
+        try:
+            _download_file(name, download_path)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc}. Looked in: {where}") from exc
+    return download_path.resolve()
+
+
+def _read_gzip(path: pathlib.Path) -> bytes:
+    try:
+        with gzip.open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError as exc:
+        raise DatasetError(f"{path}: file not found") from exc
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DatasetError(f"{path}: not a complete gzip file ({exc})") from exc
+
+
+def _parse_idx(data: bytes, path: pathlib.Path, *, magic: int, ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Parse an unsigned-byte IDX payload (LeCun et al., MNIST file format) into a flat uint8 array.
+
+    Returns the data (read-only view into `data`) and its dimensions; raises DatasetError on a wrong
+    magic number or a payload whose length does not match the header.
+    """
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise DatasetError(f"{path}: {len(data)} bytes is shorter than the {header_size}-byte IDX header")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DatasetError(f"{path}: wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = math.prod(dims)
+    body = len(data) - header_size
+    if body != expected:
+        raise DatasetError(
+            f"{path}: header says {'x'.join(map(str, dims))} = {expected} bytes of data, "
+            f"file has {body} (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size), dims
+
+
+def fashion_mnist_read(
+    directory: str | os.PathLike, split: Literal["train", "test"]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one split of Fashion-MNIST from the four .gz IDX files in `directory`.
+
+    Args:
+        directory: a directory holding the files named in FILES (see `fashion_mnist_locate`).
+        split: "train" (60,000 examples) or "test" (10,000 examples, the t10k files).
+
+    Returns:
+        (images, labels): images (N, 28, 28) uint8, 0 = background, object light on black; labels
+        (N,) int64 in 0..9, indexes into FASHION_MNIST_CLASSES. Both arrays are writable copies.
+
+    Raises:
+        ValueError: `split` is not "train" or "test".
+        DatasetError: a file is missing, not valid gzip, truncated, has a wrong IDX magic number or
+            image size, the image and label counts differ, or a label is outside 0..9. The message
+            names the file.
+    """
+    if split not in _SPLIT_FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    directory = pathlib.Path(directory)
+    images_path, labels_path = (directory / name for name in _SPLIT_FILES[split])
+
+    flat, dims = _parse_idx(_read_gzip(images_path), images_path, magic=_IDX_MAGIC_IMAGES, ndim=3)
+    if dims[1:] != (_IMAGE_SIDE_PX, _IMAGE_SIDE_PX):
+        raise DatasetError(f"{images_path}: images are {dims[1]}x{dims[2]} px, expected 28x28")
+    images = flat.reshape(dims).copy()
+
+    flat_labels, (label_count,) = _parse_idx(
+        _read_gzip(labels_path), labels_path, magic=_IDX_MAGIC_LABELS, ndim=1
+    )
+    if label_count != dims[0]:
+        raise DatasetError(f"{labels_path}: {label_count} labels for {dims[0]} images in {images_path.name}")
+    if label_count and int(flat_labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DatasetError(f"{labels_path}: label {int(flat_labels.max())} is outside 0..9")
+    return images, flat_labels.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Customer photos of a product
+# ---------------------------------------------------------------------------------------------------
+
+_BG_KINDS = ("gradient", "stripes", "wood", "fabric", "wall")
+_SKIN_TONES = ((0.96, 0.80, 0.69), (0.91, 0.70, 0.56), (0.78, 0.57, 0.44), (0.55, 0.37, 0.26), (0.36, 0.24, 0.17))
+
+
+@functools.lru_cache(maxsize=8)
+def _unit_grid(size_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs), each (size_px, size_px) float32, pixel centres in [0, 1]."""
+    axis = (np.arange(size_px, dtype=np.float32) + 0.5) / size_px
+    ys, xs = np.meshgrid(axis, axis, indexing="ij")
+    ys.flags.writeable = False
+    xs.flags.writeable = False
+    return ys, xs
+
+
+def _value_noise(rng: np.random.Generator, size_px: int, cells_y: int, cells_x: int) -> np.ndarray:
+    """Smooth random field (size_px, size_px) float32 in about [0, 1]: a coarse grid of uniform
+    values upsampled bicubically ("value noise", cf. Perlin 1985)."""
+    coarse = torch.from_numpy(rng.random((1, cells_y, cells_x), dtype=np.float32))
+    fine = F.resize(coarse, [size_px, size_px], interpolation=InterpolationMode.BICUBIC, antialias=False)
+    return fine[0].numpy()
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of (..., 3) RGB in [0, 1]."""
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _background(rng: np.random.Generator, size_px: int) -> np.ndarray:
+    """A procedural surface to lay a garment on: (size_px, size_px, 3) float32 RGB in [0, 1]."""
+    ys, xs = _unit_grid(size_px)
+    kind = _BG_KINDS[rng.integers(len(_BG_KINDS))]
+    theta = rng.uniform(0, math.pi)
+    along = xs * math.cos(theta) + ys * math.sin(theta)  # coordinate along a random direction
+    if kind == "gradient":
+        hue = rng.random()
+        c0 = _hsv(hue, rng.uniform(0.1, 0.6), rng.uniform(0.45, 0.95))
+        c1 = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.1, 0.6), rng.uniform(0.3, 0.9))
+        t = np.clip((along - along.min()) / max(float(np.ptp(along)), 1e-6), 0, 1)[..., None]
+        bg = c0 * (1 - t) + c1 * t
+    elif kind == "stripes":
+        c0 = _hsv(rng.random(), rng.uniform(0.05, 0.7), rng.uniform(0.55, 0.95))
+        c1 = _hsv(rng.random(), rng.uniform(0.1, 0.8), rng.uniform(0.25, 0.85))
+        wave = np.sin(2 * math.pi * (rng.uniform(4, 14) * along + rng.random()))
+        t = np.clip(0.5 + rng.uniform(1.0, 4.0) * wave, 0, 1)[..., None]
+        bg = c0 * (1 - t) + c1 * t
+    elif kind == "wood":
+        # Planks along x or y: grain = rings warped by smooth noise, plus streaky fine noise and
+        # dark seams between planks.
+        vertical = bool(rng.integers(2))
+        v = xs if vertical else ys  # across the grain
+        warp = _value_noise(rng, size_px, 4, 4)
+        streaks = _value_noise(rng, size_px, *((3, 48) if vertical else (48, 3)))
+        rings = 0.5 + 0.5 * np.sin(2 * math.pi * (rng.uniform(3, 9) * v + rng.uniform(1.5, 4) * warp))
+        planks = rng.integers(2, 5)
+        seam = np.abs(((v * planks + rng.random()) % 1.0) - 0.5) > 0.485
+        light = _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.35, 0.6), rng.uniform(0.6, 0.9))
+        dark = light * rng.uniform(0.45, 0.7)
+        t = np.clip(0.6 * rings + 0.4 * streaks, 0, 1)[..., None]
+        bg = light * (1 - t) + dark * t
+        bg = np.where(seam[..., None], bg * 0.55, bg)
+    elif kind == "fabric":
+        # Bed sheet / blanket: fine weave, large soft wrinkles.
+        base = _hsv(rng.random(), rng.uniform(0.05, 0.55), rng.uniform(0.45, 0.95))
+        freq = rng.uniform(35, 70)
+        weave = np.sin(2 * math.pi * freq * xs) * np.sin(2 * math.pi * freq * ys)
+        folds = _value_noise(rng, size_px, 3, 3)
+        shade = 1.0 + rng.uniform(0.04, 0.1) * weave + rng.uniform(0.15, 0.35) * (folds - 0.5)
+        bg = base * shade[..., None]
+    else:  # wall: flat paint lit from one side
+        base = _hsv(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.55, 0.95))
+        bg = base * (0.8 + 0.35 * along)[..., None]
+    # Uneven room lighting on every surface.
+    light = 0.85 + 0.3 * _value_noise(rng, size_px, 2, 2)
+    return np.clip(bg * light[..., None], 0, 1).astype(np.float32, copy=False)
+
+
+def _garment_layers(image_28: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """Low-resolution layers to warp: (5, 28, 28) float32 tensor = premultiplied RGB, alpha, shadow.
+
+    Also returns the garment's mean RGB colour (3,) for choosing a contrasting background.
+    """
+    v = image_28.astype(np.float32) / 255.0
+    # Fashion-MNIST backgrounds are exactly 0; a soft ramp keeps the anti-aliased outline.
+    alpha = np.clip((v - 0.015) / 0.12, 0.0, 1.0)
+    # A little colour: white mixed with a random hue, then an overall lightness.
+    tint = _hsv(rng.random(), 1.0, 1.0)
+    mix = rng.uniform(0.1, 0.55)
+    colour = ((1 - mix) + mix * tint) * rng.uniform(0.6, 1.0)
+    shading = 0.25 + 0.75 * v * (1 + 0.12 * (_small_noise(rng) - 0.5))
+    rgb = np.clip(shading[..., None] * colour, 0, 1)
+    # Contact shadow on the surface below: the silhouette, blurred and offset down-right.
+    shadow_src = torch.from_numpy(alpha)[None]
+    shadow = F.gaussian_blur(shadow_src, [5, 5], [1.2, 1.2])[0].numpy()
+    dy, dx = int(rng.integers(0, 3)), int(rng.integers(-1, 2))
+    shadow = np.roll(shadow, (dy, dx), axis=(0, 1)) * rng.uniform(0.2, 0.5)
+    layers = np.concatenate([rgb.transpose(2, 0, 1) * alpha, alpha[None], shadow[None]], axis=0)
+    weight = max(float(alpha.sum()), 1e-6)
+    mean_rgb = (rgb * alpha[..., None]).reshape(-1, 3).sum(0) / weight
+    return torch.from_numpy(np.ascontiguousarray(layers, dtype=np.float32)), mean_rgb
+
+
+def _small_noise(rng: np.random.Generator) -> np.ndarray:
+    return rng.random((_IMAGE_SIDE_PX, _IMAGE_SIDE_PX), dtype=np.float32)
+
+
+def _crop_quad(alpha_28: np.ndarray, rng: np.random.Generator) -> list[list[float]]:
+    """Source quadrilateral (28-px coordinates, TL, TR, BR, BL) that will fill the output frame.
+
+    A square around the object's bounding box, 0.9–1.6× its larger side (so the crop may cut off up
+    to ~10% of each side, never more than ~20% of the box area), shifted a little, rotated by up to
+    ±30° (hand-held camera) and with its corners moved for a perspective/keystone look.
+    Method: random-resized-crop (Szegedy et al. 2015) + homography from four point pairs.
+    """
+    rows = np.flatnonzero(alpha_28.max(axis=1) > 0.5)
+    cols = np.flatnonzero(alpha_28.max(axis=0) > 0.5)
+    if rows.size == 0:  # blank image: frame the whole thing
+        y0, y1, x0, x1 = 0.0, 28.0, 0.0, 28.0
+    else:
+        y0, y1, x0, x1 = float(rows[0]), float(rows[-1] + 1), float(cols[0]), float(cols[-1] + 1)
+    bw, bh = x1 - x0, y1 - y0
+    side = max(bw, bh) * rng.uniform(0.9, 1.6)
+    for _ in range(8):
+        cx = (x0 + x1) / 2 + rng.uniform(-0.18, 0.18) * side
+        cy = (y0 + y1) / 2 + rng.uniform(-0.18, 0.18) * side
+        kept_w = max(0.0, min(x1, cx + side / 2) - max(x0, cx - side / 2)) / bw
+        kept_h = max(0.0, min(y1, cy + side / 2) - max(y0, cy - side / 2)) / bh
+        if kept_w * kept_h >= 0.8:
+            break
+    else:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    angle = math.radians(float(np.clip(rng.normal(0, 10), -30, 30)))
+    cos, sin = math.cos(angle), math.sin(angle)
+    keystone = rng.uniform(-0.12, 0.12)  # camera tilted up/down: top edge shorter or longer
+    jitter = rng.uniform(-0.05, 0.05, size=(4, 2)) * side
+    half = side / 2
+    corners = [(-half * (1 - keystone), -half), (half * (1 - keystone), -half), (half, half), (-half, half)]
+    quad = []
+    for (dx, dy), (jx, jy) in zip(corners, jitter, strict=True):
+        quad.append([cx + cos * dx - sin * dy + jx, cy + sin * dx + cos * dy + jy])
+    return quad
+
+
+def _occluder(
+    rng: np.random.Generator, size_px: int, garment_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A thumb, a phone or a tag in front of the lens: (alpha (S, S) float32, rgb (S, S, 3) float32).
+
+    Covers at most 20% of the frame and at most 25% of the visible garment; None when no placement
+    within a few tries satisfies that.
+    """
+    ys, xs = _unit_grid(size_px)
+    garment_px = max(int(garment_mask.sum()), 1)
+    scale = 1.0
+    for _ in range(5):
+        if rng.random() < 0.5:  # thumb: a skin-coloured ellipse coming in from an edge
+            edge = rng.integers(4)
+            along = rng.uniform(0.15, 0.85)
+            cy, cx = [(0.0, along), (along, 1.0), (1.0, along), (along, 0.0)][edge]
+            ry, rx = rng.uniform(0.12, 0.28) * scale, rng.uniform(0.08, 0.16) * scale
+            if edge in (1, 3):
+                ry, rx = rx, ry
+            dist = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
+            alpha = np.clip((1.0 - dist) * 6.0, 0, 1)
+            colour = np.array(_SKIN_TONES[rng.integers(len(_SKIN_TONES))], dtype=np.float32)
+            shade = (1.05 - 0.35 * np.clip(dist, 0, 1))[..., None]
+        else:  # phone / price tag / paper: a flat rectangle
+            h, w = rng.uniform(0.12, 0.4) * scale, rng.uniform(0.12, 0.4) * scale
+            top, left = rng.uniform(-0.05, 1.0 - h * 0.6), rng.uniform(-0.05, 1.0 - w * 0.6)
+            alpha = ((ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)).astype(np.float32)
+            colour = _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.05, 0.95))
+            shade = (0.9 + 0.2 * (ys - top) / h)[..., None]
+        area = float(alpha.mean())
+        covered = float((alpha > 0.5)[garment_mask].sum()) / garment_px
+        if 0.02 <= area <= 0.2 and covered <= 0.25:
+            return alpha.astype(np.float32), np.clip(colour * shade, 0, 1).astype(np.float32)
+        scale *= 0.75
+    return None
+
+
+def customer_photo_render(image_28: np.ndarray, *, rng: np.random.Generator, size_px: int = 224) -> Image.Image:
+    """Render one product image as a photo a customer might have taken of it.
+
+    Pipeline (all parameters drawn from `rng`, no torch RNG):
+    1. Mask the object (Fashion-MNIST backgrounds are 0), tint it (white mixed with a random hue),
+       keep its shading, add a blurred contact shadow; 28×28 premultiplied layers.
+    2. Upscale to `size_px` (bilinear) and warp with one homography that does a random resized crop
+       keeping >= ~80% of the object's box, a rotation within ±30° and a keystone/perspective
+       (torchvision.transforms.v2.functional.perspective with explicit corner points).
+    3. Composite (Porter & Duff 1984 "over", premultiplied) onto a procedural background:
+       gradient, stripes, wood planks, fabric or painted wall, with uneven lighting, chosen to differ
+       in luminance from the garment so it stays visible.
+    4. In 30% of photos an occluder (thumb, phone, tag) covers <= 25% of the visible garment.
+    5. Camera: brightness, contrast, saturation, white balance, Gaussian blur (sigma 0.2–1.6 px at
+       224 px), luma noise and vignetting.
+
+    Args:
+        image_28: (H, W) uint8, a Fashion-MNIST image (28×28; light object on a 0 background).
+        rng: the source of all randomness; advanced by this call.
+        size_px: output width and height in pixels, >= 32.
+
+    Returns:
+        An RGB PIL image, size_px × size_px. The same `rng` state gives identical pixels.
+
+    Raises:
+        ValueError: `image_28` is not a 2-D uint8 array, or `size_px` < 32.
+
+    Cost: ~2–3 ms per 224 px photo on one CPU core (see the report in the module's git history).
+    """
+    image_28 = np.asarray(image_28)
+    if image_28.ndim != 2 or image_28.dtype != np.uint8:
+        raise ValueError(f"image_28 must be a 2-D uint8 array, got shape {image_28.shape} dtype {image_28.dtype}")
+    if size_px < 32:
+        raise ValueError(f"size_px must be >= 32, got {size_px}")
+    s = int(size_px)
+    h28, w28 = image_28.shape
+
+    if rng.random() < 0.25:  # front camera / mirror selfie
+        image_28 = image_28[:, ::-1]
+    layers_28, garment_rgb = _garment_layers(image_28, rng)
+    quad = _crop_quad(layers_28[3].numpy(), rng)
+    sx, sy = s / w28, s / h28
+    start = [[x * sx, y * sy] for x, y in quad]
+    end = [[0.0, 0.0], [float(s), 0.0], [float(s), float(s)], [0.0, float(s)]]
+    layers = F.resize(layers_28, [s, s], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    layers = F.perspective(layers, start, end, interpolation=InterpolationMode.BILINEAR)
+    lay = layers.numpy()  # (5, S, S)
+    prem = lay[:3].transpose(1, 2, 0)
+    alpha = np.clip(lay[3], 0, 1)[..., None]
+    shadow = np.clip(lay[4], 0, 1)[..., None]
+
+    bg = _background(rng, s)
+    # Keep the garment visible: move the background's mean luminance >= 0.25 away from the garment's.
+    lum_g, lum_b = float(_luminance(garment_rgb)), float(_luminance(bg).mean())
+    if abs(lum_g - lum_b) < 0.25:
+        target = lum_g - 0.3 if lum_g > 0.5 else lum_g + 0.3
+        if target < lum_b:
+            bg = bg * (max(target, 0.05) / max(lum_b, 1e-3))
+        else:
+            bg = 1.0 - (1.0 - bg) * ((1.0 - min(target, 0.97)) / max(1.0 - lum_b, 1e-3))
+    photo = bg * (1.0 - shadow) * (1.0 - alpha) + np.minimum(prem, alpha)
+
+    if rng.random() < 0.3:
+        occ = _occluder(rng, s, alpha[..., 0] > 0.5)
+        if occ is not None:
+            occ_alpha, occ_rgb = occ
+            photo = photo * (1.0 - occ_alpha[..., None]) + occ_rgb * occ_alpha[..., None]
+
+    img = torch.from_numpy(np.ascontiguousarray(photo.transpose(2, 0, 1), dtype=np.float32))
+    img = F.adjust_brightness(img, float(rng.uniform(0.75, 1.2)))
+    img = F.adjust_contrast(img, float(rng.uniform(0.75, 1.25)))
+    img = F.adjust_saturation(img, float(rng.uniform(0.7, 1.3)))
+    warmth = float(rng.uniform(-0.08, 0.08))  # white balance: warm (indoor) to cool (daylight)
+    img = img * torch.tensor([1 + warmth, 1.0, 1 - warmth]).view(3, 1, 1)
+    sigma = float(rng.uniform(0.2, 1.6)) * s / 224
+    kernel = 2 * math.ceil(2.5 * sigma) + 1
+    img = F.gaussian_blur(img, [kernel, kernel], [sigma, sigma])
+
+    out = img.numpy().transpose(1, 2, 0)
+    ys, xs = _unit_grid(s)
+    vignette = 1.0 - rng.uniform(0.0, 0.45) * ((ys - 0.5) ** 2 + (xs - 0.5) ** 2)
+    noise = rng.standard_normal((s, s), dtype=np.float32) * rng.uniform(0.004, 0.025)
+    out = out * vignette[..., None] + noise[..., None]
+    pixels = np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Photos that show no product
+# ---------------------------------------------------------------------------------------------------
+
+# Only images bundled inside the scikit-image wheel (no pooch download). skimage.data.camera is left
+# out on purpose: it shows a man in a coat, which is a product. astronaut shows a spacesuit, which
+# is not a catalog category.
+_NON_PRODUCT_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("coffee", ("Coffee break before the shoot", "Monday fuel ☕", "First flat white of the day")),
+    ("chelsea", ("My cat judging my outfit choices 🐱", "Guess who sat on the parcel", "Chelsea says hi")),
+    ("rocket", ("Launch day vibes 🚀", "Saw this on our road trip!", "Space nerd weekend")),
+    ("astronaut", ("Throwback to the space museum", "Heroes 👩‍🚀", "Dream job, honestly")),
+    ("hubble_deep_field", ("Stargazing last night ✨", "Feeling small today", "New wallpaper")),
+    ("brick", ("Found the perfect wall for photos... forgot the outfit", "New wall, who dis")),
+    ("grass", ("Touching grass 🌱", "Picnic spot secured")),
+    ("gravel", ("Path to the beach", "Oops, pocket photo")),
+    ("coins", ("Saving up for the sale 💰", "Counting the change")),
+    ("moon", ("Moon was huge tonight 🌕", "Night walk")),
+    ("colorwheel", ("Calibrating my new phone screen", "Which colour should I pick?")),
+    ("clock", ("Running late again ⏰", "Waiting for the delivery like")),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _skimage_sample(name: str) -> torch.Tensor | None:
+    """A bundled scikit-image sample as a (3, H, W) uint8 tensor, or None if it cannot be loaded."""
+    import skimage.data
+
+    try:
+        array = np.asarray(getattr(skimage.data, name)())
+    except Exception as exc:  # missing file, pooch needed, changed API: use the other samples
+        logger.warning("scikit-image sample %s unavailable: %s", name, exc)
+        return None
+    if array.dtype != np.uint8:
+        return None
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3].transpose(2, 0, 1)))
+
+
+def non_product_photos(
+    *, rng: np.random.Generator, count: int, size_px: int = 224
+) -> list[tuple[str, Image.Image]]:
+    """Photos that show no product at all, each with a caption a customer might post with it.
+
+    Random square crops (35–100% of the shorter side), flips and brightness changes of the sample
+    images bundled with scikit-image (coffee, cat, rocket, astronaut, Hubble deep field, brick,
+    grass, gravel, coins, moon, colour wheel, clock); grayscale ones get a warm or cool filter.
+    Sources are used round-robin in a shuffled order, so a small `count` still mixes subjects.
+
+    Args:
+        rng: the source of all randomness; advanced by this call.
+        count: number of photos, >= 0.
+        size_px: output width and height in pixels, >= 32.
+
+    Returns:
+        `count` (caption, image) pairs; each image is RGB, size_px × size_px, and no two have the
+        same pixels. The same `rng` state gives the same list.
+
+    Raises:
+        ValueError: `count` < 0 or `size_px` < 32.
+        RuntimeError: none of the scikit-image samples can be loaded.
+    """
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if size_px < 32:
+        raise ValueError(f"size_px must be >= 32, got {size_px}")
+    sources = [(name, captions) for name, captions in _NON_PRODUCT_SOURCES if _skimage_sample(name) is not None]
+    if not sources:
+        raise RuntimeError("no scikit-image sample images could be loaded")
+
+    photos: list[tuple[str, Image.Image]] = []
+    seen: set[bytes] = set()
+    order: list[int] = []
+    while len(photos) < count:
+        if not order:
+            order = list(rng.permutation(len(sources)))
+        name, captions = sources[order.pop()]
+        src = _skimage_sample(name)
+        _, h, w = src.shape
+        side = int(min(h, w) * rng.uniform(0.35, 1.0))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        img = F.resized_crop(src, top, left, side, side, [size_px, size_px], antialias=True)
+        if rng.random() < 0.5:
+            img = F.horizontal_flip(img)
+        img = F.adjust_brightness(img, float(rng.uniform(0.8, 1.2)))
+        pixels = img.permute(1, 2, 0).numpy()
+        if bool((src[0] == src[1]).all() and (src[1] == src[2]).all()):  # grayscale: phone filter
+            warm = float(rng.uniform(-0.12, 0.12))
+            gains = np.array([1 + warm, 1.0, 1 - warm], dtype=np.float32)
+            pixels = np.clip(pixels.astype(np.float32) * gains + 0.5, 0, 255).astype(np.uint8)
+        pixels = np.ascontiguousarray(pixels)
+        digest = hashlib.sha256(pixels.tobytes()).digest()
+        if digest in seen:  # same crop drawn twice: draw again
+            continue
+        seen.add(digest)
+        photos.append((captions[rng.integers(len(captions))], Image.fromarray(pixels)))
+    return photos
+
+
+# ---------------------------------------------------------------------------------------------------
+# Captions and encoding
+# ---------------------------------------------------------------------------------------------------
+
+# Made-up brand handles (not real accounts).
+BRAND_HANDLES: tuple[str, ...] = (
+    "northwind",
+    "lumenandloom",
+    "fernwear",
+    "atelier.koi",
+    "urbanthread",
+    "maple.and.moss",
+    "saltwater.studio",
+    "kestrel.co",
+)
+
+_CAPTION_TEMPLATES: tuple[str, ...] = (
+    "Loving my new look from @{brand} 🌿 #ootd",
+    "Finally arrived! Thanks @{brand} ✨ #haul",
+    "Sunday stroll in my latest @{brand} find #weekendvibes",
+    "Can't stop wearing this 😍 @{brand} #styleinspo",
+    "Outfit check before brunch 🥂 @{brand} #fitcheck",
+    "New in from @{brand}, what do we think? #newin",
+    "Mirror selfie with my new favourite from @{brand} #ootd",
+    "Unboxing day 📦 @{brand} #haul",
+    "Obsessed with this one @{brand} 💛 #fashion",
+    "Ready for the weekend thanks to @{brand} #lookbook",
+)
+
+
+def photo_caption(rng: np.random.Generator, *, brand: str | None = None) -> str:
+    """A one-line Instagram-style caption that tags a brand but names no product.
+
+    Args:
+        rng: the source of randomness; advanced by this call.
+        brand: the handle to tag, with or without "@"; default a random one from BRAND_HANDLES.
+
+    Returns:
+        e.g. "Loving my new look from @northwind 🌿 #ootd". Same `rng` state, same caption.
+
+    Raises:
+        ValueError: `brand` is given but empty.
+    """
+    template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
+    if brand is None:
+        brand = BRAND_HANDLES[rng.integers(len(BRAND_HANDLES))]
+    brand = brand.strip().lstrip("@")
+    if not brand:
+        raise ValueError("brand must be a non-empty handle")
+    return template.format(brand=brand)
+
+
+def png_bytes(image: Image.Image | np.ndarray) -> bytes:
+    """Encode an image as lossless PNG with no metadata, so equal pixels give equal bytes.
+
+    The image is rebuilt from its raw pixels first, so nothing from `image.info` (ICC profile,
+    dpi, text chunks, EXIF) reaches the file; there are no timestamps. Bytes are stable for a given
+    Pillow/zlib build (fixed compression level, no optimisation pass).
+
+    Args:
+        image: a PIL image (modes 1, L, LA, I;16, RGB, RGBA; P is converted to RGB/RGBA) or a
+            uint8 array (H, W), (H, W, 3) or (H, W, 4).
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        ValueError: an array of another dtype or shape, or an image mode PNG cannot hold losslessly.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
+            raise ValueError(f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, got {image.dtype} {image.shape}")
+        image = Image.fromarray(np.ascontiguousarray(image))  # uint8: L, RGB or RGBA by shape
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode not in ("1", "L", "LA", "I;16", "RGB", "RGBA"):
+        raise ValueError(f"image mode {image.mode} is not supported for lossless PNG")
+    clean = Image.frombytes(image.mode, image.size, image.tobytes())
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", compress_level=6, optimize=False)
+    return buffer.getvalue()

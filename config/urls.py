@@ -1,0 +1,25 @@
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from annotate import views as annotate_views
+from catalog import views as catalog_views
+
+urlpatterns = [
+    path("", annotate_views.home, name="home"),
+    path("healthz", catalog_views.healthz, name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("annotate.urls")),
+    path("api/v1/", include("annotate.api_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("admin/", admin.site.urls),
+]
+
+if settings.FITCHECK_SERVE_MEDIA:
+    # Images are served to logged-in users only. In production, put a CDN or nginx in front of
+    # MEDIA_ROOT (or object storage) and set FITCHECK_SERVE_MEDIA=false.
+    urlpatterns += [re_path(r"^media/(?P<path>.*)$", catalog_views.media, name="media")]

@@ -1,0 +1,91 @@
+"""Models as data: versions of trained or pretrained networks, and the embeddings they made."""
+
+import uuid
+
+from django.db import models
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        EMBEDDING = "embedding", "Image embedding (matching)"
+        TAGGING = "tagging", "Attribute tagging"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.EMBEDDING)
+    backbone = models.CharField(max_length=80)
+    image_size_px = models.PositiveIntegerField()
+    embedding_dim = models.PositiveIntegerField()
+    weights_path = models.CharField(max_length=500, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["name"], name="mlcore_modelversion_unique_name"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class EmbeddingRun(models.Model):
+    """One batch job embedding every product or photo that lacks an embedding for a model version."""
+
+    class Target(models.TextChoices):
+        PRODUCTS = "products", "Products"
+        PHOTOS = "photos", "Photos"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embedding_runs")
+    target = models.CharField(max_length=20, choices=Target.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    total_count = models.PositiveIntegerField(default=0)
+    done_count = models.PositiveIntegerField(default=0)
+    skipped_count = models.PositiveIntegerField(default=0)
+    images_per_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def progress(self) -> float:
+        """Share done, in [0, 1]."""
+        return min(self.done_count / self.total_count, 1.0) if self.total_count else 0.0
+
+
+class ProductEmbedding(models.Model):
+    product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="embeddings")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    vector = models.BinaryField()  # float32 little-endian, L2-normalised, model_version.embedding_dim values
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "product"], name="mlcore_productembedding_unique"),
+        ]
+
+
+class PhotoEmbedding(models.Model):
+    photo = models.ForeignKey("catalog.Photo", on_delete=models.CASCADE, related_name="embeddings")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    vector = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "photo"], name="mlcore_photoembedding_unique"),
+        ]

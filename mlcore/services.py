@@ -1,0 +1,253 @@
+"""mlcore services: model versions, embedding runs, and top-k product suggestions for photos.
+
+Turns rows into tensors and back; the networks themselves live in mlcore.nn (no Django there).
+"""
+
+import logging
+import threading
+import time
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from PIL import Image
+
+from catalog.models import Photo, Product, ProductImage
+
+from .models import EmbeddingRun, ModelVersion, PhotoEmbedding, ProductEmbedding
+from .nn.backbones import backbone_build
+from .nn.config import EmbedConfig
+from .nn.data import eval_transform
+from .nn.infer import ExactIndex, device_resolve, embed_images, model_prepare
+
+logger = logging.getLogger(__name__)
+
+STALE_RUN_AFTER = timedelta(minutes=10)  # a RUNNING run with no heartbeat this long may be re-claimed
+_model_cache: dict[int, tuple] = {}
+_index_cache: dict[int, tuple[tuple, ExactIndex]] = {}
+_cache_lock = threading.Lock()
+
+
+class EmbeddingsMissing(RuntimeError):
+    """Suggestions were asked for before the products were embedded."""
+
+
+def model_version_ensure(*, config: EmbedConfig, name: str | None = None) -> ModelVersion:
+    """Return the pretrained embedding ModelVersion for `config`, creating it once. Idempotent."""
+    from .nn.backbones import BACKBONES
+
+    spec = BACKBONES[config.backbone]
+    name = name or f"{config.backbone}-{config.image_size_px}px-pretrained"
+    version, _ = ModelVersion.objects.get_or_create(
+        name=name,
+        defaults={
+            "kind": ModelVersion.Kind.EMBEDDING,
+            "backbone": config.backbone,
+            "image_size_px": config.image_size_px,
+            "embedding_dim": spec.embedding_dim,
+            "weights_path": config.weights_path,
+            "config": config.to_dict(),
+        },
+    )
+    return version
+
+
+def _embed_config(version: ModelVersion) -> EmbedConfig:
+    return EmbedConfig(
+        backbone=version.backbone,
+        image_size_px=version.image_size_px,
+        batch_size=version.config.get("batch_size", EmbedConfig.batch_size),
+        weights_path=version.weights_path,
+    )
+
+
+def _model_for(version: ModelVersion):
+    """(model on device, transform, device), loaded once per process and model version."""
+    with _cache_lock:
+        if version.pk not in _model_cache:
+            config = _embed_config(version)
+            device = device_resolve(settings.FITCHECK_DEVICE)
+            model, spec = backbone_build(config.backbone, weights_path=config.weights_path)
+            transform = eval_transform(image_size_px=config.image_size_px, mean=spec.mean, std=spec.std)
+            _model_cache[version.pk] = (model_prepare(model, device), transform, device)
+        return _model_cache[version.pk]
+
+
+def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndarray:
+    """Embed PIL images with `version`'s network. Returns (N, D) float32, L2-normalised rows."""
+    model, transform, device = _model_for(version)
+    return embed_images(model, images, transform=transform, batch_size=_embed_config(version).batch_size, device=device)
+
+
+def embedding_run_create(*, version: ModelVersion, target: str) -> EmbeddingRun:
+    """Create a PENDING run. The caller enqueues mlcore.embed for it (after commit)."""
+    return EmbeddingRun.objects.create(model_version=version, target=target)
+
+
+def _targets(run: EmbeddingRun):
+    """(queryset of rows lacking an embedding, embedding model, FK field name, all targets count)."""
+    if run.target == EmbeddingRun.Target.PRODUCTS:
+        done = ProductEmbedding.objects.filter(model_version=run.model_version).values("product_id")
+        base = Product.objects.filter(is_active=True, images__isnull=False).distinct()
+        pending = base.exclude(pk__in=done).prefetch_related("images")
+        return pending, ProductEmbedding, "product", base.count()
+    done = PhotoEmbedding.objects.filter(model_version=run.model_version).values("photo_id")
+    base = Photo.objects.all()
+    return base.exclude(pk__in=done), PhotoEmbedding, "photo", base.count()
+
+
+def _open_image(field_file) -> Image.Image:
+    with field_file.open("rb") as fh:
+        image = Image.open(fh)
+        image.load()
+    return image
+
+
+def embedding_run_execute(*, run_id: int, chunk_size: int = 256) -> EmbeddingRun | None:
+    """Embed every target of the run that has no embedding yet for its model version.
+
+    Claims the run with a conditional update (PENDING, or RUNNING with a stale heartbeat), so two
+    workers never run it at once. Progress (done_count, heartbeat_at) is written after each chunk.
+    Idempotent: embeddings are upserts on (model_version, target); a DONE run returns at once.
+    An image that cannot be opened is skipped and counted in skipped_count.
+
+    Returns the run, or None when the row is gone. On an unexpected error the run is left FAILED
+    with the error text, and the error is re-raised.
+    """
+    now = timezone.now()
+    claimed = EmbeddingRun.objects.filter(
+        Q(status=EmbeddingRun.Status.PENDING)
+        | Q(status=EmbeddingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER),
+        pk=run_id,
+    ).update(status=EmbeddingRun.Status.RUNNING, started_at=now, heartbeat_at=now, error="")
+    run = EmbeddingRun.objects.select_related("model_version").filter(pk=run_id).first()
+    if run is None:
+        logger.warning("embedding run %s no longer exists", run_id)
+        return None
+    if not claimed:
+        logger.info("embedding run %s is %s; nothing to do", run.uuid, run.status)
+        return run
+    try:
+        _embedding_run_body(run, chunk_size)
+    except Exception as exc:
+        EmbeddingRun.objects.filter(pk=run.pk).update(
+            status=EmbeddingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+        )
+        raise
+    run.refresh_from_db()
+    return run
+
+
+def _embedding_run_body(run: EmbeddingRun, chunk_size: int) -> None:
+    version = run.model_version
+    pending, embedding_model, fk, total = _targets(run)
+    EmbeddingRun.objects.filter(pk=run.pk).update(total_count=total, done_count=total - pending.count())
+    started, embedded = time.perf_counter(), 0
+    skipped_ids: set[int] = set()
+    while True:
+        rows = list(pending.exclude(pk__in=skipped_ids).order_by("pk")[:chunk_size])
+        if not rows:
+            break
+        images, keep = [], []
+        for row in rows:
+            try:
+                images.append(_open_image(_image_field(row)))
+                keep.append(row)
+            except (OSError, ValueError, ProductImage.DoesNotExist) as exc:
+                logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
+                skipped_ids.add(row.pk)
+        if keep:
+            vectors = images_embed(version=version, images=images)
+            embedding_model.objects.bulk_create(
+                [embedding_model(**{fk: row, "model_version": version, "vector": vec.tobytes()})
+                 for row, vec in zip(keep, vectors, strict=True)],
+                ignore_conflicts=True,
+            )
+            embedded += len(keep)
+        EmbeddingRun.objects.filter(pk=run.pk).update(
+            done_count=F("done_count") + len(keep),
+            skipped_count=len(skipped_ids),
+            heartbeat_at=timezone.now(),
+            images_per_s=embedded / max(time.perf_counter() - started, 1e-9),
+        )
+    EmbeddingRun.objects.filter(pk=run.pk).update(status=EmbeddingRun.Status.DONE, finished_at=timezone.now())
+
+
+def _image_field(row):
+    if isinstance(row, Photo):
+        return row.image
+    images = sorted(row.images.all(), key=lambda image: (image.position, image.pk))  # prefetched
+    first = images[0] if images else None
+    if first is None:
+        raise ProductImage.DoesNotExist(f"product {row.pk} has no image")
+    return first.image
+
+
+def _vectors(blobs, dim: int) -> np.ndarray:
+    """Stored float32 blobs → (N, dim) float32."""
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, dim)
+
+
+def product_index_get(*, version: ModelVersion) -> ExactIndex:
+    """The exact cosine index over embeddings of active products for `version`.
+
+    Cached per process; rebuilt when the count or newest embedding changes. Building reads every
+    vector once (10k × 1280 float32 in ~0.2 s on SQLite).
+    """
+    embeddings = ProductEmbedding.objects.filter(model_version=version, product__is_active=True)
+    key = (embeddings.count(), embeddings.order_by("-pk").values_list("pk", flat=True).first())
+    with _cache_lock:
+        cached = _index_cache.get(version.pk)
+        if cached and cached[0] == key:
+            return cached[1]
+    ids, blobs = [], []
+    for product_id, vector in embeddings.order_by("pk").values_list("product_id", "vector").iterator(chunk_size=2000):
+        ids.append(product_id)
+        blobs.append(vector)
+    index = ExactIndex(np.asarray(ids, np.int64), _vectors(blobs, version.embedding_dim))
+    with _cache_lock:
+        _index_cache[version.pk] = (key, index)
+    return index
+
+
+def photos_topk_products(*, version: ModelVersion, photo_ids: list[int], k: int = 3) -> dict[int, list[tuple[int, float]]]:
+    """Top-k catalog products for each photo by cosine similarity of their embeddings.
+
+    Args:
+        version: the embedding ModelVersion both sides were embedded with.
+        photo_ids: Photo primary keys; photos without an embedding are left out of the result.
+        k: products per photo.
+
+    Returns:
+        {photo_id: [(product_id, cosine similarity in [-1, 1]), ...]} best first, up to k each.
+
+    Raises:
+        EmbeddingsMissing: no product embeddings exist for `version`.
+    """
+    index = product_index_get(version=version)
+    if not len(index):
+        raise EmbeddingsMissing(f"no product embeddings for model version {version.name}")
+    rows = list(
+        PhotoEmbedding.objects.filter(model_version=version, photo_id__in=photo_ids).values_list("photo_id", "vector")
+    )
+    if not rows:
+        return {}
+    queries = _vectors([vector for _, vector in rows], version.embedding_dim)
+    ids, scores = index.search(queries, k)
+    return {
+        photo_id: [(int(p), float(s)) for p, s in zip(ids[i], scores[i], strict=True)]
+        for i, (photo_id, _) in enumerate(rows)
+    }
+
+
+@transaction.atomic
+def embedding_run_reset(*, run: EmbeddingRun) -> None:
+    """Put a FAILED run back to PENDING so it can be queued again."""
+    EmbeddingRun.objects.filter(pk=run.pk, status=EmbeddingRun.Status.FAILED).update(
+        status=EmbeddingRun.Status.PENDING, error=""
+    )

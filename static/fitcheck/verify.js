@@ -1,0 +1,35 @@
+// Keyboard-first verify page: every button with data-key answers to that key, and the time a task
+// was on screen goes with the answer as duration_ms.
+(function () {
+  "use strict";
+
+  function stamp() {
+    var task = document.getElementById("task");
+    if (task) task.dataset.shownAt = String(performance.now());
+  }
+
+  document.addEventListener("DOMContentLoaded", stamp);
+  document.addEventListener("htmx:afterSettle", stamp);
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    var task = document.getElementById("task");
+    if (!task || !task.dataset.shownAt) return;
+    if ("duration_ms" in event.detail.parameters || event.detail.parameters.get) {
+      var ms = Math.max(0, Math.round(performance.now() - Number(task.dataset.shownAt)));
+      if (event.detail.parameters.set) event.detail.parameters.set("duration_ms", String(ms));
+      else event.detail.parameters.duration_ms = String(ms);
+    }
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    var target = event.target;
+    if (target && target.closest && target.closest("input, textarea, select, [contenteditable]")) return;
+    var key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    var button = document.querySelector('#task [data-key="' + CSS.escape(key) + '"]');
+    if (button && !button.disabled) {
+      event.preventDefault();
+      button.click();
+    }
+  });
+})();
