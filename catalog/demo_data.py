@@ -405,70 +405,81 @@ def _background(rng: np.random.Generator, size_px: int) -> np.ndarray:
     return np.clip(bg * light[..., None], 0, 1).astype(np.float32, copy=False)
 
 
-def _garment_layers(image_28: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """Low-resolution layers to warp: (5, 28, 28) float32 tensor = premultiplied RGB, alpha, shadow.
+def _alpha_from_intensity(v: np.ndarray) -> np.ndarray:
+    """Object coverage in [0, 1] from Fashion-MNIST intensity in [0, 1] (backgrounds are exactly 0);
+    the soft ramp keeps the anti-aliased outline."""
+    return np.clip((v - 0.02) * (1 / 0.18), 0.0, 1.0)
 
-    Also returns the garment's mean RGB colour (3,) for choosing a contrasting background.
+
+def _garment_layers(image_28: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Low-resolution layers to warp: (3, H, W) float32 = intensity, texture noise, contact shadow.
+
+    Alpha and colour are derived after upscaling and warping, so outlines are smooth iso-contours
+    of the interpolated intensity rather than enlarged 28-px steps.
     """
-    v = image_28.astype(np.float32) / 255.0
-    # Fashion-MNIST backgrounds are exactly 0; a soft ramp keeps the anti-aliased outline.
-    alpha = np.clip((v - 0.015) / 0.12, 0.0, 1.0)
-    # A little colour: white mixed with a random hue, then an overall lightness.
-    tint = _hsv(rng.random(), 1.0, 1.0)
-    mix = rng.uniform(0.1, 0.55)
-    colour = ((1 - mix) + mix * tint) * rng.uniform(0.6, 1.0)
-    shading = 0.25 + 0.75 * v * (1 + 0.12 * (_small_noise(rng) - 0.5))
-    rgb = np.clip(shading[..., None] * colour, 0, 1)
-    # Contact shadow on the surface below: the silhouette, blurred and offset down-right.
-    shadow_src = torch.from_numpy(alpha)[None]
-    shadow = F.gaussian_blur(shadow_src, [5, 5], [1.2, 1.2])[0].numpy()
+    v = image_28.astype(np.float32) * (1 / 255)
+    # Contact shadow on the surface below: the silhouette, blurred and offset down/sideways.
+    silhouette = torch.from_numpy(_alpha_from_intensity(v))[None]
+    blurred = F.gaussian_blur(silhouette, [5, 5], [1.2, 1.2])[0].numpy()
     dy, dx = int(rng.integers(0, 3)), int(rng.integers(-1, 2))
-    shadow = np.roll(shadow, (dy, dx), axis=(0, 1)) * rng.uniform(0.2, 0.5)
-    layers = np.concatenate([rgb.transpose(2, 0, 1) * alpha, alpha[None], shadow[None]], axis=0)
-    weight = max(float(alpha.sum()), 1e-6)
-    mean_rgb = (rgb * alpha[..., None]).reshape(-1, 3).sum(0) / weight
-    return torch.from_numpy(np.ascontiguousarray(layers, dtype=np.float32)), mean_rgb
+    h, w = blurred.shape
+    shadow = np.zeros_like(blurred)
+    shadow[dy:, max(dx, 0) : w + min(dx, 0)] = blurred[: h - dy, max(-dx, 0) : w - max(dx, 0)]
+    shadow *= rng.uniform(0.2, 0.5)
+    texture = rng.random(v.shape, dtype=np.float32)  # uneven fabric/lighting on the garment
+    return torch.from_numpy(np.stack([v, texture, shadow]))
 
 
-def _small_noise(rng: np.random.Generator) -> np.ndarray:
-    return rng.random((_IMAGE_SIDE_PX, _IMAGE_SIDE_PX), dtype=np.float32)
+_MIN_OBJECT_KEPT = 0.85  # share of the object's pixels that must stay inside the photo
+
+
+def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(3, 3) projective map taking the four (x, y) points `src` (4, 2) to `dst` (4, 2): the
+    standard direct linear solve with h33 = 1 (Hartley & Zisserman 2004, sec. 4.1)."""
+    a = np.zeros((8, 8))
+    b = dst.reshape(8).astype(np.float64)
+    for i, ((x, y), (u, v)) in enumerate(zip(src, dst, strict=True)):
+        a[2 * i] = [x, y, 1, 0, 0, 0, -u * x, -u * y]
+        a[2 * i + 1] = [0, 0, 0, x, y, 1, -v * x, -v * y]
+    return np.append(np.linalg.solve(a, b), 1.0).reshape(3, 3)
 
 
 def _crop_quad(alpha_28: np.ndarray, rng: np.random.Generator) -> list[list[float]]:
-    """Source quadrilateral (28-px coordinates, TL, TR, BR, BL) that will fill the output frame.
+    """Source quadrilateral (image-pixel coordinates, TL, TR, BR, BL) that will fill the output frame.
 
-    A square around the object's bounding box, 0.9–1.6× its larger side (so the crop may cut off up
-    to ~10% of each side, never more than ~20% of the box area), shifted a little, rotated by up to
-    ±30° (hand-held camera) and with its corners moved for a perspective/keystone look.
-    Method: random-resized-crop (Szegedy et al. 2015) + homography from four point pairs.
+    A square 0.9–1.6× the object's larger side, shifted, rotated by up to ±30° (hand-held camera),
+    with a keystone and jittered corners (perspective). A draw is kept only if >= 85% of the
+    object's pixels land inside the frame; after 10 failed draws an upright square 1.25× the object
+    is used. Method: random resized crop (Szegedy et al. 2015) generalised to a homography.
     """
-    rows = np.flatnonzero(alpha_28.max(axis=1) > 0.5)
-    cols = np.flatnonzero(alpha_28.max(axis=0) > 0.5)
-    if rows.size == 0:  # blank image: frame the whole thing
-        y0, y1, x0, x1 = 0.0, 28.0, 0.0, 28.0
-    else:
-        y0, y1, x0, x1 = float(rows[0]), float(rows[-1] + 1), float(cols[0]), float(cols[-1] + 1)
-    bw, bh = x1 - x0, y1 - y0
-    side = max(bw, bh) * rng.uniform(0.9, 1.6)
-    for _ in range(8):
-        cx = (x0 + x1) / 2 + rng.uniform(-0.18, 0.18) * side
-        cy = (y0 + y1) / 2 + rng.uniform(-0.18, 0.18) * side
-        kept_w = max(0.0, min(x1, cx + side / 2) - max(x0, cx - side / 2)) / bw
-        kept_h = max(0.0, min(y1, cy + side / 2) - max(y0, cy - side / 2)) / bh
-        if kept_w * kept_h >= 0.8:
-            break
-    else:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    angle = math.radians(float(np.clip(rng.normal(0, 10), -30, 30)))
-    cos, sin = math.cos(angle), math.sin(angle)
-    keystone = rng.uniform(-0.12, 0.12)  # camera tilted up/down: top edge shorter or longer
-    jitter = rng.uniform(-0.05, 0.05, size=(4, 2)) * side
-    half = side / 2
-    corners = [(-half * (1 - keystone), -half), (half * (1 - keystone), -half), (half, half), (-half, half)]
-    quad = []
-    for (dx, dy), (jx, jy) in zip(corners, jitter, strict=True):
-        quad.append([cx + cos * dx - sin * dy + jx, cy + sin * dx + cos * dy + jy])
-    return quad
+    ys, xs = np.nonzero(alpha_28 > 0.5)
+    if ys.size == 0:  # blank image: frame the whole thing
+        h, w = alpha_28.shape
+        return [[0.0, 0.0], [float(w), 0.0], [float(w), float(h)], [0.0, float(h)]]
+    y0, y1, x0, x1 = float(ys.min()), float(ys.max() + 1), float(xs.min()), float(xs.max() + 1)
+    centre_x, centre_y = (x0 + x1) / 2, (y0 + y1) / 2
+    size = max(x1 - x0, y1 - y0)
+    points = np.stack([xs + 0.5, ys + 0.5, np.ones(xs.size)])  # homogeneous pixel centres (3, N)
+    unit_square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float64)
+    for _ in range(10):
+        side = size * rng.uniform(0.9, 1.6)
+        cx = centre_x + rng.uniform(-0.15, 0.15) * side
+        cy = centre_y + rng.uniform(-0.15, 0.15) * side
+        angle = math.radians(float(np.clip(rng.normal(0, 10), -30, 30)))
+        keystone = rng.uniform(-0.12, 0.12)  # camera tilted up/down: top edge shorter or longer
+        jitter = rng.uniform(-0.05, 0.05, size=(4, 2)) * side
+        half = side / 2
+        corners = np.array([[-half * (1 - keystone), -half], [half * (1 - keystone), -half], [half, half], [-half, half]])
+        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        quad = corners @ rotation.T + [cx, cy] + jitter
+        mapped = _homography(quad, unit_square) @ points
+        u, v = mapped[0] / mapped[2], mapped[1] / mapped[2]
+        kept = float(np.mean((u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)))
+        if kept >= _MIN_OBJECT_KEPT:
+            return quad.tolist()
+    half = size * 0.625
+    return [[centre_x - half, centre_y - half], [centre_x + half, centre_y - half],
+            [centre_x + half, centre_y + half], [centre_x - half, centre_y + half]]
 
 
 def _occluder(
@@ -487,16 +498,25 @@ def _occluder(
             edge = rng.integers(4)
             along = rng.uniform(0.15, 0.85)
             cy, cx = [(0.0, along), (along, 1.0), (1.0, along), (along, 0.0)][edge]
-            ry, rx = rng.uniform(0.12, 0.28) * scale, rng.uniform(0.08, 0.16) * scale
+            ry, rx = rng.uniform(0.18, 0.32) * scale, rng.uniform(0.1, 0.17) * scale
             if edge in (1, 3):
                 ry, rx = rx, ry
             dist = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
-            alpha = np.clip((1.0 - dist) * 6.0, 0, 1)
+            alpha = np.clip((1.0 - dist) * 2.5, 0, 1)  # soft: out of focus, right at the lens
             colour = np.array(_SKIN_TONES[rng.integers(len(_SKIN_TONES))], dtype=np.float32)
             shade = (1.05 - 0.35 * np.clip(dist, 0, 1))[..., None]
-        else:  # phone / price tag / paper: a flat rectangle
+        else:  # phone / price tag / sheet of paper: a flat rectangle reaching in from an edge
             h, w = rng.uniform(0.12, 0.4) * scale, rng.uniform(0.12, 0.4) * scale
-            top, left = rng.uniform(-0.05, 1.0 - h * 0.6), rng.uniform(-0.05, 1.0 - w * 0.6)
+            top, left = rng.uniform(0.0, 1.0 - h), rng.uniform(0.0, 1.0 - w)
+            edge = rng.integers(4)
+            if edge == 0:
+                top = -0.1 * h
+            elif edge == 1:
+                left = 1.0 - 0.9 * w
+            elif edge == 2:
+                top = 1.0 - 0.9 * h
+            else:
+                left = -0.1 * w
             alpha = ((ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)).astype(np.float32)
             colour = _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.05, 0.95))
             shade = (0.9 + 0.2 * (ys - top) / h)[..., None]
@@ -547,17 +567,23 @@ def customer_photo_render(image_28: np.ndarray, *, rng: np.random.Generator, siz
 
     if rng.random() < 0.25:  # front camera / mirror selfie
         image_28 = image_28[:, ::-1]
-    layers_28, garment_rgb = _garment_layers(image_28, rng)
-    quad = _crop_quad(layers_28[3].numpy(), rng)
+    # A little colour: white mixed with a random hue, at a random overall lightness.
+    mix = rng.uniform(0.1, 0.45)
+    colour = ((1 - mix) + mix * _hsv(rng.random(), 1.0, 1.0)) * rng.uniform(0.6, 1.0)
+    layers = _garment_layers(image_28, rng)
+    quad = _crop_quad(_alpha_from_intensity(image_28.astype(np.float32) * (1 / 255)), rng)
     sx, sy = s / w28, s / h28
     start = [[x * sx, y * sy] for x, y in quad]
     end = [[0.0, 0.0], [float(s), 0.0], [float(s), float(s)], [0.0, float(s)]]
-    layers = F.resize(layers_28, [s, s], interpolation=InterpolationMode.BILINEAR, antialias=False)
+    layers = F.resize(layers, [s, s], interpolation=InterpolationMode.BICUBIC, antialias=False)
     layers = F.perspective(layers, start, end, interpolation=InterpolationMode.BILINEAR)
-    lay = layers.numpy()  # (5, S, S)
-    prem = lay[:3].transpose(1, 2, 0)
-    alpha = np.clip(lay[3], 0, 1)[..., None]
-    shadow = np.clip(lay[4], 0, 1)[..., None]
+    v_s, texture, shadow = (np.clip(layer, 0, 1) for layer in layers.numpy())  # each (S, S)
+    alpha = _alpha_from_intensity(v_s)[..., None]
+    shading = 0.3 + 0.7 * v_s * (1 + 0.12 * (texture - 0.5))
+    garment = shading[..., None] * colour
+    shadow = shadow[..., None]
+    weight = max(float(alpha.sum()), 1e-6)
+    garment_rgb = (garment * alpha).reshape(-1, 3).sum(0) / weight
 
     bg = _background(rng, s)
     # Keep the garment visible: move the background's mean luminance >= 0.25 away from the garment's.
@@ -568,7 +594,7 @@ def customer_photo_render(image_28: np.ndarray, *, rng: np.random.Generator, siz
             bg = bg * (max(target, 0.05) / max(lum_b, 1e-3))
         else:
             bg = 1.0 - (1.0 - bg) * ((1.0 - min(target, 0.97)) / max(1.0 - lum_b, 1e-3))
-    photo = bg * (1.0 - shadow) * (1.0 - alpha) + np.minimum(prem, alpha)
+    photo = bg * (1.0 - shadow) * (1.0 - alpha) + garment * alpha
 
     if rng.random() < 0.3:
         occ = _occluder(rng, s, alpha[..., 0] > 0.5)

@@ -1,0 +1,48 @@
+# fitcheck. `make demo` runs the app on real data; `make test` runs the suite on SQLite and PostgreSQL.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+UV ?= uv
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-sqlite test-postgres lint services-start services-stop bench clean
+
+install: .venv/.synced
+
+.venv/.synced: pyproject.toml uv.lock
+	$(UV) sync --frozen
+	@touch $@
+
+demo: install
+	bin/demo
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+# Both passes start a real Celery worker: on SQLite with the embedded SQLite-file broker (the demo's
+# setup), on PostgreSQL with Redis (production's).
+test: lint services-start
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: install
+	@echo "== tests on SQLite, Celery broker: SQLite file =="
+	env -u DATABASE_URL -u CELERY_BROKER_URL $(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: install services-start
+	@echo "== tests on PostgreSQL, Celery broker: Redis =="
+	eval "$$(bin/services env)" && $(PY) -m pytest $(PYTEST_ARGS)
+
+services-start:
+	bin/services start
+
+services-stop:
+	bin/services stop
+
+bench: install
+	$(PY) bench/match_recall.py
+	$(PY) bench/api_latency.py
+
+clean: services-stop
+	rm -rf var

@@ -1,0 +1,83 @@
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from annotate import roles
+from annotate.models import Campaign, Task
+from annotate.services import campaign_create, campaign_prepare
+from catalog.models import Photo
+from mlcore.nn.config import EmbedConfig
+from mlcore.services import model_version_ensure
+
+DEMO_PASSWORD = "fitcheck-demo"
+DEMO_USERS = (
+    # username, role, is_superuser
+    ("alice", roles.EMPLOYEE, False),
+    ("bob", roles.EMPLOYEE, False),
+    ("carol", roles.EMPLOYEE, False),
+    ("tara", roles.TAGGER, False),
+    ("mila", roles.ML, False),
+    ("admin", roles.ADMIN, True),
+)
+DEMO_INSTRUCTIONS = (
+    "Demo data: the catalog holds real Fashion-MNIST product images (Zalando, MIT licence); the customer "
+    "photos are generated views of real product images (crop, rotation, lighting, background, occlusion), "
+    "some of products that are not in the catalog, and a few photos of no product at all."
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Set up the demo: role groups, demo users (printed), the Fashion-MNIST catalog and photos, the "
+        "pretrained embedding model, and the 'lunch-verify' match campaign, whose suggestions the Celery "
+        "worker then computes. Idempotent."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--products", type=int, default=10_000)
+        parser.add_argument("--photos", type=int, default=1_000)
+        parser.add_argument("--photos-not-in-catalog", type=int, default=300)
+        parser.add_argument("--photos-non-product", type=int, default=24)
+        parser.add_argument("--backbone", default=EmbedConfig.backbone)
+        parser.add_argument("--image-size", type=int, default=EmbedConfig.image_size_px)
+
+    def handle(self, *args, **options):
+        roles.roles_ensure()
+        User = get_user_model()
+        for username, role, is_superuser in DEMO_USERS:
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"is_staff": is_superuser, "is_superuser": is_superuser}
+            )
+            if created:
+                user.set_password(DEMO_PASSWORD)
+                user.save(update_fields=["password"])
+            user.groups.add(Group.objects.get(name=role))
+        call_command(
+            "load_fashion_mnist",
+            products=options["products"],
+            photos=options["photos"],
+            photos_not_in_catalog=options["photos_not_in_catalog"],
+            photos_non_product=options["photos_non_product"],
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+        version = model_version_ensure(
+            config=EmbedConfig(backbone=options["backbone"], image_size_px=options["image_size"])
+        )
+        campaign = campaign_create(
+            slug="lunch-verify",
+            name="Lunch-break verify",
+            model_version=version,
+            instructions=DEMO_INSTRUCTIONS,
+            created_by=User.objects.get(username="admin"),
+        )
+        missing = Photo.objects.count() - Task.objects.filter(campaign=campaign).count()
+        if missing > 0 or campaign.status != Campaign.Status.ACTIVE:
+            campaign_prepare(campaign=campaign)
+            self.stdout.write(f"Queued suggestions for {missing} photos with {version.name} (the worker runs them).")
+        else:
+            self.stdout.write("Every photo already has a task.")
+        self.stdout.write("\nDemo logins (password for all: %s)" % DEMO_PASSWORD)
+        for username, role, _ in DEMO_USERS:
+            self.stdout.write(f"  {username:<6} {role}")

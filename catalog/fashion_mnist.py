@@ -1,0 +1,238 @@
+"""Load the Fashion-MNIST demo catalog and its customer-photo queue into the database.
+
+Real product images (Fashion-MNIST, Xiao et al. 2017; 70,000 Zalando product images, MIT), two demo
+retailers whose native categories differ, and generated customer photos: views of catalog products,
+products not in the catalog (from the test split), and photos of no product at all. The true answer
+of each photo goes to DemoPhotoTruth only.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+import numpy as np
+from django.db import transaction
+
+from . import demo_data
+from .images import image_inspect, image_store
+from .models import DemoPhotoTruth, NativeCategory, Photo, Product, ProductImage, Retailer
+from .services import photo_upsert, taxonomy_path_ensure
+
+logger = logging.getLogger(__name__)
+
+# Master taxonomy path of each Fashion-MNIST class (label order).
+MASTER_PATHS = (
+    "Clothing › Tops › T-shirt/top",
+    "Clothing › Bottoms › Trouser",
+    "Clothing › Tops › Pullover",
+    "Clothing › Dresses › Dress",
+    "Clothing › Outerwear › Coat",
+    "Shoes › Sandal",
+    "Clothing › Tops › Shirt",
+    "Shoes › Sneaker",
+    "Bags › Bag",
+    "Shoes › Ankle boot",
+)
+RETAILERS = (
+    {
+        "slug": "northwind",
+        "name": "Northwind Apparel",
+        "sku_prefix": "NW",
+        "native": ("Tees", "Trousers", "Jumpers", "Dresses", "Coats & Jackets", "Sandals", "Shirts", "Trainers",
+                   "Bags", "Boots"),
+    },
+    {
+        "slug": "harbor-pine",
+        "name": "Harbor & Pine",
+        "sku_prefix": "HP",
+        "native": ("T-Shirts & Tops", "Pants", "Knitwear > Pullovers", "Dresses > Day Dresses", "Outerwear",
+                   "Shoes > Sandals", "Tops > Shirts & Blouses", "Shoes > Sneakers", "Accessories > Bags",
+                   "Shoes > Ankle Boots"),
+    },
+)
+# Native categories that say nothing about the product; mapped to no master node.
+UNINFORMATIVE_NATIVE = ("New In", "Summer Sale", "Last Chance")
+UNINFORMATIVE_SHARE = 0.12
+
+_NOUNS = (
+    ("tee", "T-shirt", "crew-neck top", "vest top"),
+    ("trousers", "chinos", "straight-leg pants", "joggers"),
+    ("pullover", "jumper", "knit sweater", "crew-neck sweater"),
+    ("dress", "day dress", "shift dress", "midi dress"),
+    ("coat", "parka", "jacket", "overcoat"),
+    ("sandals", "slides", "strappy sandals", "flat sandals"),
+    ("shirt", "blouse", "button-down shirt", "oxford shirt"),
+    ("sneakers", "trainers", "running shoes", "low-top sneakers"),
+    ("bag", "tote bag", "shoulder bag", "crossbody bag"),
+    ("ankle boots", "chelsea boots", "lace-up boots", "heeled ankle boots"),
+)
+_ADJECTIVES = ("Classic", "Relaxed", "Everyday", "Essential", "Soft", "Structured", "Organic cotton", "Light",
+               "Recycled", "Slim", "Oversized", "Textured", "Washed", "Premium", "Easy")
+POSTED_BASE = datetime(2026, 10, 1, tzinfo=dt_timezone.utc)
+
+
+@dataclass
+class LoadReport:
+    product_count: int
+    photo_in_catalog_count: int
+    photo_not_in_catalog_count: int
+    photo_non_product_count: int
+    products_created: int
+    photos_created: int
+
+
+def _title(label: int, rng: np.random.Generator) -> tuple[str, str]:
+    noun = _NOUNS[label][int(rng.integers(len(_NOUNS[label])))]
+    adjective = _ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]
+    title = f"{adjective} {noun}"
+    description = f"{title}. {demo_data.FASHION_MNIST_CLASSES[label]} from our core range; true to size."
+    return title, description
+
+
+def fashion_mnist_load(
+    *,
+    directory: str | None = None,
+    product_count: int = 10_000,
+    photo_in_catalog_count: int = 1_000,
+    photo_not_in_catalog_count: int = 300,
+    photo_non_product_count: int = 24,
+    seed: int = 0,
+    allow_download: bool = True,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> LoadReport:
+    """Create the demo catalog and photo queue from Fashion-MNIST. Idempotent for the same arguments:
+    products upsert on (retailer, sku), images and photos dedupe by sha256, truth rows by photo.
+
+    Args:
+        directory: where the IDX files are; default $FASHION_MNIST_DIR, the Debian package path, or a
+            verified download (see catalog.demo_data.fashion_mnist_locate).
+        product_count: catalog products drawn from the 60,000 training images, split across 2 retailers.
+        photo_in_catalog_count: generated customer photos of catalog products.
+        photo_not_in_catalog_count: generated photos of products from the test split (not in the catalog).
+        photo_non_product_count: photos of no product (scikit-image's bundled sample photos).
+        seed: the random seed; the same seed gives the same rows and bytes.
+        progress: called as progress(stage, done, total).
+
+    Raises:
+        catalog.demo_data.DatasetError: the dataset cannot be found, read or verified.
+        ValueError: a count out of range.
+    """
+    if not 3 <= product_count <= 60_000:
+        raise ValueError("product_count must be between 3 and 60000")
+    if photo_in_catalog_count > product_count:
+        raise ValueError("photo_in_catalog_count cannot exceed product_count")
+    if photo_not_in_catalog_count > 10_000:
+        raise ValueError("photo_not_in_catalog_count cannot exceed the 10,000 test images")
+    progress = progress or (lambda stage, done, total: None)
+    root = demo_data.fashion_mnist_locate(directory, allow_download=allow_download)
+    train_x, train_y = demo_data.fashion_mnist_read(root, "train")
+    test_x, test_y = demo_data.fashion_mnist_read(root, "test")
+    rng = np.random.default_rng(seed)
+
+    nodes = [taxonomy_path_ensure(path=path) for path in MASTER_PATHS]
+    retailers, natives = [], []
+    for spec in RETAILERS:
+        retailer, _ = Retailer.objects.get_or_create(slug=spec["slug"], defaults={"name": spec["name"]})
+        retailers.append(retailer)
+        per_label = []
+        for label, path in enumerate(spec["native"]):
+            native, _ = NativeCategory.objects.get_or_create(
+                retailer=retailer, path=path, defaults={"master_node": nodes[label]}
+            )
+            per_label.append(native)
+        uninformative = [
+            NativeCategory.objects.get_or_create(retailer=retailer, path=path)[0] for path in UNINFORMATIVE_NATIVE
+        ]
+        natives.append((per_label, uninformative))
+
+    indices = np.sort(rng.choice(len(train_x), size=product_count, replace=False))
+    products_created = 0
+    product_by_index: dict[int, int] = {}
+    batch = 1000
+    for start in range(0, product_count, batch):
+        chunk = indices[start : start + batch]
+        rows, images = [], {}
+        for index in chunk:
+            index = int(index)
+            label = int(train_y[index])
+            which = index % 2
+            retailer = retailers[which]
+            per_label, uninformative = natives[which]
+            if rng.random() < UNINFORMATIVE_SHARE:
+                native = uninformative[int(rng.integers(len(uninformative)))]
+                master = None
+            else:
+                native, master = per_label[label], nodes[label]
+            title, description = _title(label, rng)
+            sku = f"{RETAILERS[which]['sku_prefix']}-{index:05d}"
+            rows.append(
+                Product(retailer=retailer, sku=sku, title=title, description=description,
+                        native_category=native, master_category=master)
+            )
+            data = demo_data.png_bytes(train_x[index])
+            info = image_inspect(data)
+            images[(retailer.pk, sku)] = (index, image_store(data, info, prefix="products"), info)
+        with transaction.atomic():
+            before = Product.objects.count()
+            Product.objects.bulk_create(rows, ignore_conflicts=True)
+            products_created += Product.objects.count() - before
+            keys = Product.objects.filter(retailer__in=retailers, sku__in=[r.sku for r in rows]).values_list(
+                "pk", "retailer_id", "sku"
+            )
+            image_rows = []
+            for pk, retailer_id, sku in keys:
+                index, name, info = images[(retailer_id, sku)]
+                product_by_index[index] = pk
+                image_rows.append(
+                    ProductImage(product_id=pk, image=name, sha256=info.sha256, width_px=info.width_px,
+                                 height_px=info.height_px, position=0)
+                )
+            ProductImage.objects.bulk_create(image_rows, ignore_conflicts=True)
+        progress("products", min(start + batch, product_count), product_count)
+
+    # The photo queue, in a shuffled order so the three kinds are mixed.
+    in_catalog = rng.choice(indices, size=photo_in_catalog_count, replace=False)
+    not_in_catalog = rng.choice(len(test_x), size=photo_not_in_catalog_count, replace=False)
+    plan = [("in", int(i)) for i in in_catalog] + [("out", int(i)) for i in not_in_catalog]
+    plan += [("none", i) for i in range(photo_non_product_count)]
+    order = rng.permutation(len(plan))
+    non_products = demo_data.non_product_photos(rng=rng, count=photo_non_product_count) if photo_non_product_count else []
+    photos_created = 0
+    total = len(plan)
+    for done, position in enumerate(order, start=1):
+        kind, index = plan[position]
+        if kind == "in":
+            image = demo_data.customer_photo_render(train_x[index], rng=rng)
+            caption = demo_data.photo_caption(rng, brand=RETAILERS[index % 2]["slug"])
+            truth = {"kind": DemoPhotoTruth.Kind.IN_CATALOG, "product_id": product_by_index[index],
+                     "source_label": int(train_y[index])}
+        elif kind == "out":
+            image = demo_data.customer_photo_render(test_x[index], rng=rng)
+            caption = demo_data.photo_caption(rng)
+            truth = {"kind": DemoPhotoTruth.Kind.NOT_IN_CATALOG, "product_id": None,
+                     "source_label": int(test_y[index])}
+        else:
+            caption, image = non_products[index]
+            truth = {"kind": DemoPhotoTruth.Kind.NOT_A_PRODUCT, "product_id": None, "source_label": None}
+        data = demo_data.png_bytes(image)
+        info = image_inspect(data)
+        name = image_store(data, info, prefix="photos")
+        posted_at = POSTED_BASE + timedelta(minutes=int(rng.integers(0, 60 * 24 * 45)))
+        source = f"instagram:@customer{int(rng.integers(1000, 9999))}"
+        with transaction.atomic():
+            outcome = photo_upsert(image_name=name, info=info, source=source, caption=caption, posted_at=posted_at)
+            photo = Photo.objects.get(sha256=info.sha256)
+            DemoPhotoTruth.objects.update_or_create(photo=photo, defaults=truth)
+        photos_created += outcome == "created"
+        if done % 50 == 0 or done == total:
+            progress("photos", done, total)
+    return LoadReport(
+        product_count=product_count,
+        photo_in_catalog_count=photo_in_catalog_count,
+        photo_not_in_catalog_count=photo_not_in_catalog_count,
+        photo_non_product_count=photo_non_product_count,
+        products_created=products_created,
+        photos_created=photos_created,
+    )
