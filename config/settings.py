@@ -135,7 +135,8 @@ SPECTACULAR_SETTINGS = {
 
 # Celery. Embedded default: a SQLite file as broker, polled by a real worker process.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
-CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.5} if CELERY_BROKER_URL.startswith("sqla+") else {}
+# kombu's SQLAlchemy transport hands every transport option to create_engine(), so none are set
+# here; it polls the SQLite file once a second.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {

@@ -83,8 +83,13 @@ def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndar
 
 
 def embedding_run_create(*, version: ModelVersion, target: str) -> EmbeddingRun:
-    """Create a PENDING run. The caller enqueues mlcore.embed for it (after commit)."""
-    return EmbeddingRun.objects.create(model_version=version, target=target)
+    """A PENDING run for (version, target): an existing one that never started (its message was lost,
+    say, because the broker was down) is reused rather than piling up a second. The caller enqueues
+    mlcore.embed for it, after commit."""
+    run = EmbeddingRun.objects.filter(
+        model_version=version, target=target, status=EmbeddingRun.Status.PENDING
+    ).order_by("created_at").first()
+    return run or EmbeddingRun.objects.create(model_version=version, target=target)
 
 
 def _targets(run: EmbeddingRun):

@@ -84,7 +84,7 @@ class ExactIndex:
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         self.ids = np.asarray(ids, dtype=np.int64)
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.vectors = torch.from_numpy(np.array(vectors, dtype=np.float32, order="C"))  # a writable copy
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,6 +102,6 @@ class ExactIndex:
         k = min(k, len(self))
         if k == 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        q = torch.from_numpy(np.array(queries, dtype=np.float32, order="C"))
         scores, idx = torch.topk(q @ self.vectors.T, k, dim=1)  # (Q, k)
         return self.ids[idx.numpy()], scores.numpy()

@@ -1,0 +1,58 @@
+"""Shared fixtures. Celery runs eagerly here (tests only); tests/test_worker.py turns that off and
+uses a real worker process."""
+
+import pytest
+from rest_framework.test import APIClient
+
+from config.celery import app as celery_app
+
+from .factories import user_with_role
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FITCHECK_DEVICE = "cpu"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    yield
+    celery_app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def employee(db):
+    return user_with_role("employee", username="emma")
+
+
+@pytest.fixture
+def employee2(db):
+    return user_with_role("employee", username="eli")
+
+
+@pytest.fixture
+def employee3(db):
+    return user_with_role("employee", username="eva")
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+ROLE_MATRIX = ["anonymous", "employee", "tagger", "ml", "admin"]
+
+
+@pytest.fixture
+def as_role(db, client):
+    """Log the test client in with a fresh user of the given role ("anonymous" logs nobody in)."""
+
+    def login(role: str):
+        if role == "anonymous":
+            client.logout()
+            return None
+        user = user_with_role(role, username=f"{role}-user")
+        client.force_login(user)
+        return user
+
+    return login
