@@ -1,6 +1,6 @@
 """Annotation reads, permission-checked and with their related rows fetched in bulk."""
 
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Prefetch, Q
 from django.http import Http404
 from django.utils import timezone
@@ -64,7 +64,7 @@ def get_task_for_user(user, uuid) -> Task:
     _require_verifier(user)
     try:
         return _task_queryset().get(uuid=uuid)
-    except (Task.DoesNotExist, ValueError, TypeError):
+    except (Task.DoesNotExist, ValidationError, ValueError, TypeError):
         raise Http404("No such task.") from None
 
 

@@ -198,12 +198,11 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
             return lease.task
         queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(skip_locked=True, of=("self",))
         task = _first_from_seed(queryset, seed)
-        Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
+        # Expired or finished leases of this person, this task's included, make way for the new one.
+        Lease.objects.filter(annotator=user, task__campaign=campaign).delete()
         if task is None:
             return None
-        Lease.objects.update_or_create(
-            task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
-        )
+        Lease.objects.create(task=task, annotator=user, expires_at=now + timedelta(seconds=campaign.lease_seconds))
     return task
 
 
@@ -295,14 +294,14 @@ def answer_submit(
             if locked.answer_count + held_by_others >= locked.campaign.answers_per_task:
                 raise AnswerConflict("leased_to_other", "This task is reserved for other annotators right now.")
         try:
-            with transaction.atomic():
-                answer = Answer.objects.create(
-                    task=locked, annotator=user, choice=choice, product=product, duration_ms=duration_ms,
-                    idempotency_key=key,
-                )
+            answer = Answer.objects.create(
+                task=locked, annotator=user, choice=choice, product=product, duration_ms=duration_ms,
+                idempotency_key=key,
+            )
         except IntegrityError:
-            # Only reachable if a constraint is hit outside the lock's protection (another task's
-            # lock holder using the same key): report the key reuse rather than a 500.
+            # Reachable only when the same key is sent at once for two different tasks (two task
+            # locks): report the key reuse rather than a 500. Leaving the atomic block by raising
+            # rolls the whole transaction back.
             raise AnswerConflict("idempotency_key_reused", "This idempotency key was already used.") from None
         complete = locked.answer_count + 1 >= locked.campaign.answers_per_task
         Task.objects.filter(pk=locked.pk).update(

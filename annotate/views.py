@@ -34,12 +34,16 @@ def home(request):
 
 def _task_context(request, campaign: Campaign, *, notice: str = "", notice_level: str = "info") -> dict:
     context = {"campaign": campaign, "notice": notice, "notice_level": notice_level, "task": None, "peek": None}
-    progress = selectors.campaign_progress(campaign)
-    context["progress"] = progress
     context["today_count"] = selectors.annotator_today_count(request.user, campaign)
-    if campaign.status in (Campaign.Status.PREPARING, Campaign.Status.FAILED) and not progress["task_count"]:
-        context["state"] = campaign.status
-        return context
+    if campaign.status in (Campaign.Status.PREPARING, Campaign.Status.FAILED):
+        progress = context["progress"] = selectors.campaign_progress(campaign)
+        if not progress["task_count"]:
+            context["state"] = campaign.status
+            return context
+    elif not request.htmx:
+        # Campaign-wide counts cost a scan of the campaign's tasks: full page loads only, never on
+        # the per-answer partial.
+        context["progress"] = selectors.campaign_progress(campaign)
     task = services.task_next_for(user=request.user, campaign=campaign, seed=_session_seed(request))
     if task is None:
         context["state"] = "done"

@@ -1,7 +1,33 @@
+from django import forms
 from django.contrib import admin
 
 from .models import NativeCategory, Photo, Product, ProductImage, Retailer, TaxonomyNode
-from .services import native_category_map
+from .services import TAXONOMY_SEPARATOR, native_category_map
+
+
+class TaxonomyNodeAddForm(forms.ModelForm):
+    """Adds a node under `parent`; its path and depth follow from the parent's."""
+
+    class Meta:
+        model = TaxonomyNode
+        fields = ["parent", "name"]
+
+    def clean(self):
+        cleaned = super().clean()
+        name = (cleaned.get("name") or "").strip()
+        if not name:
+            return cleaned
+        if TAXONOMY_SEPARATOR.strip() in name or " > " in name:
+            self.add_error("name", "A name cannot contain a level separator (› or >); add each level in turn.")
+            return cleaned
+        parent = cleaned.get("parent")
+        path = f"{parent.path}{TAXONOMY_SEPARATOR}{name}" if parent else name
+        if TaxonomyNode.objects.filter(path=path).exists():
+            raise forms.ValidationError(f"The node {path} already exists.")
+        self.instance.name = name
+        self.instance.path = path
+        self.instance.depth = parent.depth + 1 if parent else 0
+        return cleaned
 
 
 @admin.register(Retailer)
@@ -14,7 +40,17 @@ class RetailerAdmin(admin.ModelAdmin):
 class TaxonomyNodeAdmin(admin.ModelAdmin):
     list_display = ["path", "depth"]
     search_fields = ["path"]
-    readonly_fields = ["path", "depth"]
+    add_form = TaxonomyNodeAddForm
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request, obj=None):
+        # Renaming or moving a node would leave its stored path, and its descendants', stale;
+        # importers find nodes by path.
+        return ["path", "depth"] if obj is None else ["parent", "name", "path", "depth"]
 
 
 @admin.register(NativeCategory)
@@ -25,11 +61,11 @@ class NativeCategoryAdmin(admin.ModelAdmin):
     autocomplete_fields = ["master_node"]
 
     def save_model(self, request, obj, form, change):
-        # Re-files the category's products through the service, not a signal.
+        # Save every edited field first (a path edited together with the mapping must not be lost),
+        # then re-file the category's products through the service, not a signal.
+        super().save_model(request, obj, form, change)
         if change and "master_node" in form.changed_data:
             native_category_map(native_category=obj, master_node=obj.master_node)
-        else:
-            super().save_model(request, obj, form, change)
 
 
 class ProductImageInline(admin.TabularInline):

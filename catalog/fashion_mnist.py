@@ -121,6 +121,13 @@ def fashion_mnist_load(
     """
     if not 3 <= product_count <= 60_000:
         raise ValueError("product_count must be between 3 and 60000")
+    for name, count in (
+        ("photo_in_catalog_count", photo_in_catalog_count),
+        ("photo_not_in_catalog_count", photo_not_in_catalog_count),
+        ("photo_non_product_count", photo_non_product_count),
+    ):
+        if count < 0:
+            raise ValueError(f"{name} must be >= 0, got {count}")
     if photo_in_catalog_count > product_count:
         raise ValueError("photo_in_catalog_count cannot exceed product_count")
     if photo_not_in_catalog_count > 10_000:

@@ -56,7 +56,7 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None, max_bytes: int 
     if not data:
         raise ImageRejected("the image file is empty")
     if len(data) > max_bytes:
-        raise ImageRejected(f"the image is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+        raise ImageRejected(f"the image is {_size_text(len(data))}; the limit is {_size_text(max_bytes)}")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -69,7 +69,11 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None, max_bytes: int 
                     raise ImageRejected(f"image format {fmt} is not accepted; use JPEG, PNG or WebP")
                 im.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(f"the image is too large to decode safely ({exc})") from exc
+            # Pillow's own bomb check fires inside Image.open, before the size can be read here.
+            raise ImageRejected(
+                f"the image is too large to decode safely ({exc}); the limit is "
+                f"{max_pixels / 1e6:.0f} megapixels"
+            ) from exc
         except UnidentifiedImageError as exc:
             raise ImageRejected("the file is not an image that can be read (JPEG, PNG or WebP expected)") from exc
         except (OSError, SyntaxError, ValueError) as exc:
@@ -86,6 +90,15 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> str:
     )
 
 
+def _size_text(size_bytes: int) -> str:
+    """A byte count in words: "312 bytes", "48.2 kB", "25.0 MB"."""
+    if size_bytes < 1000:
+        return f"{size_bytes} bytes"
+    if size_bytes < 1_000_000:
+        return f"{size_bytes / 1e3:.1f} kB"
+    return f"{size_bytes / 1e6:.1f} MB"
+
+
 def image_read(ref: str, *, base_dir: Path | None = None) -> bytes:
     """Read an image given as an http(s) URL or a file path (relative paths resolve from `base_dir`).
 
@@ -100,7 +113,7 @@ def image_read(ref: str, *, base_dir: Path | None = None) -> bytes:
         raise ImageRejected("no image given")
     limit = settings.FITCHECK_MAX_IMAGE_BYTES
     if "://" in ref:
-        if not ref.startswith(("http://", "https://")):
+        if not ref.lower().startswith(("http://", "https://")):  # URL schemes are case-insensitive
             raise ImageRejected(f"image URL scheme not supported: {ref.split('://')[0]}")
         try:
             with urllib.request.urlopen(ref, timeout=settings.FITCHECK_FETCH_TIMEOUT_S) as resp:  # noqa: S310
@@ -117,7 +130,7 @@ def image_read(ref: str, *, base_dir: Path | None = None) -> bytes:
         except OSError as exc:
             raise ImageRejected(f"could not read image file {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise ImageRejected(f"the image is larger than the {limit / 1e6:.1f} MB limit")
+        raise ImageRejected(f"the image is larger than the {_size_text(limit)} limit")
     return data
 
 

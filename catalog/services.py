@@ -14,7 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
-from .images import ImageRejected, image_inspect, image_read, image_store
+from .images import ImageInfo, ImageRejected, image_inspect, image_read, image_store
 from .models import NativeCategory, Photo, Product, ProductImage, Retailer, TaxonomyNode
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ CATALOG_OPTIONAL_COLUMNS = ("description", "native_category_path", "master_categ
 PHOTO_REQUIRED_COLUMNS = ("source", "image")
 PHOTO_OPTIONAL_COLUMNS = ("caption", "posted_at")
 MAX_IMAGES_PER_PRODUCT = 20
+MAX_IMAGE_REF_LENGTH = ProductImage._meta.get_field("source_url").max_length
 
 
 class ManifestError(ValueError):
@@ -101,8 +102,10 @@ def manifest_rows(path: Path, *, required: Iterable[str]) -> Iterator[tuple[int,
     """Yield (line number, row) from a CSV (with a header) or JSONL manifest.
 
     The format follows the suffix: `.csv`, `.jsonl`/`.ndjson`. Line numbers are 1-based lines of
-    the file, the header being line 1 of a CSV. A JSONL line that is not a JSON object is yielded as
-    `{"__error__": reason}` so the caller reports it and goes on.
+    the file, the header being line 1 of a CSV; a CSV record whose quoted field spans several lines
+    is numbered by its first line. A CSV record that cannot be parsed or has more fields than the
+    header, and a JSONL line that is not a JSON object, are yielded as `{"__error__": reason}` so
+    the caller reports it and goes on.
 
     Raises:
         ManifestError: unknown suffix, unreadable file, or a CSV header missing required columns.
@@ -118,23 +121,39 @@ def manifest_rows(path: Path, *, required: Iterable[str]) -> Iterator[tuple[int,
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path.name} is not UTF-8 text ({exc})") from exc
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = [name.strip() for name in (reader.fieldnames or [])]
+        # csv.reader rather than DictReader: DictReader skips blank lines internally, which hides
+        # where a record starts, and a csv.Error from it would end the whole import.
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            header = [name.strip() for name in next(reader, [])]
+        except csv.Error as exc:
+            raise ManifestError(f"{path.name}: the header line is not valid CSV ({exc})") from exc
         missing = [name for name in required if name not in header]
         if missing:
             raise ManifestError(
                 f"{path.name} is missing required column(s): {', '.join(missing)}; "
                 f"found: {', '.join(header) or 'no header'}"
             )
-        reader.fieldnames = header
-        for row in reader:
-            extra = row.pop(None, None)
-            if extra:
-                yield reader.line_num, {"__error__": f"{len(extra)} more field(s) than the header has columns"}
+        while True:
+            start = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                yield start, {"__error__": f"not valid CSV ({exc})"}
                 continue
-            yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}
+            if not values:  # a blank line
+                continue
+            if len(values) > len(header):
+                yield start, {"__error__": f"{len(values) - len(header)} more field(s) than the header has columns"}
+                continue
+            values += [""] * (len(header) - len(values))
+            yield start, {name: value.strip() for name, value in zip(header, values, strict=True)}
     elif suffix in (".jsonl", ".ndjson"):
-        for line_no, line in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): JSON strings may hold U+2028 and other characters that
+        # splitlines() treats as line breaks; a trailing "\r" is JSON whitespace.
+        for line_no, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -192,18 +211,25 @@ def _image_refs(row: dict) -> list[str]:
         raise RowInvalid("missing value for image")
     if len(refs) > MAX_IMAGES_PER_PRODUCT:
         raise RowInvalid(f"more than {MAX_IMAGES_PER_PRODUCT} images")
+    for ref in refs:
+        if len(ref) > MAX_IMAGE_REF_LENGTH:  # ProductImage.source_url holds at most this
+            raise RowInvalid(f"image reference longer than {MAX_IMAGE_REF_LENGTH} characters")
     return refs
 
 
-def _images_load(refs: list[str], *, base_dir: Path, prefix: str) -> list[tuple[str, object]]:
-    """Read, check and store each image; returns (storage name, ImageInfo) in order. Raises RowInvalid."""
-    stored = []
+def _images_load(refs: list[str], *, base_dir: Path, prefix: str) -> list[tuple[str, ImageInfo, str]]:
+    """Read, check and store each image; returns (storage name, ImageInfo, ref) in order, each
+    distinct image once (a product holds an image once). Raises RowInvalid."""
+    stored, seen = [], set()
     for ref in refs:
         try:
             data = image_read(ref, base_dir=base_dir)
             info = image_inspect(data)
         except ImageRejected as exc:
             raise RowInvalid(f"image {ref}: {exc}") from exc
+        if info.sha256 in seen:
+            continue
+        seen.add(info.sha256)
         stored.append((image_store(data, info, prefix=prefix), info, ref))
     return stored
 

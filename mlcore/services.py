@@ -26,8 +26,9 @@ from .nn.infer import ExactIndex, device_resolve, embed_images, model_prepare
 logger = logging.getLogger(__name__)
 
 STALE_RUN_AFTER = timedelta(minutes=10)  # a RUNNING run with no heartbeat this long may be re-claimed
-_model_cache: dict[int, tuple] = {}
-_index_cache: dict[int, tuple[tuple, ExactIndex]] = {}
+# Keyed by ModelVersion.uuid: primary keys can be reused (a rolled-back insert), uuids are not.
+_model_cache: dict = {}
+_index_cache: dict = {}
 _cache_lock = threading.Lock()
 
 
@@ -67,13 +68,13 @@ def _embed_config(version: ModelVersion) -> EmbedConfig:
 def _model_for(version: ModelVersion):
     """(model on device, transform, device), loaded once per process and model version."""
     with _cache_lock:
-        if version.pk not in _model_cache:
+        if version.uuid not in _model_cache:
             config = _embed_config(version)
             device = device_resolve(settings.FITCHECK_DEVICE)
             model, spec = backbone_build(config.backbone, weights_path=config.weights_path)
             transform = eval_transform(image_size_px=config.image_size_px, mean=spec.mean, std=spec.std)
-            _model_cache[version.pk] = (model_prepare(model, device), transform, device)
-        return _model_cache[version.pk]
+            _model_cache[version.uuid] = (model_prepare(model, device), transform, device)
+        return _model_cache[version.uuid]
 
 
 def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndarray:
@@ -207,7 +208,7 @@ def product_index_get(*, version: ModelVersion) -> ExactIndex:
     embeddings = ProductEmbedding.objects.filter(model_version=version, product__is_active=True)
     key = (embeddings.count(), embeddings.order_by("-pk").values_list("pk", flat=True).first())
     with _cache_lock:
-        cached = _index_cache.get(version.pk)
+        cached = _index_cache.get(version.uuid)
         if cached and cached[0] == key:
             return cached[1]
     ids, blobs = [], []
@@ -216,7 +217,7 @@ def product_index_get(*, version: ModelVersion) -> ExactIndex:
         blobs.append(vector)
     index = ExactIndex(np.asarray(ids, np.int64), _vectors(blobs, version.embedding_dim))
     with _cache_lock:
-        _index_cache[version.pk] = (key, index)
+        _index_cache[version.uuid] = (key, index)
     return index
 
 
