@@ -394,7 +394,7 @@ def invariants_check(*, campaign, created_201: int) -> tuple[bool, str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     env = _common.bench_environment("api_latency", database_url=args.database_url)
-    env["LOG_LEVEL"] = "WARNING"
+    os.environ["LOG_LEVEL"] = env["LOG_LEVEL"] = "WARNING"  # no per-request httpx INFO lines
     total_started = time.perf_counter()
     vendor = _common.django_ready()
     database = "sqlite" if vendor == "sqlite" else "postgresql"

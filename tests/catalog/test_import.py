@@ -1,5 +1,6 @@
 """The catalog and photo importers (catalog.services) and their management commands."""
 
+import hashlib
 import io
 import json
 from datetime import UTC, datetime
@@ -73,17 +74,17 @@ def test_import_creates_retailer_products_categories_and_images(manifest_dir, se
 
     image = tee.images.get()
     data = (manifest_dir / "img" / "0.png").read_bytes()
-    info_sha = __import__("hashlib").sha256(data).hexdigest()
-    assert (image.sha256, image.width_px, image.height_px, image.position) == (info_sha, 28, 28, 0)
-    assert image.image.name == f"products/{info_sha[:2]}/{info_sha}.png"
+    sha = hashlib.sha256(data).hexdigest()
+    assert (image.sha256, image.width_px, image.height_px, image.position) == (sha, 28, 28, 0)
+    assert image.image.name == f"products/{sha[:2]}/{sha}.png"
     assert image.source_url == ""
     with image.image.open("rb") as fh:
         assert fh.read() == data
 
     chinos = Product.objects.get(sku="NW-2")
-    assert [(i.position, i.image.name) for i in chinos.images.all()] == [
-        (0, ProductImage.objects.get(product=chinos, position=0).image.name),
-        (1, ProductImage.objects.get(product=chinos, position=1).image.name),
+    assert [(i.position, i.sha256) for i in chinos.images.all()] == [
+        (0, hashlib.sha256(png(1)).hexdigest()),
+        (1, hashlib.sha256(png(2)).hexdigest()),
     ]
     assert len(stored_files(settings.MEDIA_ROOT, "products")) == 3
 
@@ -139,7 +140,7 @@ def test_changed_image_list_replaces_the_products_images(manifest_dir):
 
     assert report.updated_count == 1
     product = Product.objects.get()
-    sha = {seed: __import__("hashlib").sha256(png(seed)).hexdigest() for seed in range(3)}
+    sha = {seed: hashlib.sha256(png(seed)).hexdigest() for seed in range(3)}
     assert [(i.position, i.sha256) for i in product.images.all()] == [(0, sha[2]), (1, sha[0])]
 
 
@@ -242,22 +243,27 @@ def test_bad_rows_reported_by_line_and_good_rows_imported(manifest_dir):
         "Ghost Shop,GS-1,Ghost tee,,Ghosts,,img/corrupt.png",              # 3: corrupt image
         "Northwind,,No sku,,Tees,,img/1.png",                              # 4: no sku
         "Northwind,NW-3,Lost,,Tees,,img/missing.png",                      # 5: unknown image path
-        'Northwind,NW-4,Long text,"first line',                            # 6: a record over 3 lines
+        'Northwind,NW-4,Long text,"first line',                            # 6: a record over 2 lines
         'second line",Tees,,img/2.png',
-        "Northwind,NW-5,Extra,,Tees,,img/3.png,surplus",                   # 8: too many fields
-        "",                                                                # 9: blank, skipped
-        "Rollback Co,RB-1,Tee,,Odd,Clothing ›  › Tops,img/4.png",          # 10: bad master path
-        "Northwind,NW-6,Tee 6,,Tees,,img/5.png",                           # 11: good
+        'Northwind,NW-7,Long text,"first line',                            # 8: over 3 lines, bad image
+        "",
+        'third line",Tees,,img/nope.png',
+        "Northwind,NW-5,Extra,,Tees,,img/3.png,surplus",                   # 11: too many fields
+        "",                                                                # 12: blank, skipped
+        "Rollback Co,RB-1,Tee,,Odd,Clothing ›  › Tops,img/4.png",          # 13: bad master path
+        "Northwind,NW-6,Tee 6,,Tees,,img/5.png",                           # 14: good
     )
 
     report = catalog_import(path=path)
 
+    # A record is numbered by its first line, where a person editing the file would look.
     assert [(e.line, e.reason.split(":")[0]) for e in report.errors] == [
         (3, "image img/corrupt.png"),
         (4, "missing value for sku"),
         (5, "image img/missing.png"),
-        (8, "1 more field(s) than the header has columns"),
-        (10, "invalid taxonomy path"),
+        (8, "image img/nope.png"),
+        (11, "1 more field(s) than the header has columns"),
+        (13, "invalid taxonomy path"),
     ]
     reasons = {e.line: e.reason for e in report.errors}
     assert "corrupt or truncated" in reasons[3]
@@ -471,7 +477,7 @@ def test_photos_import_creates_photos_keyed_by_sha256(manifest_dir, settings):
     report = photos_import(path=path)
 
     assert (report.created_count, report.errors) == (3, [])
-    sha = __import__("hashlib").sha256(png(0)).hexdigest()
+    sha = hashlib.sha256(png(0)).hexdigest()
     ana = Photo.objects.get(sha256=sha)
     assert (ana.source, ana.caption, ana.width_px, ana.height_px) == ("instagram:@ana", "Loving my new tee", 28, 28)
     assert ana.posted_at == datetime(2026, 10, 1, 7, 30, tzinfo=UTC)

@@ -1,0 +1,122 @@
+"""The suggestion pipeline through a real Celery worker process and a real broker.
+
+On the SQLite pass the broker is the embedded default (a SQLite file through kombu's SQLAlchemy
+transport); on the PostgreSQL pass `make test` points CELERY_BROKER_URL at the Redis it started.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection, transaction
+
+from annotate.models import Campaign, Task, TaskCandidate
+from annotate.services import campaign_prepare
+from config.celery import app as celery_app
+from mlcore.models import EmbeddingRun
+
+from .factories import CampaignFactory, ModelVersionFactory, PhotoFactory, ProductFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_S = 240  # generous: the worker imports torch, and CI machines may be busy
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = quote(db["USER"] or "")
+    if db.get("PASSWORD"):
+        auth += ":" + quote(db["PASSWORD"])
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def _use_broker(url: str) -> None:
+    """Point this process's Celery app at `url`, dropping pooled connections to the old broker."""
+    celery_app.conf.broker_url = url
+    if celery_app._pool is not None:
+        celery_app._pool.force_close_all()
+        celery_app._pool = None
+
+
+@pytest.fixture
+def broker_url(tmp_path):
+    if settings.CELERY_BROKER_URL.startswith("sqla+"):
+        return f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"  # never the demo's queue file
+    return settings.CELERY_BROKER_URL
+
+
+@pytest.fixture
+def worker(broker_url, settings):
+    """A `celery worker` process on queues default and gpu, sharing this test's database and media."""
+    celery_app.conf.task_always_eager = False
+    _use_broker(broker_url)
+    env = os.environ | {
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": broker_url,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "FITCHECK_DEVICE": "cpu",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = open(settings.MEDIA_ROOT.parent / "worker.log", "w+")  # noqa: SIM115 (closed below)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", "solo",
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    yield process, log
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+    _use_broker(settings.CELERY_BROKER_URL)
+
+
+def _log_tail(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-4000:]
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_campaign_suggestions_are_built_by_a_real_worker(worker, settings):
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    process, log = worker
+    version = ModelVersionFactory()
+    for _ in range(5):
+        ProductFactory()
+    photos = [PhotoFactory() for _ in range(3)]
+    campaign = CampaignFactory(slug="worker-test", status=Campaign.Status.PREPARING, model_version=version)
+
+    with transaction.atomic():
+        products_run, photos_run = campaign_prepare(campaign=campaign)
+    # Sent after commit: nothing ran in this process.
+    assert EmbeddingRun.objects.get(pk=products_run.pk).status in (
+        EmbeddingRun.Status.PENDING, EmbeddingRun.Status.RUNNING, EmbeddingRun.Status.DONE,
+    )
+
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        campaign.refresh_from_db()
+        if campaign.status != Campaign.Status.PREPARING or process.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, f"the worker died:\n{_log_tail(log)}"
+    assert campaign.status == Campaign.Status.ACTIVE, f"still {campaign.status}; worker log:\n{_log_tail(log)}"
+
+    runs = {run.target: run for run in EmbeddingRun.objects.filter(pk__in=[products_run.pk, photos_run.pk])}
+    assert runs["products"].status == runs["photos"].status == EmbeddingRun.Status.DONE
+    assert (runs["products"].done_count, runs["photos"].done_count) == (5, 3)
+    tasks = Task.objects.filter(campaign=campaign)
+    assert sorted(tasks.values_list("photo_id", flat=True)) == sorted(p.pk for p in photos)
+    for task in tasks:
+        assert list(TaskCandidate.objects.filter(task=task).values_list("rank", flat=True)) == [1, 2, 3]
+    assert "mlcore.embed" in _log_tail(log) and "annotate.campaign_tasks_build" in _log_tail(log)
