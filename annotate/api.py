@@ -88,4 +88,6 @@ class AnswerCreateView(APIView):
         except services.AnswerConflict as exc:
             return Response({"code": exc.code, "detail": exc.message}, status=status.HTTP_409_CONFLICT)
         answer.task = task
-        return Response(AnswerSerializer(answer).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            AnswerSerializer(answer).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )

@@ -95,6 +95,9 @@ class TaskCandidate(models.Model):
             models.CheckConstraint(condition=Q(rank__gte=1), name="annotate_taskcandidate_rank_positive"),
         ]
 
+    def __str__(self):
+        return f"candidate {self.rank} of task {self.task_id}"
+
 
 class Lease(models.Model):
     """A task handed to an annotator, reserved for them until expires_at."""
@@ -109,6 +112,9 @@ class Lease(models.Model):
             models.UniqueConstraint(fields=["task", "annotator"], name="annotate_lease_unique"),
         ]
         indexes = [models.Index(fields=["annotator", "expires_at"], name="annotate_lease_by_annotator")]
+
+    def __str__(self):
+        return f"lease of task {self.task_id} to user {self.annotator_id} until {self.expires_at:%H:%M:%S}"
 
 
 class Answer(models.Model):
@@ -145,3 +151,6 @@ class Answer(models.Model):
             ),
         ]
         indexes = [models.Index(fields=["annotator", "-created_at"], name="annotate_answer_recent")]
+
+    def __str__(self):
+        return f"answer {self.uuid} ({self.choice})"

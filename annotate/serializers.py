@@ -55,7 +55,9 @@ class AnswerInputSerializer(serializers.Serializer):
     product = serializers.UUIDField(required=False, allow_null=True, help_text="Required when choice is product.")
     duration_ms = serializers.IntegerField(min_value=0, help_text="Time the task was on screen, in ms.")
     idempotency_key = serializers.CharField(
-        max_length=80, required=False, help_text="Or the Idempotency-Key header. The same key again returns the same answer."
+        max_length=80,
+        required=False,
+        help_text="Or the Idempotency-Key header. The same key again returns the same answer.",
     )
 
 

@@ -2,12 +2,11 @@
 
 import logging
 import random
-from dataclasses import dataclass
 from datetime import timedelta
 
 from celery import chain
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef, Q, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -102,9 +101,10 @@ def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
         has_task = Task.objects.filter(campaign=campaign, photo=OuterRef("pk"))
         embedded = PhotoEmbedding.objects.filter(model_version=version, photo=OuterRef("pk"))
         photo_ids = list(
-            Photo.objects.filter(Exists(embedded)).exclude(Exists(has_task)).order_by("pk").values_list("pk", flat=True)[
-                :batch_size
-            ]
+            Photo.objects.filter(Exists(embedded))
+            .exclude(Exists(has_task))
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
         )
         if not photo_ids:
             break
@@ -218,7 +218,9 @@ def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Ta
 # -- answers -----------------------------------------------------------------------------------------
 
 
-def answer_validate(*, task: Task, choice: str, product_uuid, duration_ms, idempotency_key) -> tuple[str, Product | None, int, str]:
+def answer_validate(
+    *, task: Task, choice: str, product_uuid, duration_ms, idempotency_key
+) -> tuple[str, Product | None, int, str]:
     """Check an answer's fields against the task. Returns (choice, product or None, duration_ms, key).
 
     Raises:
@@ -232,9 +234,7 @@ def answer_validate(*, task: Task, choice: str, product_uuid, duration_ms, idemp
         if not product_uuid:
             errors["product"] = ["required when choice is product"]
         else:
-            product = next(
-                (c.product for c in task.candidates.all() if str(c.product.uuid) == str(product_uuid)), None
-            )
+            product = next((c.product for c in task.candidates.all() if str(c.product.uuid) == str(product_uuid)), None)
             if product is None:
                 errors["product"] = ["is not one of this task's candidates"]
     elif product_uuid:
@@ -279,7 +279,11 @@ def answer_submit(
         locked = Task.objects.select_for_update().select_related("campaign").get(pk=task.pk)
         previous = Answer.objects.filter(annotator=user, idempotency_key=key).first()
         if previous is not None:
-            if previous.task_id != task.pk or previous.choice != choice or previous.product_id != getattr(product, "pk", None):
+            if (
+                previous.task_id != task.pk
+                or previous.choice != choice
+                or previous.product_id != getattr(product, "pk", None)
+            ):
                 raise AnswerConflict(
                     "idempotency_key_reused", "This idempotency key was already used for a different answer."
                 )
@@ -295,7 +299,11 @@ def answer_submit(
                 raise AnswerConflict("leased_to_other", "This task is reserved for other annotators right now.")
         try:
             answer = Answer.objects.create(
-                task=locked, annotator=user, choice=choice, product=product, duration_ms=duration_ms,
+                task=locked,
+                annotator=user,
+                choice=choice,
+                product=product,
+                duration_ms=duration_ms,
                 idempotency_key=key,
             )
         except IntegrityError:

@@ -51,9 +51,7 @@ def _task_context(request, campaign: Campaign, *, notice: str = "", notice_level
     context["state"] = "task"
     context["task"] = selectors.task_with_candidates(task.pk)
     context["idempotency_key"] = uuid.uuid4().hex
-    peek = services.task_peek_after(
-        user=request.user, campaign=campaign, seed=_session_seed(request), current=task
-    )
+    peek = services.task_peek_after(user=request.user, campaign=campaign, seed=_session_seed(request), current=task)
     if peek is not None:
         context["peek"] = selectors.task_with_candidates(peek.pk)
     return context
@@ -73,7 +71,7 @@ def verify(request, slug):
 
 
 def _parse_pick(value: str) -> tuple[str, str | None]:
-    """"product:<uuid>" → ("product", uuid); "none" → ("none", None)."""
+    """ "product:<uuid>" → ("product", uuid); "none" → ("none", None)."""
     choice, _, product = (value or "").partition(":")
     return choice, product or None
 
@@ -121,4 +119,3 @@ def verify_undo(request, slug):
     if not request.htmx:
         return redirect("annotate:verify", slug=campaign.slug)
     return _render_task(request, campaign, **notice)
-

@@ -9,8 +9,7 @@ of each photo goes to DemoPhotoTruth only.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db import transaction
@@ -70,7 +69,7 @@ _NOUNS = (
 )
 _ADJECTIVES = ("Classic", "Relaxed", "Everyday", "Essential", "Soft", "Structured", "Organic cotton", "Light",
                "Recycled", "Slim", "Oversized", "Textured", "Washed", "Premium", "Easy")
-POSTED_BASE = datetime(2026, 10, 1, tzinfo=dt_timezone.utc)
+POSTED_BASE = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -205,7 +204,9 @@ def fashion_mnist_load(
     plan = [("in", int(i)) for i in in_catalog] + [("out", int(i)) for i in not_in_catalog]
     plan += [("none", i) for i in range(photo_non_product_count)]
     order = rng.permutation(len(plan))
-    non_products = demo_data.non_product_photos(rng=rng, count=photo_non_product_count) if photo_non_product_count else []
+    non_products = (
+        demo_data.non_product_photos(rng=rng, count=photo_non_product_count) if photo_non_product_count else []
+    )
     photos_created = 0
     total = len(plan)
     for done, position in enumerate(order, start=1):

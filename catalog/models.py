@@ -102,6 +102,9 @@ class ProductImage(models.Model):
             models.UniqueConstraint(fields=["product", "sha256"], name="catalog_productimage_unique_per_product"),
         ]
 
+    def __str__(self):
+        return f"image {self.position} of product {self.product_id}"
+
 
 class Photo(models.Model):
     """A customer photo to match against the catalog (an Instagram post that tags the brand, say)."""
@@ -141,7 +144,11 @@ class DemoPhotoTruth(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=Q(kind="in_catalog", product__isnull=False) | (~Q(kind="in_catalog") & Q(product__isnull=True)),
+                condition=Q(kind="in_catalog", product__isnull=False)
+                | (~Q(kind="in_catalog") & Q(product__isnull=True)),
                 name="catalog_demophototruth_product_iff_in_catalog",
             ),
         ]
+
+    def __str__(self):
+        return f"truth of photo {self.photo_id}: {self.kind}"

@@ -61,6 +61,9 @@ class EmbeddingRun(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    def __str__(self):
+        return f"embedding run {self.uuid} ({self.target}, {self.status})"
+
     @property
     def progress(self) -> float:
         """Share done, in [0, 1]."""
@@ -78,6 +81,9 @@ class ProductEmbedding(models.Model):
             models.UniqueConstraint(fields=["model_version", "product"], name="mlcore_productembedding_unique"),
         ]
 
+    def __str__(self):
+        return f"embedding of product {self.product_id} by model version {self.model_version_id}"
+
 
 class PhotoEmbedding(models.Model):
     photo = models.ForeignKey("catalog.Photo", on_delete=models.CASCADE, related_name="embeddings")
@@ -89,3 +95,6 @@ class PhotoEmbedding(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["model_version", "photo"], name="mlcore_photoembedding_unique"),
         ]
+
+    def __str__(self):
+        return f"embedding of photo {self.photo_id} by model version {self.model_version_id}"

@@ -87,9 +87,11 @@ def embedding_run_create(*, version: ModelVersion, target: str) -> EmbeddingRun:
     """A PENDING run for (version, target): an existing one that never started (its message was lost,
     say, because the broker was down) is reused rather than piling up a second. The caller enqueues
     mlcore.embed for it, after commit."""
-    run = EmbeddingRun.objects.filter(
-        model_version=version, target=target, status=EmbeddingRun.Status.PENDING
-    ).order_by("created_at").first()
+    run = (
+        EmbeddingRun.objects.filter(model_version=version, target=target, status=EmbeddingRun.Status.PENDING)
+        .order_by("created_at")
+        .first()
+    )
     return run or EmbeddingRun.objects.create(model_version=version, target=target)
 
 
@@ -168,8 +170,10 @@ def _embedding_run_body(run: EmbeddingRun, chunk_size: int) -> None:
         if keep:
             vectors = images_embed(version=version, images=images)
             embedding_model.objects.bulk_create(
-                [embedding_model(**{fk: row, "model_version": version, "vector": vec.tobytes()})
-                 for row, vec in zip(keep, vectors, strict=True)],
+                [
+                    embedding_model(**{fk: row, "model_version": version, "vector": vec.tobytes()})
+                    for row, vec in zip(keep, vectors, strict=True)
+                ],
                 ignore_conflicts=True,
             )
             embedded += len(keep)
@@ -221,7 +225,9 @@ def product_index_get(*, version: ModelVersion) -> ExactIndex:
     return index
 
 
-def photos_topk_products(*, version: ModelVersion, photo_ids: list[int], k: int = 3) -> dict[int, list[tuple[int, float]]]:
+def photos_topk_products(
+    *, version: ModelVersion, photo_ids: list[int], k: int = 3
+) -> dict[int, list[tuple[int, float]]]:
     """Top-k catalog products for each photo by cosine similarity of their embeddings.
 
     Args:

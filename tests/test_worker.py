@@ -65,9 +65,27 @@ def worker(broker_url, settings):
     }
     log = open(settings.MEDIA_ROOT.parent / "worker.log", "w+")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu", "--pool", "solo",
-         "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-Q",
+            "default,gpu",
+            "--pool",
+            "solo",
+            "--without-heartbeat",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield process, log
     process.terminate()
@@ -100,7 +118,9 @@ def test_campaign_suggestions_are_built_by_a_real_worker(worker, settings):
         products_run, photos_run = campaign_prepare(campaign=campaign)
     # Sent after commit: nothing ran in this process.
     assert EmbeddingRun.objects.get(pk=products_run.pk).status in (
-        EmbeddingRun.Status.PENDING, EmbeddingRun.Status.RUNNING, EmbeddingRun.Status.DONE,
+        EmbeddingRun.Status.PENDING,
+        EmbeddingRun.Status.RUNNING,
+        EmbeddingRun.Status.DONE,
     )
 
     deadline = time.monotonic() + WAIT_S

@@ -91,9 +91,12 @@ class TinyCNN(nn.Module):
     def __init__(self, width: int = 32):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),  # (B, 16, H/2, W/2)
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/4, W/4)
-            nn.Conv2d(32, width, 3, stride=2, padding=1), nn.ReLU(),  # (B, width, H/8, W/8)
+            nn.Conv2d(3, 16, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 16, H/2, W/2)
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, 32, H/4, W/4)
+            nn.Conv2d(32, width, 3, stride=2, padding=1),
+            nn.ReLU(),  # (B, width, H/8, W/8)
         )
 
     def forward(self, x):

@@ -1,9 +1,8 @@
 """Image transforms for the embedding networks."""
 
+import torch
 from PIL import Image
 from torchvision.transforms import v2
-
-import torch
 
 
 def eval_transform(*, image_size_px: int, mean, std) -> v2.Compose:

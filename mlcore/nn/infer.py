@@ -8,7 +8,7 @@ from torch import nn
 
 
 def device_resolve(name: str = "auto") -> torch.device:
-    """"auto" → CUDA when present, else CPU; otherwise torch.device(name).
+    """ "auto" → CUDA when present, else CPU; otherwise torch.device(name).
 
     Raises:
         ValueError: a CUDA device is asked for and none is available.

@@ -40,7 +40,8 @@ def test_answer_permission_matrix(api, campaign, role):
     task = task_with_candidates(campaign)
     _login(api, role)
     response = api.post(
-        f"/api/v1/tasks/{task.uuid}/answers", {"choice": "none", "duration_ms": 900, "idempotency_key": "k"},
+        f"/api/v1/tasks/{task.uuid}/answers",
+        {"choice": "none", "duration_ms": 900, "idempotency_key": "k"},
         format="json",
     )
     expected = 201 if role in ALLOWED else (401 if role == "anonymous" else 403)
@@ -118,7 +119,9 @@ class TestAnswers:
         task = task_with_candidates(campaign)
         api.force_authenticate(employee)
         api.post(self.url(task), {"choice": "none", "duration_ms": 1, "idempotency_key": "1"}, format="json")
-        response = api.post(self.url(task), {"choice": "unfit", "duration_ms": 1, "idempotency_key": "2"}, format="json")
+        response = api.post(
+            self.url(task), {"choice": "unfit", "duration_ms": 1, "idempotency_key": "2"}, format="json"
+        )
         assert response.status_code == 409
         assert response.json()["code"] == "already_answered"
 
@@ -133,7 +136,8 @@ class TestAnswers:
         response = api.post(self.url(task), {"choice": "none", "duration_ms": 5, "idempotency_key": "x"}, format="json")
         assert response.status_code == 409
         assert response.json() == {
-            "code": "leased_to_other", "detail": "This task is reserved for other annotators right now."
+            "code": "leased_to_other",
+            "detail": "This task is reserved for other annotators right now.",
         }
         assert not Answer.objects.exists()
 
@@ -161,7 +165,8 @@ class TestAnswers:
     def test_unknown_task_is_404(self, api, employee):
         api.force_authenticate(employee)
         response = api.post(
-            f"/api/v1/tasks/{uuid.uuid4()}/answers", {"choice": "none", "duration_ms": 1, "idempotency_key": "k"},
+            f"/api/v1/tasks/{uuid.uuid4()}/answers",
+            {"choice": "none", "duration_ms": 1, "idempotency_key": "k"},
             format="json",
         )
         assert response.status_code == 404

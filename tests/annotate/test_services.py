@@ -18,7 +18,11 @@ def campaign(db):
 
 def _answer(user, task, choice="none", key=None, product=None):
     return services.answer_submit(
-        user=user, task=task, choice=choice, product_uuid=product, duration_ms=1200,
+        user=user,
+        task=task,
+        choice=choice,
+        product_uuid=product,
+        duration_ms=1200,
         idempotency_key=key or f"{user.pk}-{task.pk}",
     )
 

@@ -117,27 +117,26 @@ def test_load_queues_photos_with_their_truth_kept_apart():
 @needs_dataset
 @pytest.mark.django_db
 def test_second_load_creates_nothing_new():
-    load()
-    before = table_counts()
-    truth_before = set(DemoPhotoTruth.objects.values_list("photo__sha256", "kind", "product__sku", "source_label"))
-
     out = io.StringIO()
     call_command(
         "load_fashion_mnist", "--dir", str(DATASET_DIR), "--no-download", "--products", "40", "--photos", "6",
         "--photos-not-in-catalog", "3", "--photos-non-product", "2", stdout=out, stderr=io.StringIO(),
     )
+    assert out.getvalue().strip() == (
+        "Fashion-MNIST demo: 40 products (40 new), 11 photos (11 new: 6 of catalog products, "
+        "3 not in the catalog, 2 non-products)"
+    )
+    before = table_counts()
+    assert before["Product"] == 40 and before["Photo"] == before["DemoPhotoTruth"] == 11
+    truth_before = set(DemoPhotoTruth.objects.values_list("photo__sha256", "kind", "product__sku", "source_label"))
 
+    report = load()
+
+    assert (report.products_created, report.photos_created) == (0, 0)
     assert table_counts() == before
     assert set(DemoPhotoTruth.objects.values_list("photo__sha256", "kind", "product__sku", "source_label")) == (
         truth_before
     )
-    assert out.getvalue().strip() == (
-        "Fashion-MNIST demo: 40 products (0 new), 11 photos (0 new: 6 of catalog products, "
-        "3 not in the catalog, 2 non-products)"
-    )
-    report = load()
-    assert (report.products_created, report.photos_created) == (0, 0)
-    assert table_counts() == before
 
 
 @pytest.fixture

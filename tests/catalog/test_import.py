@@ -120,9 +120,10 @@ def test_reimport_is_unchanged_and_writes_nothing(manifest_dir, settings):
 
 
 def test_changed_title_is_updated_and_other_rows_unchanged(manifest_dir):
-    write(manifest_dir, "v1.csv", HEADER, "Northwind,NW-1,Classic tee,,,,img/0.png", "Northwind,NW-2,Chinos,,,,img/1.png")
+    chinos = "Northwind,NW-2,Chinos,,,,img/1.png"
+    write(manifest_dir, "v1.csv", HEADER, "Northwind,NW-1,Classic tee,,,,img/0.png", chinos)
     catalog_import(path=manifest_dir / "v1.csv")
-    write(manifest_dir, "v2.csv", HEADER, "Northwind,NW-1,Classic crew tee,,,,img/0.png", "Northwind,NW-2,Chinos,,,,img/1.png")
+    write(manifest_dir, "v2.csv", HEADER, "Northwind,NW-1,Classic crew tee,,,,img/0.png", chinos)
 
     report = catalog_import(path=manifest_dir / "v2.csv")
 
@@ -435,7 +436,9 @@ def test_admin_adds_taxonomy_node_with_its_path(as_role, client):
 
 
 def test_command_prints_summary(manifest_dir):
-    path = write(manifest_dir, "catalog.csv", HEADER, "Northwind,NW-1,Tee,,,,img/0.png", "Northwind,NW-2,Tee,,,,img/1.png")
+    path = write(
+        manifest_dir, "catalog.csv", HEADER, "Northwind,NW-1,Tee,,,,img/0.png", "Northwind,NW-2,Tee,,,,img/1.png"
+    )
 
     out, err = run_command("catalog_import", path)
     assert out.strip() == "catalog.csv: 2 created, 0 updated, 0 unchanged, 0 failed"

@@ -78,6 +78,6 @@ class Command(BaseCommand):
             self.stdout.write(f"Queued suggestions for {missing} photos with {version.name} (the worker runs them).")
         else:
             self.stdout.write("Every photo already has a task.")
-        self.stdout.write("\nDemo logins (password for all: %s)" % DEMO_PASSWORD)
+        self.stdout.write(f"\nDemo logins (password for all: {DEMO_PASSWORD})")
         for username, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<6} {role}")
