@@ -396,7 +396,9 @@ def main(argv=None) -> int:
     env = _common.bench_environment("api_latency", database_url=args.database_url)
     os.environ["LOG_LEVEL"] = env["LOG_LEVEL"] = "WARNING"  # no per-request httpx INFO lines
     total_started = time.perf_counter()
-    vendor = _common.django_ready()
+    with _common.Stopwatch() as booted:
+        vendor = _common.django_ready()
+        import annotate.services  # noqa: F401  (imports torch via mlcore.services; keep it out of the timings)
     database = "sqlite" if vendor == "sqlite" else "postgresql"
     rng = random.Random(args.seed)
     print(
@@ -406,13 +408,18 @@ def main(argv=None) -> int:
     )
     with _common.Stopwatch() as built:
         product_ids, photo_ids = catalog_build(product_count=args.products, photo_count=args.tasks)
-    print(f"setup: {len(product_ids)} products, {len(photo_ids)} photos in {built.seconds:.1f} s")
+    print(
+        f"setup: django + migrate + app imports {booted.seconds:.1f} s; {len(product_ids)} products, "
+        f"{len(photo_ids)} photos in {built.seconds:.1f} s"
+    )
 
     from annotate.models import Answer, Campaign
 
     warm_user = annotators_build(prefix="warm", count=1)[0][1]
     log_path = Path(env["FITCHECK_VAR_DIR"]) / "gunicorn.log"
-    proc, base = server_start(env=env, workers=args.workers, threads=args.threads, log_path=log_path)
+    with _common.Stopwatch() as boot:
+        proc, base = server_start(env=env, workers=args.workers, threads=args.threads, log_path=log_path)
+    print(f"gunicorn answered /healthz after {boot.seconds:.1f} s")
     rows, checks, all_good = [], [], True
     try:
         warm_up(base=base, token=warm_user, workers=args.workers, threads=args.threads)

@@ -5,6 +5,7 @@ Celery broker (kombu's SQLAlchemy transport), both under `var/`. Set DATABASE_UR
 CELERY_BROKER_URL to run the same code on PostgreSQL and Redis.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -77,8 +78,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-    # A file, not :memory:, so a real Celery worker started by a test sees the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-fitcheck.sqlite3")}
+    # A file, not :memory:, so a real Celery worker started by a test sees the test database; one per
+    # test process, so two test runs in one checkout do not delete each other's database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-fitcheck-{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)

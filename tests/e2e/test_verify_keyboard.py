@@ -1,0 +1,94 @@
+"""The verify page in a real browser (headless Chromium): answers by keyboard alone, each bringing
+the next task without a page reload; undo brings the last task back."""
+
+import shutil
+import time
+
+import pytest
+
+from annotate.models import Answer
+
+from ..factories import CampaignFactory, task_with_candidates, user_with_role
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (installed by .ci/run)",
+    ),
+]
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1200,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _current_task(driver) -> str | None:
+    # One script call: htmx may swap the node between a find and a read.
+    return driver.execute_script("""return document.querySelector('#task input[name="task"]')?.value || null;""")
+
+
+def _wait_for(predicate, timeout_s: float = 15.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for the page")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_three_answers_by_keyboard_without_a_reload(live_server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    campaign = CampaignFactory()
+    tasks = [task_with_candidates(campaign, shuffle_key=k) for k in (10, 20, 30, 40)]
+    user_with_role("employee", username="kim", password="kim-password-1")
+
+    browser.get(f"{live_server.url}/accounts/login/?next=/verify/{campaign.slug}/")
+    browser.find_element(By.NAME, "username").send_keys("kim")
+    browser.find_element(By.NAME, "password").send_keys("kim-password-1")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait_for(lambda: _current_task(browser))
+    # A marker that a full page load would wipe out.
+    browser.execute_script("window.__noReload = 'still here';")
+
+    seen = [_current_task(browser)]
+    for key in ("1", "0", "x"):
+        time.sleep(0.3)  # a human-ish pause, so duration_ms is measurable
+        ActionChains(browser).send_keys(key).perform()
+        seen.append(_wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t))
+
+    assert browser.execute_script("return window.__noReload;") == "still here"
+    assert len(set(seen)) == 4 and set(seen) <= {str(t.uuid) for t in tasks}
+    answers = list(Answer.objects.order_by("created_at"))
+    assert [a.choice for a in answers] == ["product", "none", "not_a_product"]
+    assert [str(a.task.uuid) for a in answers] == seen[:3]
+    assert answers[0].product == answers[0].task.candidates.get(rank=1).product
+    assert all(a.duration_ms >= 250 for a in answers)
+
+    # z: the last answer is undone and its task is back on screen.
+    ActionChains(browser).send_keys("z").perform()
+    _wait_for(lambda: _current_task(browser) == seen[2])
+    assert Answer.objects.get(task__uuid=seen[2]).revoked_at is not None
+    assert browser.execute_script("return window.__noReload;") == "still here"
