@@ -218,3 +218,16 @@ def test_verify_partial_query_count_is_pinned(client, employee, campaign, django
     with django_assert_max_num_queries(first_count) as captured_again:
         client.post(answer_url(campaign), {**fields, "pick": "none", "duration_ms": "900"}, **HTMX)
     assert len(captured_again.captured_queries) == first_count
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["/admin/annotate/campaign/", "/admin/annotate/task/", "/admin/annotate/answer/", "/admin/mlcore/embeddingrun/",
+     "/admin/catalog/product/", "/admin/catalog/photo/"],
+)
+def test_admin_lists_load_for_an_admin_and_not_for_an_employee(client, as_role, campaign, url):
+    task_with_candidates(campaign)
+    as_role("employee")
+    assert client.get(url).status_code == 302  # to the admin login
+    as_role("admin")
+    assert client.get(url).status_code == 200
