@@ -185,17 +185,26 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
     seed %= SHUFFLE_SPACE
     now = timezone.now()
     with transaction.atomic():
-        lease = (
-            Lease.objects.filter(
-                annotator=user, task__campaign=campaign, task__status=Task.Status.OPEN, expires_at__gt=now
-            )
-            .exclude(Exists(Answer.objects.filter(task=OuterRef("task"), annotator=user, revoked_at__isnull=True)))
-            .select_related("task")
-            .order_by("-created_at")
-            .first()
+        # The person's live leases first (index annotate_lease_by_annotator: a handful of rows), then
+        # the checks on their tasks. Joining from tasks instead made PostgreSQL walk every open task
+        # of a freshly loaded campaign, before ANALYZE, at 60 ms a call (bench/api_latency.py).
+        leases = list(
+            Lease.objects.filter(annotator=user, expires_at__gt=now).select_related("task").order_by("-created_at")
         )
-        if lease is not None:
-            return lease.task
+        held = [
+            lease.task
+            for lease in leases
+            if lease.task.campaign_id == campaign.pk and lease.task.status == Task.Status.OPEN
+        ]
+        if held:
+            answered = set(
+                Answer.objects.filter(task__in=held, annotator=user, revoked_at__isnull=True).values_list(
+                    "task_id", flat=True
+                )
+            )
+            for task in held:
+                if task.pk not in answered:
+                    return task
         queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(skip_locked=True, of=("self",))
         task = _first_from_seed(queryset, seed)
         # Expired or finished leases of this person, this task's included, make way for the new one.
@@ -276,7 +285,9 @@ def answer_submit(
     )
     now = timezone.now()
     with transaction.atomic():
-        locked = Task.objects.select_for_update().select_related("campaign").get(pk=task.pk)
+        # of=("self",): lock the task only. Locking the joined campaign row too made every answer in a
+        # campaign wait for the one before it on PostgreSQL (bench/api_latency.py's lock sampling).
+        locked = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=task.pk)
         previous = Answer.objects.filter(annotator=user, idempotency_key=key).first()
         if previous is not None:
             if (

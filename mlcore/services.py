@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
@@ -18,10 +19,13 @@ from PIL import Image
 from catalog.models import Photo, Product, ProductImage
 
 from .models import EmbeddingRun, ModelVersion, PhotoEmbedding, ProductEmbedding
-from .nn.backbones import backbone_build
 from .nn.config import EmbedConfig
-from .nn.data import eval_transform
-from .nn.infer import ExactIndex, device_resolve, embed_images, model_prepare
+
+if TYPE_CHECKING:
+    from .nn.infer import ExactIndex
+
+# torch and torchvision are imported inside the functions that use them: every web process imports
+# this module (through annotate), and torch would add ~13 s and ~800 MB to each gunicorn worker.
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,10 @@ def _embed_config(version: ModelVersion) -> EmbedConfig:
 
 def _model_for(version: ModelVersion):
     """(model on device, transform, device), loaded once per process and model version."""
+    from .nn.backbones import backbone_build
+    from .nn.data import eval_transform
+    from .nn.infer import device_resolve, model_prepare
+
     with _cache_lock:
         if version.uuid not in _model_cache:
             config = _embed_config(version)
@@ -79,6 +87,8 @@ def _model_for(version: ModelVersion):
 
 def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndarray:
     """Embed PIL images with `version`'s network. Returns (N, D) float32, L2-normalised rows."""
+    from .nn.infer import embed_images
+
     model, transform, device = _model_for(version)
     return embed_images(model, images, transform=transform, batch_size=_embed_config(version).batch_size, device=device)
 
@@ -153,6 +163,7 @@ def _embedding_run_body(run: EmbeddingRun, chunk_size: int) -> None:
     version = run.model_version
     pending, embedding_model, fk, total = _targets(run)
     EmbeddingRun.objects.filter(pk=run.pk).update(total_count=total, done_count=total - pending.count())
+    _model_for(version)  # load the network before the clock starts: images_per_s is embedding only
     started, embedded = time.perf_counter(), 0
     skipped_ids: set[int] = set()
     while True:
@@ -203,7 +214,7 @@ def _vectors(blobs, dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=np.float32).reshape(-1, dim)
 
 
-def product_index_get(*, version: ModelVersion) -> ExactIndex:
+def product_index_get(*, version: ModelVersion) -> "ExactIndex":
     """The exact cosine index over embeddings of active products for `version`.
 
     Cached per process; rebuilt when the count or newest embedding changes. Building reads every
@@ -215,6 +226,8 @@ def product_index_get(*, version: ModelVersion) -> ExactIndex:
         cached = _index_cache.get(version.uuid)
         if cached and cached[0] == key:
             return cached[1]
+    from .nn.infer import ExactIndex
+
     ids, blobs = [], []
     for product_id, vector in embeddings.order_by("pk").values_list("product_id", "vector").iterator(chunk_size=2000):
         ids.append(product_id)
