@@ -53,12 +53,12 @@ def bench_environment(name: str, *, database_url: str | None = None) -> dict[str
         BenchError: a PostgreSQL database name without "bench".
     """
     var_dir = BENCH_VAR / name
+    if database_url:
+        _postgres_reset(database_url)
     if var_dir.exists():
         shutil.rmtree(var_dir)
     var_dir.mkdir(parents=True)
-    if database_url:
-        _postgres_reset(database_url)
-    else:
+    if not database_url:
         database_url = f"sqlite:///{var_dir / 'bench.sqlite3'}"
     os.environ.update(
         {
@@ -67,7 +67,6 @@ def bench_environment(name: str, *, database_url: str | None = None) -> dict[str
             "STATIC_ROOT": str(var_dir / "staticfiles"),
             "DATABASE_URL": database_url,
             "DJANGO_SETTINGS_MODULE": "config.settings",
-            "FITCHECK_DEVICE": os.environ.get("FITCHECK_DEVICE", "cpu"),
         }
     )
     # A Celery broker is never contacted by the benches, but keep the default one under var/bench too.

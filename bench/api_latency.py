@@ -10,13 +10,17 @@ with its own httpx.Client and DRF token, looping
 
 for a fixed number of iterations (default 150 for 1 annotator, 40 each otherwise) or until
 --duration-s. Each concurrency level gets a fresh campaign and fresh annotators. Prints one table
-row per (database, concurrency, endpoint): requests, 2xx, 204s (no task left), errors by status
-code (409s by their conflict code), p50/p95/p99 latency in ms as seen by the client, and
+row per (database, concurrency, endpoint): requests, 200/201s, 204s (no task left), errors by
+status code (409s by their conflict code), p50/p95/p99 latency in ms as seen by the client, and
 throughput in requests/s over the level's wall-clock time.
 
 Then checks, from the database: no task has more than answers_per_task live answers, nobody
 answered a task twice, Task.answer_count and status agree with the answers, and every 201 left
-exactly one answer row.
+exactly one answer row. Exits 1 when a check fails.
+
+On PostgreSQL it runs ANALYZE after building each campaign (as autovacuum would within about a
+minute; --no-analyze skips it) and samples pg_locks every 100 ms during the load, printing how many
+sessions waited for a lock and on what.
 
 The load generator and the server share the machine's CPUs: on a small machine the figures are a
 lower bound for the server alone.
@@ -69,24 +73,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Drive next-task -> answer through gunicorn with concurrent annotators; print latency "
         "percentiles and throughput, then check the answer invariants. Uses a throwaway database.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL URL (dropped and recreated; name must contain 'bench'); default SQLite")
     parser.add_argument("--annotators", type=_counts, default=[1, 20], metavar="N[,N...]",
-                        help="concurrency levels, run one after the other")
+                        help="concurrency levels, run one after the other (default: 1,20)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="next-task/answer pairs per annotator (default: 150 alone, 40 each when several)")
     parser.add_argument("--duration-s", type=float, default=None, help="also stop each level after this long")
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--products", type=int, default=3_000)
-    parser.add_argument("--answers-per-task", type=int, default=3)
+    parser.add_argument("--tasks", type=int, default=10_000, help="tasks (and photos) (default: %(default)s)")
+    parser.add_argument("--products", type=int, default=3_000, help="catalog products (default: %(default)s)")
+    parser.add_argument("--answers-per-task", type=int, default=3, help="campaign setting (default: %(default)s)")
     parser.add_argument("--seed-mode", choices=["user", "shared"], default="user",
                         help="user: each annotator's default order (the API's per-user seed); shared: all "
-                        "annotators ask for the same seed, so they compete for the same tasks")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for data and choices")
+                        "annotators ask for the same seed, so they compete for the same tasks (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for data and choices (default: %(default)s)")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="PostgreSQL: skip the ANALYZE after building each campaign (by default the bench runs "
+                        "it, as autovacuum would within about a minute; without it the first queries run on a "
+                        "planner that has no statistics for the new rows)")
     return parser.parse_args(argv)
 
 
@@ -186,6 +193,14 @@ def annotators_build(*, prefix: str, count: int) -> list[tuple[int, str]]:
         user.groups.add(group)
         out.append((user.pk, Token.objects.create(user=user).key))
     return out
+
+
+def statistics_refresh() -> None:
+    """ANALYZE the whole (small) database, so that PostgreSQL's planner knows the bulk-loaded rows."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
 
 
 # -- server ------------------------------------------------------------------------------------------
@@ -337,6 +352,47 @@ def level_run(*, base: str, slug: str, tokens: list[str], iterations: int, durat
     return samples, time.perf_counter() - started
 
 
+class LockSampler(threading.Thread):
+    """PostgreSQL only: every `interval_s`, count the bench database's sessions waiting for a lock, by
+    what they wait on (the relation of a row's tuple lock, or "transactionid" for the first waiter
+    behind a row lock). Shows where concurrent requests queue."""
+
+    QUERY = """
+        SELECT coalesce(l.relation::regclass::text, l.locktype), count(*)
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE NOT l.granted AND a.datname = current_database()
+        GROUP BY 1
+    """
+
+    def __init__(self, database_url: str, interval_s: float = 0.1):
+        super().__init__(daemon=True)
+        self.url = database_url.replace("postgres://", "postgresql://", 1)
+        self.interval_s = interval_s
+        self.samples = 0
+        self.waiting: Counter = Counter()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            while not self._halt.wait(self.interval_s):
+                self.samples += 1
+                for what, n in conn.execute(self.QUERY).fetchall():
+                    self.waiting[what] += n
+
+    def stop(self) -> str:
+        """Stop sampling; returns a one-line summary."""
+        self._halt.set()
+        self.join(timeout=10)
+        if not self.samples:
+            return "lock waits: no samples"
+        total = sum(self.waiting.values())
+        parts = ", ".join(f"{what} {n / total:.0%}" for what, n in self.waiting.most_common(4)) or "-"
+        return (f"lock waits (sampled every {self.interval_s * 1000:.0f} ms): {total / self.samples:.1f} sessions "
+                f"waiting on average; on: {parts}")
+
+
 def level_rows(*, database: str, concurrency: int, samples: Samples, wall_s: float) -> list[list]:
     by_endpoint = defaultdict(list)
     for endpoint, outcome, seconds in samples.rows:
@@ -404,6 +460,7 @@ def main(argv=None) -> int:
     print(
         f"api_latency: database {_common.database_label(args.database_url)}, gunicorn {args.workers} workers x "
         f"{args.threads} threads, annotators {','.join(map(str, args.annotators))}, seed mode {args.seed_mode}, "
+        f"{'no ANALYZE, ' if vendor == 'postgresql' and args.no_analyze else ''}"
         f"{os.cpu_count()} CPUs shared by server and load generator, load average {os.getloadavg()[0]:.2f}"
     )
     with _common.Stopwatch() as built:
@@ -430,9 +487,15 @@ def main(argv=None) -> int:
                 campaign = campaign_build(slug=slug, answers_per_task=args.answers_per_task,
                                           product_ids=product_ids, photo_ids=photo_ids, rng=rng)
                 tokens = [key for _, key in annotators_build(prefix=f"a{n}", count=n)]
+            if vendor == "postgresql" and not args.no_analyze:
+                statistics_refresh()
             shared_seed = rng.randrange(2**31) if args.seed_mode == "shared" else None
+            sampler = LockSampler(args.database_url) if vendor == "postgresql" else None
+            if sampler:
+                sampler.start()
             samples, wall_s = level_run(base=base, slug=slug, tokens=tokens, iterations=iterations,
                                         duration_s=args.duration_s, shared_seed=shared_seed, rng=rng)
+            locks = f"\n  {sampler.stop()}" if sampler else ""
             created = sum(1 for e, o, _ in samples.rows if e == ANSWER and o == "201")
             good, text = invariants_check(campaign=campaign, created_201=created)
             all_good &= good
@@ -440,7 +503,7 @@ def main(argv=None) -> int:
             rows += level_rows_
             checks.append(
                 f"{database}, {n} annotator(s) x {iterations} iterations: {wall_s:.1f} s "
-                f"(campaign built in {built.seconds:.1f} s), load average {os.getloadavg()[0]:.2f}\n  {text}"
+                f"(campaign built in {built.seconds:.1f} s), load average {os.getloadavg()[0]:.2f}\n  {text}{locks}"
             )
             print(_common.table(HEADERS, level_rows_), "\n", checks[-1], "\n", sep="", flush=True)
             # The next level starts on a table of the same size.
@@ -448,11 +511,12 @@ def main(argv=None) -> int:
             Campaign.objects.filter(pk=campaign.pk).delete()
     finally:
         server_stop(proc)
-    print("== summary ==")
-    print(_common.table(HEADERS, rows))
-    print("\n".join(checks))
-    errors = [line for line in log_path.read_text(errors="replace").splitlines() if "Traceback" in line or "ERROR" in line] \
-        if log_path.exists() else []
+    if len(args.annotators) > 1:
+        print("== summary ==")
+        print(_common.table(HEADERS, rows))
+        print("\n".join(checks))
+    log = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    errors = [line for line in log if "Traceback" in line or "ERROR" in line]
     if errors:
         print(f"gunicorn.log: {len(errors)} error lines, see {log_path}")
     print(f"total {time.perf_counter() - total_started:.0f} s")

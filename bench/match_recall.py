@@ -18,7 +18,7 @@ Prints, per image size:
 - embedding throughput for products and photos, both EmbeddingRun.images_per_s (the service's
   own figure) and images / wall-clock seconds of embedding_run_execute.
 
-Run (about 3-4 minutes for the defaults on a 2-core CPU; the data load alone is ~1 minute):
+Run (about 2.5 minutes for the defaults on an idle 2-core CPU, of which the data load is ~1 minute):
 
     .venv/bin/python bench/match_recall.py
     .venv/bin/python bench/match_recall.py --products 1000 --photos 200 --photos-not-in-catalog 50
@@ -55,21 +55,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Recall@k of the pretrained embedding's suggestions on the Fashion-MNIST demo data, "
         "and embedding throughput. Uses a throwaway database (var/bench/match_recall/).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="a name from mlcore.nn.backbones.BACKBONES")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="a name from mlcore.nn.backbones.BACKBONES (default: %(default)s)")
     parser.add_argument(
         "--image-size", type=_parse_sizes, default=[96], metavar="PX[,PX...]",
-        help="network input side in px; several (96,128,224) are compared on the same data",
+        help="network input side in px (default: 96); several, e.g. 96,128,224, are compared on the same data",
     )
     parser.add_argument("--weights", default="", help="local weights file (torchvision backbones need one)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--products", type=int, default=10_000, help="catalog products")
-    parser.add_argument("--photos", type=int, default=1_000, help="photos of catalog products")
-    parser.add_argument("--photos-not-in-catalog", type=int, default=300)
-    parser.add_argument("--photos-non-product", type=int, default=24)
-    parser.add_argument("--k", type=int, default=3, help="the k of recall@k (recall@1 is always printed)")
-    parser.add_argument("--seed", type=int, default=0, help="data seed (fashion_mnist_load)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--products", type=int, default=10_000, help="catalog products (default: %(default)s)")
+    parser.add_argument("--photos", type=int, default=1_000, help="photos of catalog products (default: %(default)s)")
+    parser.add_argument("--photos-not-in-catalog", type=int, default=300,
+                        help="photos of products from the test split (default: %(default)s)")
+    parser.add_argument("--photos-non-product", type=int, default=24,
+                        help="photos of no product (default: %(default)s)")
+    parser.add_argument("--k", type=int, default=3,
+                        help="the k of recall@k; recall@1 is always printed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="data seed for fashion_mnist_load (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
     parser.add_argument(
@@ -154,6 +157,7 @@ def evaluate(*, backbone: str, image_size_px: int, args, product_class: dict[int
 
     products = _embed(version, "products")
     photos = _embed(version, "photos")
+    load_average = os.getloadavg()[0]  # other processes on the machine slow the embedding figures
 
     truths = list(DemoPhotoTruth.objects.values_list("photo_id", "kind", "product_id", "source_label"))
     started = time.perf_counter()
@@ -182,6 +186,7 @@ def evaluate(*, backbone: str, image_size_px: int, args, product_class: dict[int
         "image_size_px": image_size_px,
         "version": version.name,
         "load_s": load_s,
+        "load_average": load_average,
         "products": products,
         "photos": photos,
         "topk_s": topk_s,
@@ -238,7 +243,10 @@ def report(result: dict, *, k: int) -> str:
     lines.append(
         _common.table(["embedding", "images", "skipped", "wall s", "run img/s", "wall img/s"], rows)
     )
-    lines.append(f"model load {result['load_s']:.1f} s; top-{k} for all photos {result['topk_s'] * 1000:.0f} ms")
+    lines.append(
+        f"model load {result['load_s']:.1f} s; top-{k} for all photos {result['topk_s'] * 1000:.0f} ms; "
+        f"load average after embedding {result['load_average']:.2f}"
+    )
     return "\n".join(lines)
 
 
@@ -255,14 +263,17 @@ def main(argv=None) -> int:
     import platform
 
     import torch
+    from django.conf import settings
 
     from catalog.fashion_mnist import fashion_mnist_load
+    from mlcore.nn.infer import device_resolve
 
     print(
         f"match_recall: backbone {args.backbone}, image size(s) {','.join(map(str, args.image_size))} px, "
         f"database {_common.database_label(args.database_url)} ({vendor}), "
-        f"torch {torch.__version__} on {platform.machine()} with {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs"
+        f"torch {torch.__version__} on {device_resolve(settings.FITCHECK_DEVICE)} ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
     with _common.Stopwatch() as load:
         loaded = fashion_mnist_load(
@@ -284,8 +295,7 @@ def main(argv=None) -> int:
     for size in args.image_size:
         result = evaluate(backbone=args.backbone, image_size_px=size, args=args, product_class=product_class)
         results.append(result)
-        print(report(result, k=args.k))
-        print()
+        print(report(result, k=args.k), end="\n\n", flush=True)
     if len(results) > 1:
         rows = [
             [f"{r['image_size_px']} px", f"{r['hits1'] / r['n_in']:.3f}", f"{r['hitsk'] / r['n_in']:.3f}",
