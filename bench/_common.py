@@ -5,6 +5,7 @@ start, so it never touches the demo database. With --database-url it runs on Pos
 that database is dropped and created afresh, so its name must contain "bench" (fitcheck_bench, say).
 """
 
+import argparse
 import math
 import os
 import shutil
@@ -148,3 +149,18 @@ class Stopwatch:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self._start
         return False
+
+
+def int_list(*, low: int, high: int, what: str):
+    """An argparse type: "96,128" → [96, 128], each value in [low, high], at least one."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        if not values or any(not low <= v <= high for v in values):
+            raise argparse.ArgumentTypeError(f"{what} must be between {low} and {high}")
+        return values
+
+    return parse

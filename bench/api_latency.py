@@ -59,14 +59,7 @@ NEXT = "next-task"
 ANSWER = "answer"
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError("annotator counts must be positive")
-    return values
+ANNOTATOR_COUNTS = _common.int_list(low=1, high=1000, what="annotator counts")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--database-url", default=None,
                         help="PostgreSQL URL (dropped and recreated; name must contain 'bench'); default SQLite")
-    parser.add_argument("--annotators", type=_counts, default=[1, 20], metavar="N[,N...]",
+    parser.add_argument("--annotators", type=ANNOTATOR_COUNTS, default=[1, 20], metavar="N[,N...]",
                         help="concurrency levels, run one after the other (default: 1,20)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="next-task/answer pairs per annotator (default: 150 alone, 40 each when several)")

@@ -40,15 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (bench/ is not a package; _common then puts the repository on sys.path)
 
-
-def _parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not sizes or any(s < 16 or s > 1024 for s in sizes):
-        raise argparse.ArgumentTypeError("image sizes must be between 16 and 1024 px")
-    return sizes
+IMAGE_SIZES = _common.int_list(low=16, high=1024, what="image sizes (px)")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="a name from mlcore.nn.backbones.BACKBONES (default: %(default)s)")
     parser.add_argument(
-        "--image-size", type=_parse_sizes, default=[96], metavar="PX[,PX...]",
+        "--image-size", type=IMAGE_SIZES, default=[96], metavar="PX[,PX...]",
         help="network input side in px (default: 96); several, e.g. 96,128,224, are compared on the same data",
     )
     parser.add_argument("--weights", default="", help="local weights file (torchvision backbones need one)")

@@ -21,9 +21,7 @@ logger = logging.getLogger(__name__)
 
 TAXONOMY_SEPARATOR = " › "
 CATALOG_REQUIRED_COLUMNS = ("retailer", "sku", "title", "image")
-CATALOG_OPTIONAL_COLUMNS = ("description", "native_category_path", "master_category_path", "is_active")
 PHOTO_REQUIRED_COLUMNS = ("source", "image")
-PHOTO_OPTIONAL_COLUMNS = ("caption", "posted_at")
 MAX_IMAGES_PER_PRODUCT = 20
 MAX_IMAGE_REF_LENGTH = ProductImage._meta.get_field("source_url").max_length
 

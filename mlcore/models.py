@@ -64,11 +64,6 @@ class EmbeddingRun(models.Model):
     def __str__(self):
         return f"embedding run {self.uuid} ({self.target}, {self.status})"
 
-    @property
-    def progress(self) -> float:
-        """Share done, in [0, 1]."""
-        return min(self.done_count / self.total_count, 1.0) if self.total_count else 0.0
-
 
 class ProductEmbedding(models.Model):
     product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="embeddings")

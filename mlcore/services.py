@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from PIL import Image
@@ -269,10 +268,3 @@ def photos_topk_products(
         for i, (photo_id, _) in enumerate(rows)
     }
 
-
-@transaction.atomic
-def embedding_run_reset(*, run: EmbeddingRun) -> None:
-    """Put a FAILED run back to PENDING so it can be queued again."""
-    EmbeddingRun.objects.filter(pk=run.pk, status=EmbeddingRun.Status.FAILED).update(
-        status=EmbeddingRun.Status.PENDING, error=""
-    )
