@@ -158,8 +158,7 @@ def crowd_item_difficulty(rng: np.random.Generator, n_items: int, n_workers: int
         "item difficulty",
         _one_coin(np.full(n_workers, 0.8)),  # unused: answers follow the GLAD model
         _zipf_workload(n_workers, rng, exponent=0.5),
-        f"{n_workers} people of ability 0.5-3; items of difficulty 0.05-1.65; "
-        "P(right) = sigmoid(ability / difficulty)",
+        f"{n_workers} people of ability 0.5-3; items of difficulty 0.05-1.65; P(right) = sigmoid(ability / difficulty)",
         item_difficulty=difficulty,
         ability=ability,
     )
@@ -225,9 +224,7 @@ class AnswerStream:
 
     def _maybe_gold(self, worker: int) -> None:
         """Before a regular answer, the router may hand this annotator a gold item instead."""
-        while len(self.gold_items) and (
-            self.count[worker] < self.gold_first or self.rng.random() < self.gold_rate
-        ):
+        while len(self.gold_items) and (self.count[worker] < self.gold_first or self.rng.random() < self.gold_rate):
             if self.crowd.max_answers is not None and self.count[worker] >= self.crowd.max_answers[worker] - 1:
                 return
             fresh = [g for g in self.gold_items if worker not in self.answered[g]]

@@ -66,7 +66,11 @@ class AnswerArrays:
         weight = np.ones(len(task)) if weight is None else np.asarray(weight, dtype=np.float64)
         if not (len(task) == len(worker) == len(label) == len(weight)):
             raise ValueError("task, worker, label and weight must have the same length")
-        for name, values, upper in (("task", task, n_tasks), ("worker", worker, n_workers), ("label", label, n_classes)):
+        for name, values, upper in (
+            ("task", task, n_tasks),
+            ("worker", worker, n_workers),
+            ("label", label, n_classes),
+        ):
             if len(values) and (values.min() < 0 or values.max() >= upper):
                 raise ValueError(f"{name} index out of range [0, {upper})")
         if len(weight) and (weight.min() < 0 or weight.max() > 1 or np.isnan(weight).any()):
@@ -253,7 +257,11 @@ def dawid_skene(
     if worker_vote_weight is None:
         worker_vote_weight = np.ones(W)
     worker_vote_weight = np.asarray(worker_vote_weight, dtype=np.float64)
-    if worker_vote_weight.shape != (W,) or worker_vote_weight.min(initial=0) < 0 or worker_vote_weight.max(initial=0) > 1:
+    if (
+        worker_vote_weight.shape != (W,)
+        or worker_vote_weight.min(initial=0) < 0
+        or worker_vote_weight.max(initial=0) > 1
+    ):
         raise ValueError(f"worker_vote_weight must be ({W},) with values in [0, 1]")
     vote_weight = answers.weight * worker_vote_weight[answers.worker]
 
@@ -268,7 +276,8 @@ def dawid_skene(
 
     n_iter = 0
     log_marginal = float("nan")
-    for n_iter in range(1, max_iter + 1):
+    while n_iter < max_iter:
+        n_iter += 1
         # M-step.
         class_counts = posterior[answered].sum(axis=0) + CLASS_PRIOR_COUNT
         class_prior = class_counts / class_counts.sum()
