@@ -1,15 +1,26 @@
 from django.contrib import admin, messages
 
-from .models import Answer, Campaign, Lease, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, Task, TaskCandidate
 from .services import campaign_prepare
 
 
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "kind", "status", "answers_per_task", "model_version", "created_at"]
+    list_display = [
+        "name",
+        "slug",
+        "kind",
+        "status",
+        "consensus_method",
+        "confidence_target",
+        "overlap_min",
+        "overlap_max",
+        "model_version",
+        "created_at",
+    ]
     list_filter = ["status", "kind"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["status_detail", "created_at"]
+    readonly_fields = ["status_detail", "created_at", "consensus_dirty", "consensus_params", "consensus_computed_at"]
     actions = ["prepare_suggestions"]
 
     @admin.action(description="Compute suggestions for photos without a task (queues the worker)")
@@ -28,8 +39,9 @@ class TaskCandidateInline(admin.TabularInline):
 
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ["uuid", "campaign", "status", "answer_count", "created_at"]
-    list_filter = ["campaign", "status"]
+    list_display = ["uuid", "campaign", "status", "is_gold", "answer_count", "label", "confidence", "created_at"]
+    list_filter = ["campaign", "status", "is_gold"]
+    readonly_fields = ["label", "posterior", "confidence", "priority", "consensus_version"]
     raw_id_fields = ["photo"]
     list_select_related = ["campaign"]
     inlines = [TaskCandidateInline]
@@ -37,7 +49,17 @@ class TaskAdmin(admin.ModelAdmin):
 
 @admin.register(Answer)
 class AnswerAdmin(admin.ModelAdmin):
-    list_display = ["uuid", "task", "annotator", "choice", "duration_ms", "created_at", "revoked_at"]
+    list_display = [
+        "uuid",
+        "task",
+        "annotator",
+        "choice",
+        "label",
+        "duration_ms",
+        "is_too_fast",
+        "created_at",
+        "revoked_at",
+    ]
     list_filter = ["choice", "task__campaign"]
     raw_id_fields = ["task", "product"]
     list_select_related = ["task", "annotator"]
@@ -49,3 +71,34 @@ class LeaseAdmin(admin.ModelAdmin):
     list_display = ["task", "annotator", "created_at", "expires_at"]
     raw_id_fields = ["task"]
     list_select_related = ["task", "annotator"]
+
+
+@admin.register(GoldLabel)
+class GoldLabelAdmin(admin.ModelAdmin):
+    """Gold answers are entered through the API (PUT /api/v1/tasks/<uuid>/gold) so that the task's
+    is_gold flag and consensus follow; here they are read-only."""
+
+    list_display = ["task", "label", "source", "created_by", "created_at"]
+    list_filter = ["source", "task__campaign"]
+    list_select_related = ["task", "created_by"]
+    readonly_fields = ["task", "label", "source", "created_by", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(AnnotatorStats)
+class AnnotatorStatsAdmin(admin.ModelAdmin):
+    list_display = [
+        "annotator",
+        "campaign",
+        "answer_count",
+        "gold_answer_count",
+        "gold_correct_count",
+        "reliability",
+        "flags",
+        "is_paused",
+    ]
+    list_filter = ["campaign", "is_paused"]
+    list_select_related = ["annotator", "campaign"]
+    readonly_fields = [f.name for f in AnnotatorStats._meta.fields if f.name not in ("id", "is_paused")]

@@ -4,7 +4,13 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+
+
+class ConsensusMethod(models.TextChoices):
+    DAWID_SKENE = "dawid_skene", "Dawid-Skene, shrunk per annotator (default)"
+    ONE_COIN = "one_coin", "One-coin Dawid-Skene"
+    MAJORITY_VOTE = "majority_vote", "Weighted majority vote"
 
 
 class Campaign(models.Model):
@@ -23,9 +29,51 @@ class Campaign(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.MATCH)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PREPARING)
     instructions = models.TextField(blank=True)
-    answers_per_task = models.PositiveSmallIntegerField(
-        default=3, help_text="Answers wanted per task, each from a different annotator."
+    # Consensus and dynamic overlap (annotate.consensus).
+    consensus_method = models.CharField(
+        max_length=20, choices=ConsensusMethod.choices, default=ConsensusMethod.DAWID_SKENE
     )
+    confidence_target = models.FloatField(
+        default=0.95,
+        help_text="A task stops collecting answers once its consensus confidence, in [0, 1], reaches this.",
+    )
+    overlap_min = models.PositiveSmallIntegerField(default=1, help_text="Answers every task gets, however sure.")
+    overlap_max = models.PositiveSmallIntegerField(default=5, help_text="Answers a task gets at most.")
+    # Gold tasks (known answers) mixed into each person's queue.
+    gold_first_count = models.PositiveSmallIntegerField(
+        default=5, help_text="A new annotator's first tasks in this campaign that are gold, if gold tasks exist."
+    )
+    gold_rate = models.FloatField(default=0.05, help_text="Share of later tasks that are gold, in [0, 1].")
+    gold_min_accuracy = models.FloatField(
+        default=0.7, help_text="Smoothed gold accuracy in [0, 1] under which a person is flagged."
+    )
+    gold_min_answers = models.PositiveSmallIntegerField(
+        default=5, help_text="Gold answers a person gives before their gold accuracy can flag them."
+    )
+    # Spam and speed.
+    min_duration_ms = models.PositiveIntegerField(
+        default=700, help_text="Answers faster than this (ms) are not counted in consensus and are flagged."
+    )
+    same_option_run_limit = models.PositiveSmallIntegerField(
+        default=25, help_text="This many identical options in a row flags a person."
+    )
+    flagged_vote_weight = models.FloatField(default=0.5, help_text="Vote weight in [0, 1] of a flagged person.")
+    paused_vote_weight = models.FloatField(default=0.25, help_text="Vote weight in [0, 1] of a paused person.")
+    model_votes = models.BooleanField(
+        default=False,
+        help_text="The model's top suggestion takes part in consensus as one more voter with a learned "
+        "reliability (never counted as a human answer).",
+    )
+    model_vote_min_score = models.FloatField(
+        default=0.5, help_text="The model votes for its top candidate at this cosine score or above, else 'none'."
+    )
+    consensus_dirty = models.BooleanField(
+        default=False, help_text="Answers changed since the last full recompute (Celery beat picks it up)."
+    )
+    consensus_params = models.JSONField(
+        default=dict, blank=True, help_text="Last full recompute: class prior, pooled confusion, model voter."
+    )
+    consensus_computed_at = models.DateTimeField(null=True, blank=True)
     lease_seconds = models.PositiveIntegerField(
         default=300, help_text="How long a task stays reserved for the person it was handed to."
     )
@@ -41,12 +89,36 @@ class Campaign(models.Model):
 
     class Meta:
         constraints = [
-            models.CheckConstraint(condition=Q(answers_per_task__gte=1), name="annotate_campaign_answers_positive"),
+            models.CheckConstraint(
+                condition=Q(overlap_min__gte=1, overlap_max__gte=F("overlap_min")),
+                name="annotate_campaign_overlap_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(confidence_target__gt=0, confidence_target__lte=1), name="annotate_campaign_target_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    gold_rate__gte=0,
+                    gold_rate__lte=1,
+                    gold_min_accuracy__gte=0,
+                    gold_min_accuracy__lte=1,
+                    flagged_vote_weight__gte=0,
+                    flagged_vote_weight__lte=1,
+                    paused_vote_weight__gte=0,
+                    paused_vote_weight__lte=1,
+                ),
+                name="annotate_campaign_unit_interval",
+            ),
             models.CheckConstraint(condition=Q(lease_seconds__gte=10), name="annotate_campaign_lease_min"),
         ]
 
     def __str__(self):
         return self.name
+
+    def labels(self) -> list[str]:
+        """The campaign's label space, in class-index order: candidate ranks "1".."candidate_count",
+        then the rejections "none", "not_a_product", "unfit"."""
+        return [str(rank) for rank in range(1, self.candidate_count + 1)] + ["none", "not_a_product", "unfit"]
 
 
 class Task(models.Model):
@@ -60,7 +132,20 @@ class Task(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="tasks")
     photo = models.ForeignKey("catalog.Photo", on_delete=models.PROTECT, related_name="tasks")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
-    answer_count = models.PositiveSmallIntegerField(default=0)
+    answer_count = models.PositiveSmallIntegerField(default=0, help_text="Live human answers.")
+    # Gold tasks are routed apart and never complete. Never serialised, never rendered: their known
+    # answer lives in GoldLabel, which no annotator-facing code reads.
+    is_gold = models.BooleanField(default=False)
+    # Consensus: the current label (a key of campaign.labels(), "" while unanswered), the posterior
+    # over those labels ({label: probability in [0, 1]}) and its maximum, the confidence.
+    label = models.CharField(max_length=32, blank=True)
+    posterior = models.JSONField(default=dict, blank=True)
+    confidence = models.FloatField(default=0.0)
+    # Expected confidence gain from one more answer, x100 (annotate.consensus.em.expected_gain): the
+    # router serves the highest first.
+    priority = models.PositiveSmallIntegerField(default=100)
+    # Bumped by every answer and undo; the full recompute writes a task only if it is unchanged.
+    consensus_version = models.PositiveIntegerField(default=0)
     # A random position in [0, 2**31); a session's seed picks where in this order it starts.
     shuffle_key = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -69,10 +154,16 @@ class Task(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["campaign", "photo"], name="annotate_task_unique_photo"),
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0, confidence__lte=1), name="annotate_task_confidence_range"
+            ),
         ]
         indexes = [
-            # task_next_for: open tasks of a campaign walked in shuffle order from a seed.
-            models.Index(fields=["campaign", "status", "shuffle_key"], name="annotate_task_queue"),
+            # task_next_for: the open regular (or gold) tasks of a campaign, highest priority first,
+            # then in shuffle order from the session's seed.
+            models.Index(
+                fields=["campaign", "is_gold", "status", "-priority", "shuffle_key"], name="annotate_task_queue"
+            ),
         ]
 
     def __str__(self):
@@ -132,6 +223,10 @@ class Answer(models.Model):
     choice = models.CharField(max_length=20, choices=Choice.choices)
     product = models.ForeignKey("catalog.Product", null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     duration_ms = models.PositiveIntegerField(help_text="Time from the task appearing to the answer, in ms.")
+    # The answer as a key of campaign.labels(): the chosen candidate's rank, or the rejection.
+    label = models.CharField(max_length=32, default="")
+    # Under the campaign's human-speed floor when given: kept, but it counts 0 in consensus.
+    is_too_fast = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=80)
     created_at = models.DateTimeField(auto_now_add=True)
     # Set when the annotator undoes the answer; kept, not deleted, so nothing is lost.
@@ -154,3 +249,82 @@ class Answer(models.Model):
 
     def __str__(self):
         return f"answer {self.uuid} ({self.choice})"
+
+
+class GoldLabel(models.Model):
+    """The known answer of a gold task. Read by consensus and stats only, never by a view or
+    serializer an annotator reaches."""
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Entered by the ML team"
+        IMPORT = "import", "Imported"
+        DEMO = "demo", "Demo ground truth"
+
+    task = models.OneToOneField(Task, primary_key=True, on_delete=models.CASCADE, related_name="gold")
+    label = models.CharField(max_length=32, help_text="A key of the campaign's labels.")
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.MANUAL)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"gold {self.label} for task {self.task_id}"
+
+
+class AnnotatorStats(models.Model):
+    """One annotator's record in one campaign: counts kept up to date on answer, and reliability,
+    agreement, gold accuracy and flags from the last full consensus recompute."""
+
+    class Flag(models.TextChoices):
+        GOLD_ACCURACY_LOW = "gold_accuracy_low", "Gold accuracy under the campaign's threshold"
+        TOO_FAST = "too_fast", "Many answers faster than a person can give them"
+        SAME_OPTION_RUN = "same_option_run", "A long run of the same option"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="annotator_stats")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="annotator_stats")
+    answer_count = models.PositiveIntegerField(default=0)
+    too_fast_count = models.PositiveIntegerField(default=0)
+    current_run_label = models.CharField(max_length=32, blank=True)
+    current_run_length = models.PositiveIntegerField(default=0)
+    longest_run_length = models.PositiveIntegerField(default=0)
+    # From the full recompute.
+    gold_answer_count = models.PositiveIntegerField(default=0)
+    gold_correct_count = models.PositiveIntegerField(default=0)
+    agreement_total = models.PositiveIntegerField(default=0, help_text="Answers on tasks with 2+ answers.")
+    agreement_count = models.PositiveIntegerField(default=0, help_text="Of those, answers equal to the consensus.")
+    reliability = models.FloatField(null=True, blank=True, help_text="Expected accuracy in [0, 1] from consensus.")
+    confusion = models.JSONField(
+        default=list, blank=True, help_text="K x K rows: P(answers label l | true label k), in campaign.labels() order."
+    )
+    median_duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    flags = models.JSONField(default=list, blank=True)
+    is_paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "annotator"], name="annotate_annotatorstats_unique"),
+        ]
+
+    def __str__(self):
+        return f"stats of user {self.annotator_id} in campaign {self.campaign_id}"
+
+    GOLD_PRIOR_K = 0.5  # Toloka's skill estimate q = (K + correct) / (2K + total)
+
+    @property
+    def gold_accuracy(self) -> float | None:
+        """Smoothed gold accuracy in [0, 1], (K + correct) / (2K + total) with K = 0.5 (Toloka's skill
+        estimate); None before any gold answer."""
+        if not self.gold_answer_count:
+            return None
+        return (self.GOLD_PRIOR_K + self.gold_correct_count) / (2 * self.GOLD_PRIOR_K + self.gold_answer_count)
+
+    @property
+    def agreement(self) -> float | None:
+        """Share in [0, 1] of this person's answers on multi-answer tasks that equal the consensus."""
+        return self.agreement_count / self.agreement_total if self.agreement_total else None

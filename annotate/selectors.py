@@ -9,7 +9,7 @@ from catalog.models import ProductImage
 from mlcore.models import EmbeddingRun
 
 from . import roles
-from .models import Answer, Campaign, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, Task, TaskCandidate
 
 
 def _require_verifier(user) -> None:
@@ -38,6 +38,44 @@ def get_campaign_for_user(user, slug: str) -> Campaign:
     return campaign
 
 
+def get_campaign_for_admin(user, slug: str) -> Campaign:
+    """The campaign `slug` (paused ones too) if `user` is an admin.
+
+    Raises:
+        PermissionDenied: the user lacks the admin role.
+        Http404: no such campaign.
+    """
+    if not roles.user_has_role(user, roles.ADMIN):
+        raise PermissionDenied("This page is for admins.")
+    campaign = Campaign.objects.filter(slug=slug).first()
+    if campaign is None:
+        raise Http404("No such campaign.")
+    return campaign
+
+
+def annotator_stats_of(user):
+    """`user`'s own stats rows, one per campaign they answered in, newest campaign first."""
+    return AnnotatorStats.objects.filter(annotator=user).select_related("campaign").order_by("-campaign__created_at")
+
+
+def campaign_annotators(campaign: Campaign):
+    """Every annotator's stats in `campaign`: flagged and paused first, then by answers (2 queries
+    with the campaign)."""
+    rows = list(AnnotatorStats.objects.filter(campaign=campaign).select_related("annotator"))
+    rows.sort(key=lambda s: (not s.is_paused, not s.flags, -s.answer_count, s.annotator.username))
+    return rows
+
+
+def campaign_consensus_summary(campaign: Campaign) -> dict:
+    """Counts for the annotators page: tasks, settled, gold, answers, mean confidence of answered tasks."""
+    return Task.objects.filter(campaign=campaign).aggregate(
+        task_count=Count("pk"),
+        complete_count=Count("pk", filter=Q(status=Task.Status.COMPLETE)),
+        gold_count=Count("pk", filter=Q(is_gold=True)),
+        answered_count=Count("pk", filter=Q(answer_count__gt=0)),
+    )
+
+
 def _task_queryset():
     return Task.objects.select_related("photo", "campaign").prefetch_related(
         Prefetch(
@@ -62,6 +100,21 @@ def get_task_for_user(user, uuid) -> Task:
         Http404: no such task (or a malformed uuid).
     """
     _require_verifier(user)
+    try:
+        return _task_queryset().get(uuid=uuid)
+    except (Task.DoesNotExist, ValidationError, ValueError, TypeError):
+        raise Http404("No such task.") from None
+
+
+def get_task_for_gold_editor(user, uuid) -> Task:
+    """The task `uuid` if `user` may set gold answers (ML team or admin).
+
+    Raises:
+        PermissionDenied: the user lacks the ml/admin role.
+        Http404: no such task (or a malformed uuid).
+    """
+    if not roles.user_has_role(user, roles.ML, roles.ADMIN):
+        raise PermissionDenied("Gold answers are set by the ML team or admins.")
     try:
         return _task_queryset().get(uuid=uuid)
     except (Task.DoesNotExist, ValidationError, ValueError, TypeError):

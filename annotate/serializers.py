@@ -73,3 +73,15 @@ class AnswerSerializer(serializers.ModelSerializer):
 class ConflictSerializer(serializers.Serializer):
     code = serializers.CharField()
     detail = serializers.CharField()
+
+
+class GoldInputSerializer(serializers.Serializer):
+    choice = serializers.ChoiceField(choices=Answer.Choice.choices)
+    product = serializers.UUIDField(required=False, allow_null=True, help_text="Required when choice is product.")
+
+
+class GoldSerializer(serializers.Serializer):
+    task = serializers.UUIDField(source="task.uuid")
+    label = serializers.CharField(help_text="A candidate rank ('1'..'3') or none / not_a_product / unfit.")
+    source = serializers.CharField()
+    created_at = serializers.DateTimeField()

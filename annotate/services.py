@@ -6,8 +6,8 @@ from datetime import timedelta
 
 from celery import chain
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, F, OuterRef, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Exists, F, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from catalog.models import Photo, Product
@@ -15,7 +15,8 @@ from mlcore import services as ml_services
 from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
 from mlcore.tasks import embed_run_task
 
-from .models import Answer, Campaign, Lease, Task, TaskCandidate
+from .consensus.services import consensus_task_update
+from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, Task, TaskCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,17 @@ class AnswerConflict(Exception):
         self.message = message
 
 
+class AnnotatorPaused(AnswerConflict):
+    """An admin paused this person in this campaign: no tasks, no answers."""
+
+    def __init__(self):
+        super().__init__("annotator_paused", "An admin has paused your work in this campaign.")
+
+
+class GoldInvalid(ValueError):
+    """A gold label is not one of the campaign's labels."""
+
+
 # -- campaigns ---------------------------------------------------------------------------------------
 
 
@@ -52,8 +64,9 @@ def campaign_create(*, slug: str, name: str, model_version: ModelVersion, create
     return campaign
 
 
-def campaign_prepare(*, campaign: Campaign) -> tuple[EmbeddingRun, EmbeddingRun]:
-    """Queue the suggestion pipeline: embed products, embed photos (queue gpu), then build tasks.
+def campaign_prepare(*, campaign: Campaign, demo_gold_count: int = 0) -> tuple[EmbeddingRun, EmbeddingRun]:
+    """Queue the suggestion pipeline: embed products, embed photos (queue gpu), then build tasks, and
+    for the demo, mark `demo_gold_count` tasks gold from the demo's ground truth (gold_mark_demo).
 
     The Celery chain is sent after the surrounding transaction commits. Safe to call again: each
     step only does what is missing.
@@ -67,13 +80,16 @@ def campaign_prepare(*, campaign: Campaign) -> tuple[EmbeddingRun, EmbeddingRun]
         )
         products_run = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
         photos_run = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PHOTOS)
-        from .tasks import campaign_tasks_build_task
+        from .tasks import campaign_tasks_build_task, demo_gold_mark_task
 
-        pipeline = chain(
+        steps = [
             embed_run_task.si(products_run.pk),
             embed_run_task.si(photos_run.pk),
             campaign_tasks_build_task.si(campaign.pk),
-        )
+        ]
+        if demo_gold_count:
+            steps.append(demo_gold_mark_task.si(campaign.pk, demo_gold_count))
+        pipeline = chain(*steps)
         transaction.on_commit(pipeline.delay)
     return products_run, photos_run
 
@@ -149,8 +165,10 @@ def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
 
 
 def _open_for(*, user, campaign: Campaign, now):
-    """Open tasks of `campaign` that `user` has not answered and that still have a free slot:
-    answers so far + active leases of other people < answers_per_task."""
+    """Open regular tasks of `campaign` that `user` has not answered and that still want another
+    person: other people's live leases < answers still needed (answers_needed: up to overlap_min,
+    else one), and answers + those leases < overlap_max. So a task is never handed to more people
+    than it still needs."""
     answered = Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True)
     held = (
         Lease.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
@@ -161,11 +179,20 @@ def _open_for(*, user, campaign: Campaign, now):
         .values("n")
     )
     return (
-        Task.objects.filter(campaign=campaign, status=Task.Status.OPEN)
+        Task.objects.filter(campaign=campaign, is_gold=False, status=Task.Status.OPEN)
         .exclude(Exists(answered))
-        .annotate(held_count=Coalesce(Subquery(held), 0))
-        .filter(answer_count__lt=campaign.answers_per_task - F("held_count"))
+        .annotate(
+            held_count=Coalesce(Subquery(held), 0),
+            needed=Greatest(Value(campaign.overlap_min) - F("answer_count"), Value(1)),
+        )
+        .filter(held_count__lt=F("needed"), answer_count__lt=campaign.overlap_max - F("held_count"))
     )
+
+
+def _gold_for(*, user, campaign: Campaign):
+    """Gold tasks of `campaign` that `user` has not answered (gold tasks take any number of people)."""
+    answered = Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True)
+    return Task.objects.filter(campaign=campaign, is_gold=True).exclude(Exists(answered))
 
 
 def _first_from_seed(queryset, seed: int):
@@ -174,23 +201,52 @@ def _first_from_seed(queryset, seed: int):
     return after or queryset.filter(shuffle_key__lt=seed).order_by("shuffle_key").first()
 
 
-def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
+def _most_useful(queryset, seed: int):
+    """The task of highest priority (expected gain of one more answer); among equals, the first in the
+    session's shuffle order from `seed`."""
+    top = queryset.order_by("-priority").values_list("priority", flat=True).first()
+    if top is None:
+        return None
+    return _first_from_seed(queryset.filter(priority=top), seed)
+
+
+def annotator_stats_for(*, user, campaign: Campaign) -> AnnotatorStats | None:
+    """The person's stats row in the campaign, or None before their first answer."""
+    return AnnotatorStats.objects.filter(campaign=campaign, annotator=user).first()
+
+
+def _wants_gold(stats: AnnotatorStats | None, campaign: Campaign, rng: random.Random) -> bool:
+    answered = stats.answer_count if stats else 0
+    return answered < campaign.gold_first_count or rng.random() < campaign.gold_rate
+
+
+def task_next_for(*, user, campaign: Campaign, seed: int, rng: random.Random | None = None) -> Task | None:
     """Hand `user` their next task in `campaign`, leased to them for campaign.lease_seconds.
 
     A person holding an unexpired lease on an open, unanswered task gets that task again (a page
-    reload does not skip work). Otherwise the first task in the session's shuffled order (a seeded
-    rotation of each task's random shuffle_key) that the person has not answered and that still
-    has room: answers + other people's live leases < answers_per_task. The person's other leases
-    in the campaign are released.
+    reload does not skip work). Otherwise, a gold task when one is due (the person's first
+    campaign.gold_first_count answers, then a campaign.gold_rate share, drawn from `rng`) and one is
+    left that they have not answered; else the open regular task where one more answer helps most
+    (highest priority, the expected confidence gain; `_open_for` says which tasks still want
+    someone), ties broken by the session's shuffled order (a seeded rotation of each task's random
+    shuffle_key). The person's other leases in the campaign are released.
 
     Locks: the chosen Task row (select_for_update skip_locked on PostgreSQL, so two people never
     race for the last slot; SQLite serialises writers). Idempotent while the lease lives.
 
     Returns the Task, or None when nothing is left for this person.
+
+    Raises:
+        AnnotatorPaused: an admin paused this person in this campaign.
     """
     seed %= SHUFFLE_SPACE
+    rng = rng or random.Random()
     now = timezone.now()
     with transaction.atomic():
+        stats = annotator_stats_for(user=user, campaign=campaign)
+        if stats is not None and stats.is_paused:
+            Lease.objects.filter(annotator=user, task__campaign=campaign).delete()
+            raise AnnotatorPaused()
         # The person's live leases first (index annotate_lease_by_annotator: a handful of rows), then
         # the checks on their tasks. Joining from tasks instead made PostgreSQL walk every open task
         # of a freshly loaded campaign, before ANALYZE, at 60 ms a call (bench/api_latency.py).
@@ -211,8 +267,14 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
             for task in held:
                 if task.pk not in answered:
                     return task
-        queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(skip_locked=True, of=("self",))
-        task = _first_from_seed(queryset, seed)
+        task = None
+        if _wants_gold(stats, campaign, rng):
+            task = _first_from_seed(_gold_for(user=user, campaign=campaign), seed)
+        if task is None:
+            queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(
+                skip_locked=True, of=("self",)
+            )
+            task = _most_useful(queryset, seed)
         # Expired or finished leases of this person, this task's included, make way for the new one.
         Lease.objects.filter(annotator=user, task__campaign=campaign).delete()
         if task is None:
@@ -227,7 +289,7 @@ def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Ta
     Used only to prefetch the next task's images; no lock, no write.
     """
     queryset = _open_for(user=user, campaign=campaign, now=timezone.now()).exclude(pk=current.pk)
-    return _first_from_seed(queryset, current.shuffle_key)
+    return _most_useful(queryset, current.shuffle_key)
 
 
 # -- answers -----------------------------------------------------------------------------------------
@@ -268,20 +330,49 @@ def answer_validate(
     return choice, product, duration_ms, key
 
 
+def answer_label(*, task: Task, choice: str, product: Product | None) -> str:
+    """The answer as a key of campaign.labels(): the chosen candidate's rank ("1".."3"), or the
+    rejection itself ("none", "not_a_product", "unfit")."""
+    if choice != Answer.Choice.PRODUCT:
+        return str(choice)
+    return str(next(c.rank for c in task.candidates.all() if c.product_id == product.pk))
+
+
+def _stats_on_answer(*, stats: AnnotatorStats | None, user, campaign: Campaign, label: str, is_too_fast: bool) -> None:
+    """Keep the person's counters current: answers, too-fast answers and same-option runs. Creates the
+    row on a first answer. Flags are recomputed by the full recompute."""
+    if stats is None:
+        stats, _ = AnnotatorStats.objects.get_or_create(campaign=campaign, annotator=user)
+    run = stats.current_run_length + 1 if stats.current_run_label == label else 1
+    AnnotatorStats.objects.filter(pk=stats.pk).update(
+        answer_count=F("answer_count") + 1,
+        too_fast_count=F("too_fast_count") + int(is_too_fast),
+        current_run_label=label,
+        current_run_length=run,
+        longest_run_length=Greatest(F("longest_run_length"), Value(run)),
+    )
+
+
 def answer_submit(
     *, user, task: Task, choice: str, product_uuid=None, duration_ms, idempotency_key: str
 ) -> tuple[Answer, bool]:
-    """Record `user`'s answer to `task`.
+    """Record `user`'s answer to `task`, then update the task's consensus (consensus_task_update:
+    label, posterior, confidence; the task completes when dynamic overlap says so) and the person's
+    counters.
 
     Locks the Task row (select_for_update) for the whole check-and-write, so double submits and
     people racing for the last slot are serialised. Idempotent on (user, idempotency_key): the same
     key again returns the first answer and created=False, whatever arrives second.
+
+    An answer under the campaign's min_duration_ms is kept with is_too_fast set; it counts 0 in
+    consensus.
 
     Returns:
         (answer, created).
 
     Raises:
         AnswerInvalid: bad fields (nothing written).
+        AnnotatorPaused: an admin paused this person in this campaign (nothing written).
         AnswerConflict: code "idempotency_key_reused" (the key belongs to another answer),
             "already_answered", "task_complete", or "leased_to_other" (every remaining slot is
             reserved for other people).
@@ -289,11 +380,13 @@ def answer_submit(
     choice, product, duration_ms, key = answer_validate(
         task=task, choice=choice, product_uuid=product_uuid, duration_ms=duration_ms, idempotency_key=idempotency_key
     )
+    label = answer_label(task=task, choice=choice, product=product)
     now = timezone.now()
     with transaction.atomic():
         # of=("self",): lock the task only. Locking the joined campaign row too made every answer in a
         # campaign wait for the one before it on PostgreSQL (bench/api_latency.py's lock sampling).
         locked = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=task.pk)
+        campaign = locked.campaign
         previous = Answer.objects.filter(annotator=user, idempotency_key=key).first()
         if previous is not None:
             if (
@@ -305,21 +398,28 @@ def answer_submit(
                     "idempotency_key_reused", "This idempotency key was already used for a different answer."
                 )
             return previous, False
+        stats = AnnotatorStats.objects.select_for_update().filter(campaign=campaign, annotator=user).first()
+        if stats is not None and stats.is_paused:
+            raise AnnotatorPaused()
         if Answer.objects.filter(task=locked, annotator=user, revoked_at__isnull=True).exists():
             raise AnswerConflict("already_answered", "You have already answered this task.")
         if locked.status == Task.Status.COMPLETE:
             raise AnswerConflict("task_complete", "This task already has all the answers it needs.")
         leases = Lease.objects.filter(task=locked, expires_at__gt=now)
-        if not leases.filter(annotator=user).exists():
+        if not locked.is_gold and not leases.filter(annotator=user).exists():
             held_by_others = leases.exclude(annotator=user).count()
-            if locked.answer_count + held_by_others >= locked.campaign.answers_per_task:
+            needed = max(campaign.overlap_min - locked.answer_count, 1)
+            if held_by_others >= needed or locked.answer_count + held_by_others >= campaign.overlap_max:
                 raise AnswerConflict("leased_to_other", "This task is reserved for other annotators right now.")
+        is_too_fast = duration_ms < campaign.min_duration_ms
         try:
             answer = Answer.objects.create(
                 task=locked,
                 annotator=user,
                 choice=choice,
                 product=product,
+                label=label,
+                is_too_fast=is_too_fast,
                 duration_ms=duration_ms,
                 idempotency_key=key,
             )
@@ -328,19 +428,16 @@ def answer_submit(
             # locks): report the key reuse rather than a 500. Leaving the atomic block by raising
             # rolls the whole transaction back.
             raise AnswerConflict("idempotency_key_reused", "This idempotency key was already used.") from None
-        complete = locked.answer_count + 1 >= locked.campaign.answers_per_task
-        Task.objects.filter(pk=locked.pk).update(
-            answer_count=F("answer_count") + 1,
-            status=Task.Status.COMPLETE if complete else Task.Status.OPEN,
-            completed_at=now if complete else None,
-        )
+        _stats_on_answer(stats=stats, user=user, campaign=campaign, label=label, is_too_fast=is_too_fast)
+        consensus_task_update(task=locked, campaign=campaign, now=now)
         Lease.objects.filter(task=locked, annotator=user).delete()
     return answer, True
 
 
 def answer_undo_last(*, user, campaign: Campaign) -> Task | None:
     """Revoke `user`'s most recent answer in `campaign` (within UNDO_WINDOW) and lease its task back
-    to them, so it is their next task. The answer row is kept with revoked_at set.
+    to them, so it is their next task. The answer row is kept with revoked_at set; the task's
+    consensus is updated without it (the task reopens if it no longer meets dynamic overlap).
 
     Locks the task row. Returns the task, or None when there is nothing to undo.
     """
@@ -355,14 +452,122 @@ def answer_undo_last(*, user, campaign: Campaign) -> Task | None:
         )
         if answer is None:
             return None
-        task = Task.objects.select_for_update().get(pk=answer.task_id)
+        task = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=answer.task_id)
         Answer.objects.filter(pk=answer.pk).update(revoked_at=now)
-        Task.objects.filter(pk=task.pk).update(
-            answer_count=F("answer_count") - 1, status=Task.Status.OPEN, completed_at=None
+        AnnotatorStats.objects.filter(campaign=campaign, annotator=user, answer_count__gt=0).update(
+            answer_count=F("answer_count") - 1, current_run_length=Greatest(F("current_run_length") - 1, Value(0))
         )
+        consensus_task_update(task=task, campaign=task.campaign, now=now)
+        # An undone task is reopened for its owner even if the others' answers settle it meanwhile.
+        Task.objects.filter(pk=task.pk).update(status=Task.Status.OPEN, completed_at=None)
         Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
         Lease.objects.update_or_create(
             task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
         )
         task.refresh_from_db()
     return task
+
+
+# -- gold tasks and annotators -----------------------------------------------------------------------
+
+
+def gold_set(*, task: Task, label: str, source: str = GoldLabel.Source.MANUAL, created_by=None) -> GoldLabel:
+    """Make `task` a gold task with known answer `label` (a key of campaign.labels()), or change its
+    known answer. The task leaves the regular queue and is mixed into people's queues as gold; its
+    consensus is recomputed (posterior one-hot on the label) and the campaign marked dirty, so the
+    next full recompute re-scores everyone's gold accuracy. Idempotent.
+
+    Locks the task row.
+
+    Raises:
+        GoldInvalid: `label` is not one of the campaign's labels.
+    """
+    campaign = task.campaign
+    if label not in campaign.labels():
+        raise GoldInvalid(f"label must be one of {', '.join(campaign.labels())}")
+    with transaction.atomic():
+        locked = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=task.pk)
+        gold, _ = GoldLabel.objects.update_or_create(
+            task=locked, defaults={"label": label, "source": source, "created_by": created_by}
+        )
+        Task.objects.filter(pk=locked.pk).update(is_gold=True, status=Task.Status.OPEN, completed_at=None)
+        locked.is_gold = True
+        consensus_task_update(task=locked, campaign=locked.campaign)
+    return gold
+
+
+def gold_clear(*, task: Task) -> bool:
+    """Turn a gold task back into a regular one (its answers stay). Returns whether it was gold."""
+    with transaction.atomic():
+        locked = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=task.pk)
+        deleted, _ = GoldLabel.objects.filter(task=locked).delete()
+        Task.objects.filter(pk=locked.pk).update(is_gold=False)
+        locked.is_gold = False
+        consensus_task_update(task=locked, campaign=locked.campaign)
+    return bool(deleted)
+
+
+def consensus_recompute_queue(*, campaign: Campaign) -> None:
+    """Queue a full consensus recompute of `campaign` after the transaction commits (Celery)."""
+    from .tasks import consensus_recompute_task
+
+    transaction.on_commit(lambda: consensus_recompute_task.delay(campaign.pk))
+
+
+def annotator_pause(*, campaign: Campaign, annotator, paused: bool, by=None) -> AnnotatorStats:
+    """Pause (or resume) `annotator` in `campaign`. A paused person gets no tasks and cannot answer;
+    their past answers stay and count with campaign.paused_vote_weight from the next full
+    recompute, which this marks due. Their leases are released. Idempotent."""
+    with transaction.atomic():
+        stats, _ = AnnotatorStats.objects.select_for_update().get_or_create(campaign=campaign, annotator=annotator)
+        stats.is_paused = paused
+        stats.paused_at = timezone.now() if paused else None
+        stats.paused_by = by if paused else None
+        stats.save(update_fields=["is_paused", "paused_at", "paused_by"])
+        if paused:
+            Lease.objects.filter(annotator=annotator, task__campaign=campaign).delete()
+        Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
+    return stats
+
+
+def gold_mark_demo(*, campaign: Campaign, count: int, seed: int = 0) -> int:
+    """Demo only: make `count` tasks of `campaign` gold, their known answer taken from the generated
+    photos' ground truth (catalog.fashion_mnist.demo_truth_for): the true product's rank when the
+    model suggested it, "none" when it did not (or the product is not in the catalog), and
+    "not_a_product". Up to half the sample is drawn from tasks whose true product is among the
+    candidates, so that gold checks are not all "none". Deterministic for a seed; idempotent (tasks
+    already gold count towards `count`). Returns the number of tasks newly marked.
+    """
+    from catalog.fashion_mnist import demo_truth_for
+
+    have = Task.objects.filter(campaign=campaign, is_gold=True).count()
+    if have >= count:
+        return 0
+    tasks = list(Task.objects.filter(campaign=campaign, is_gold=False, answer_count=0).order_by("pk"))
+    truth = demo_truth_for(t.photo_id for t in tasks)
+    ranks = {
+        (task_id, product_id): rank
+        for task_id, product_id, rank in TaskCandidate.objects.filter(task__in=tasks).values_list(
+            "task_id", "product_id", "rank"
+        )
+    }
+    positives, others = [], []
+    for task in tasks:
+        if task.photo_id not in truth:
+            continue
+        kind, product_id = truth[task.photo_id]
+        if kind == "not_a_product":
+            others.append((task, "not_a_product"))
+        elif (task.pk, product_id) in ranks:
+            positives.append((task, str(ranks[task.pk, product_id])))
+        else:
+            others.append((task, "none"))
+    rng = random.Random(seed)
+    rng.shuffle(positives)
+    rng.shuffle(others)
+    wanted = count - have
+    sample = positives[: wanted // 2]
+    sample += others[: wanted - len(sample)]
+    for task, label in sample:
+        gold_set(task=task, label=label, source=GoldLabel.Source.DEMO)
+    return len(sample)

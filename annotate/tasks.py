@@ -5,6 +5,7 @@ from celery import shared_task
 from mlcore.services import EmbeddingsMissing
 
 from . import services
+from .consensus import services as consensus_services
 from .models import Campaign
 
 
@@ -15,3 +16,23 @@ def campaign_tasks_build_task(campaign_id: int) -> None:
         services.campaign_tasks_build(campaign_id=campaign_id)
     except EmbeddingsMissing as exc:
         Campaign.objects.filter(pk=campaign_id).update(status=Campaign.Status.FAILED, status_detail=str(exc))
+
+
+@shared_task(name="annotate.consensus_recompute", acks_late=True, ignore_result=True)
+def consensus_recompute_task(campaign_id: int) -> None:
+    """Full consensus over one campaign (EM), whatever its dirty flag. Idempotent."""
+    consensus_services.consensus_recompute(campaign_id=campaign_id)
+
+
+@shared_task(name="annotate.consensus_recompute_dirty", acks_late=True, ignore_result=True)
+def consensus_recompute_dirty_task() -> None:
+    """Run by Celery beat: full consensus over every campaign whose answers changed. Idempotent."""
+    consensus_services.consensus_recompute_dirty()
+
+
+@shared_task(name="annotate.demo_gold_mark", acks_late=True, ignore_result=True)
+def demo_gold_mark_task(campaign_id: int, count: int) -> None:
+    """Demo only: mark `count` tasks gold from the demo's ground truth. Idempotent."""
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is not None:
+        services.gold_mark_demo(campaign=campaign, count=count)

@@ -7,4 +7,8 @@ urlpatterns = [
     path("verify/<slug:slug>/", views.verify, name="verify"),
     path("verify/<slug:slug>/answer", views.verify_answer, name="verify-answer"),
     path("verify/<slug:slug>/undo", views.verify_undo, name="verify-undo"),
+    path("me/stats/", views.my_stats, name="my-stats"),
+    path("campaigns/<slug:slug>/annotators/", views.campaign_annotators, name="campaign-annotators"),
+    path("campaigns/<slug:slug>/annotators/<str:username>/pause", views.annotator_pause, name="annotator-pause"),
+    path("campaigns/<slug:slug>/consensus/recompute", views.consensus_recompute, name="consensus-recompute"),
 ]

@@ -3,6 +3,7 @@
 import random
 import uuid
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import redirect, render
@@ -44,7 +45,11 @@ def _task_context(request, campaign: Campaign, *, notice: str = "", notice_level
         # Campaign-wide counts cost a scan of the campaign's tasks: full page loads only, never on
         # the per-answer partial.
         context["progress"] = selectors.campaign_progress(campaign)
-    task = services.task_next_for(user=request.user, campaign=campaign, seed=_session_seed(request))
+    try:
+        task = services.task_next_for(user=request.user, campaign=campaign, seed=_session_seed(request))
+    except services.AnnotatorPaused:
+        context["state"] = "paused"
+        return context
     if task is None:
         context["state"] = "done"
         return context
@@ -119,3 +124,50 @@ def verify_undo(request, slug):
     if not request.htmx:
         return redirect("annotate:verify", slug=campaign.slug)
     return _render_task(request, campaign, **notice)
+
+
+@login_required
+@require_GET
+def my_stats(request):
+    """The signed-in person's own record per campaign: answers, gold accuracy, agreement, reliability,
+    speed and flags. Gold numbers move only with the periodic full recompute, so a person cannot
+    tell which of their tasks were gold."""
+    return render(request, "annotate/my_stats.html", {"rows": list(selectors.annotator_stats_of(request.user))})
+
+
+@login_required
+@require_GET
+def campaign_annotators(request, slug):
+    """Admins: every annotator of a campaign with their numbers and flags; pause and resume."""
+    campaign = selectors.get_campaign_for_admin(request.user, slug)
+    return render(
+        request,
+        "annotate/annotators.html",
+        {
+            "campaign": campaign,
+            "rows": selectors.campaign_annotators(campaign),
+            "summary": selectors.campaign_consensus_summary(campaign),
+        },
+    )
+
+
+@login_required
+@require_POST
+def annotator_pause(request, slug, username):
+    campaign = selectors.get_campaign_for_admin(request.user, slug)
+    annotator = get_user_model().objects.filter(username=username).first()
+    if annotator is None:
+        raise Http404("No such annotator.")
+    services.annotator_pause(
+        campaign=campaign, annotator=annotator, paused=request.POST.get("paused") == "1", by=request.user
+    )
+    return redirect("annotate:campaign-annotators", slug=campaign.slug)
+
+
+@login_required
+@require_POST
+def consensus_recompute(request, slug):
+    """Queue a full consensus recompute of the campaign now (the worker runs it)."""
+    campaign = selectors.get_campaign_for_admin(request.user, slug)
+    services.consensus_recompute_queue(campaign=campaign)
+    return redirect("annotate:campaign-annotators", slug=campaign.slug)

@@ -147,6 +147,15 @@ CELERY_TASK_ROUTES = {
     "mlcore.train*": {"queue": "gpu"},
 }
 CELERY_TASK_IGNORE_RESULT = True
+# Full consensus recompute of campaigns whose answers changed (annotate.consensus). Each answer
+# already updates its own task; this re-fits annotator reliability over the whole campaign.
+CELERY_BEAT_SCHEDULE = {
+    "consensus-recompute-dirty": {
+        "task": "annotate.consensus_recompute_dirty",
+        "schedule": env.float("FITCHECK_CONSENSUS_RECOMPUTE_S", default=60.0),
+        "options": {"expires": 55},
+    },
+}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = False  # opted into per task, only where the task is idempotent
 # Eager mode exists for the test suite only (tests/conftest.py); never set it in a deployment.

@@ -126,7 +126,7 @@ class TestAnswers:
         assert response.json()["code"] == "already_answered"
 
     def test_task_leased_to_someone_else_is_409(self, api, campaign, employee):
-        campaign.answers_per_task = 1
+        campaign.overlap_min = campaign.overlap_max = 1
         campaign.save()
         task = task_with_candidates(campaign)
         holder = user_with_role("employee")

@@ -6,10 +6,17 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from annotate.models import Campaign, Task, TaskCandidate
-from catalog.models import Photo, Product
+from annotate.models import Campaign, GoldLabel, Task, TaskCandidate
+from catalog.models import DemoPhotoTruth, Photo, Product
 
-SMALL = {"products": 30, "photos": 4, "photos_not_in_catalog": 2, "photos_non_product": 1, "image_size": 32}
+SMALL = {
+    "products": 30,
+    "photos": 4,
+    "photos_not_in_catalog": 2,
+    "photos_non_product": 1,
+    "image_size": 32,
+    "gold": 3,
+}
 
 
 def _run(django_capture_on_commit_callbacks) -> str:
@@ -33,8 +40,17 @@ def test_demo_setup_builds_a_usable_campaign_and_is_idempotent(django_capture_on
     assert campaign.model_version.image_size_px == 32
     assert Task.objects.filter(campaign=campaign).count() == Photo.objects.count() == 7
     assert TaskCandidate.objects.filter(task__campaign=campaign).count() == 21
+    # Gold from the demo's ground truth: the true product's rank if suggested, else none / not_a_product.
+    golds = list(GoldLabel.objects.filter(task__campaign=campaign).select_related("task"))
+    assert len(golds) == 3 and all(g.task.is_gold and g.source == "demo" for g in golds)
+    for gold in golds:
+        truth = DemoPhotoTruth.objects.get(photo=gold.task.photo)
+        ranks = {c.product_id: str(c.rank) for c in gold.task.candidates.all()}
+        expected = "not_a_product" if truth.kind == "not_a_product" else ranks.get(truth.product_id, "none")
+        assert gold.label == expected
 
     again = _run(django_capture_on_commit_callbacks)
-    assert "Every photo already has a task." in again
+    assert "Every photo already has a task; 0 more marked gold." in again
+    assert GoldLabel.objects.count() == 3
     assert (Product.objects.count(), Photo.objects.count(), Task.objects.count()) == (30, 7, 7)
     assert get_user_model().objects.filter(username="alice").count() == 1

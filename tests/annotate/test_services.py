@@ -13,7 +13,8 @@ from ..factories import CampaignFactory, task_with_candidates, user_with_role
 
 @pytest.fixture
 def campaign(db):
-    return CampaignFactory(answers_per_task=3, lease_seconds=300)
+    # Fixed overlap of 3 (overlap_min = overlap_max), no gold: the routing rules in isolation.
+    return CampaignFactory(overlap_min=3, overlap_max=3, lease_seconds=300)
 
 
 def _answer(user, task, choice="none", key=None, product=None):

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand
 
 from annotate import roles
 from annotate.models import Campaign, Task
-from annotate.services import campaign_create, campaign_prepare
+from annotate.services import campaign_create, campaign_prepare, gold_mark_demo
 from catalog.models import Photo
 from mlcore.nn.config import EmbedConfig
 from mlcore.services import model_version_ensure
@@ -41,6 +41,9 @@ class Command(BaseCommand):
         parser.add_argument("--photos-non-product", type=int, default=24)
         parser.add_argument("--backbone", default=EmbedConfig.backbone)
         parser.add_argument("--image-size", type=int, default=EmbedConfig.image_size_px)
+        parser.add_argument(
+            "--gold", type=int, default=40, help="Tasks made gold from the demo's ground truth (default 40)."
+        )
 
     def handle(self, *args, **options):
         roles.roles_ensure()
@@ -74,10 +77,11 @@ class Command(BaseCommand):
         )
         missing = Photo.objects.count() - Task.objects.filter(campaign=campaign).count()
         if missing > 0 or campaign.status != Campaign.Status.ACTIVE:
-            campaign_prepare(campaign=campaign)
+            campaign_prepare(campaign=campaign, demo_gold_count=options["gold"])
             self.stdout.write(f"Queued suggestions for {missing} photos with {version.name} (the worker runs them).")
         else:
-            self.stdout.write("Every photo already has a task.")
+            marked = gold_mark_demo(campaign=campaign, count=options["gold"])
+            self.stdout.write(f"Every photo already has a task; {marked} more marked gold.")
         self.stdout.write(f"\nDemo logins (password for all: {DEMO_PASSWORD})")
         for username, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<6} {role}")
