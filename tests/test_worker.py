@@ -140,3 +140,38 @@ def test_campaign_suggestions_are_built_by_a_real_worker(worker, settings):
     for task in tasks:
         assert list(TaskCandidate.objects.filter(task=task).values_list("rank", flat=True)) == [1, 2, 3]
     assert "mlcore.embed" in _log_tail(log) and "annotate.campaign_tasks_build" in _log_tail(log)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_consensus_recompute_runs_on_a_real_worker(worker, settings):
+    """The beat task, sent through the broker as beat sends it, recomputes a dirty campaign."""
+    from annotate.services import answer_submit
+    from annotate.tasks import consensus_recompute_dirty_task
+
+    from .factories import task_with_candidates, user_with_role
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    process, log = worker
+    campaign = CampaignFactory(slug="worker-consensus", gold_first_count=0, gold_rate=0)
+    task = task_with_candidates(campaign)
+    for n in range(2):
+        answer_submit(
+            user=user_with_role("employee"), task=task, choice="unfit", duration_ms=1500, idempotency_key=f"w{n}"
+        )
+    campaign.refresh_from_db()
+    assert campaign.consensus_dirty and campaign.consensus_computed_at is None
+
+    consensus_recompute_dirty_task.delay()
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        campaign.refresh_from_db()
+        if campaign.consensus_computed_at is not None or process.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert campaign.consensus_computed_at is not None, f"not recomputed; worker log:\n{_log_tail(log)}"
+    assert not campaign.consensus_dirty
+    assert campaign.consensus_params["labels"] == campaign.labels()
+    task.refresh_from_db()
+    assert task.label == "unfit" and task.status == Task.Status.COMPLETE
+    assert "annotate.consensus_recompute_dirty" in _log_tail(log)

@@ -398,10 +398,12 @@ def _unanswered_priority(campaign: Campaign, result: em.Consensus) -> None:
     ).update(priority=priority)
 
 
-def _longest_runs(user: np.ndarray, label_idx: np.ndarray) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
-    """Per user (answers ordered by user, then time): the longest run of one label, and the current
-    (last) run as (label index, length)."""
-    longest: dict[int, int] = {}
+def _longest_runs(
+    user: np.ndarray, label_idx: np.ndarray
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Per user (answers ordered by user, then time): the longest run of one label and the current
+    (last) run, each as (label index, length)."""
+    longest: dict[int, tuple[int, int]] = {}
     current: dict[int, tuple[int, int]] = {}
     if not len(user):
         return longest, current
@@ -411,17 +413,24 @@ def _longest_runs(user: np.ndarray, label_idx: np.ndarray) -> tuple[dict[int, in
     lengths = np.diff(np.append(starts, len(user)))
     for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
         u = int(user[start])
-        longest[u] = max(longest.get(u, 0), length)
+        if length > longest.get(u, (0, 0))[1]:
+            longest[u] = (int(label_idx[start]), length)
         current[u] = (int(label_idx[start]), length)
     return longest, current
 
 
-def annotator_flags(*, stats: AnnotatorStats, campaign: Campaign) -> list[str]:
+RUN_FLAG_PROBABILITY = 1e-3
+
+
+def annotator_flags(*, stats: AnnotatorStats, campaign: Campaign, run_probability: float | None = None) -> list[str]:
     """The flags a person's numbers raise (AnnotatorStats.Flag values):
     - gold_accuracy_low: at least gold_min_answers gold answers and smoothed gold accuracy under
       gold_min_accuracy;
     - too_fast: at least 5 answers under min_duration_ms, making up 20% or more of their answers;
-    - same_option_run: a run of same_option_run_limit identical options.
+    - same_option_run: a run of at least same_option_run_limit identical options that the campaign's
+      labels make unlikely: run_probability (the class prior of that option to the power of the run
+      length) under RUN_FLAG_PROBABILITY. Twenty "1"s in a row where the model's first suggestion is
+      nearly always right is no spam; twenty "none"s where a third of tasks are "none" is.
     """
     flags = []
     gold_accuracy = stats.gold_accuracy
@@ -433,7 +442,9 @@ def annotator_flags(*, stats: AnnotatorStats, campaign: Campaign) -> list[str]:
         flags.append(AnnotatorStats.Flag.GOLD_ACCURACY_LOW.value)
     if stats.too_fast_count >= 5 and stats.too_fast_count >= 0.2 * max(stats.answer_count, 1):
         flags.append(AnnotatorStats.Flag.TOO_FAST.value)
-    if stats.longest_run_length >= campaign.same_option_run_limit:
+    if stats.longest_run_length >= campaign.same_option_run_limit and (
+        run_probability is None or run_probability < RUN_FLAG_PROBABILITY
+    ):
         flags.append(AnnotatorStats.Flag.SAME_OPTION_RUN.value)
     return flags
 
@@ -476,10 +487,12 @@ def _stats_write(
         stats.reliability = round(float(reliability[w]), 6)
         stats.confusion = result.confusion[w].round(6).tolist()
         stats.median_duration_ms = int(np.median(durations[bounds[w] : bounds[w + 1]]))
-        stats.longest_run_length = longest.get(user_id, 0)
+        longest_label, longest_length = longest.get(user_id, (0, 0))
+        stats.longest_run_length = longest_length
         stats.current_run_label = labels[run_label] if run_label is not None else ""
         stats.current_run_length = run_length
-        stats.flags = annotator_flags(stats=stats, campaign=campaign)
+        run_probability = float(result.class_prior[longest_label]) ** longest_length
+        stats.flags = annotator_flags(stats=stats, campaign=campaign, run_probability=run_probability)
         stats.computed_at = now
         rows.append(stats)
     fields = [

@@ -1,0 +1,177 @@
+"""The consensus maths (annotate.consensus.em) on small hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from annotate.consensus import em
+
+
+def _answers(rows, *, n_tasks, n_workers, n_classes=2, weight=None):
+    task, worker, label = (np.array(col) for col in zip(*rows, strict=True))
+    return em.AnswerArrays.build(
+        task, worker, label, n_tasks=n_tasks, n_workers=n_workers, n_classes=n_classes, weight=weight
+    )
+
+
+def _coin(accuracy: float, n_classes: int = 2) -> np.ndarray:
+    off = (1 - accuracy) / (n_classes - 1)
+    matrix = np.full((n_classes, n_classes), off)
+    np.fill_diagonal(matrix, accuracy)
+    return matrix
+
+
+class TestMajorityVote:
+    def test_weighted_vote_shares(self):
+        # Task 0: two votes for class 1, one for class 0 -> 2/3; task 1: one vote for class 0.
+        answers = _answers([(0, 0, 1), (0, 1, 1), (0, 2, 0), (1, 0, 0)], n_tasks=2, n_workers=3)
+        result = em.majority_vote(answers)
+        np.testing.assert_allclose(result.posterior, [[1 / 3, 2 / 3], [1.0, 0.0]])
+        assert result.label.tolist() == [1, 0]
+        np.testing.assert_allclose(result.confidence, [2 / 3, 1.0])
+
+    def test_a_tie_splits_the_posterior_and_goes_to_the_lowest_class(self):
+        answers = _answers([(0, 0, 1), (0, 1, 0)], n_tasks=1, n_workers=2)
+        result = em.majority_vote(answers)
+        np.testing.assert_allclose(result.posterior[0], [0.5, 0.5])
+        assert result.label[0] == 0 and result.confidence[0] == pytest.approx(0.5)
+
+    def test_zero_weight_answers_do_not_count(self):
+        answers = _answers([(0, 0, 1), (0, 1, 0), (0, 2, 0)], n_tasks=1, n_workers=3, weight=[1.0, 0.0, 0.0])
+        assert em.majority_vote(answers).label[0] == 1
+
+    def test_tasks_without_answers_get_the_uniform_distribution(self):
+        answers = _answers([(0, 0, 1)], n_tasks=2, n_workers=1, n_classes=4)
+        np.testing.assert_allclose(em.majority_vote(answers).posterior[1], [0.25] * 4)
+
+    def test_gold_is_clamped(self):
+        answers = _answers([(0, 0, 1), (0, 1, 1)], n_tasks=1, n_workers=2)
+        result = em.majority_vote(answers, gold={0: 0})
+        np.testing.assert_allclose(result.posterior[0], [1.0, 0.0])
+
+
+class TestTaskPosterior:
+    """The per-task E-step: posterior_k proportional to prior_k * prod_i confusion_i[k, l_i]."""
+
+    def test_a_reliable_annotator_outvotes_two_unreliable_ones(self):
+        # Reliable (0.95) says class 0; two coin-flippers (0.55) say class 1. Uniform prior:
+        # P(0) ∝ 0.95 * 0.45 * 0.45 = 0.192375, P(1) ∝ 0.05 * 0.55 * 0.55 = 0.015125.
+        rows = np.stack([_coin(0.95), _coin(0.55), _coin(0.55)])
+        posterior = em.task_posterior(np.array([0, 1, 1]), rows, np.array([0.5, 0.5]))
+        expected = 0.192375 / (0.192375 + 0.015125)
+        assert posterior[0] == pytest.approx(expected)
+        assert posterior.argmax() == 0
+
+    def test_equal_annotators_disagreeing_is_a_tie_at_the_prior(self):
+        rows = np.stack([_coin(0.8), _coin(0.8)])
+        posterior = em.task_posterior(np.array([0, 1]), rows, np.array([0.5, 0.5]))
+        np.testing.assert_allclose(posterior, [0.5, 0.5])
+        # With a non-uniform prior, the tie is broken by the prior.
+        posterior = em.task_posterior(np.array([0, 1]), rows, np.array([0.3, 0.7]))
+        np.testing.assert_allclose(posterior, [0.3, 0.7])
+
+    def test_a_single_answer(self):
+        # One answer of class 1 by a 0.9 annotator, 3 classes, uniform prior: errors spread evenly,
+        # so P(1) = 0.9 / (0.9 + 0.05 + 0.05) = 0.9.
+        posterior = em.task_posterior(np.array([1]), _coin(0.9, 3)[None], np.full(3, 1 / 3))
+        np.testing.assert_allclose(posterior, [0.05, 0.9, 0.05])
+
+    def test_an_annotator_with_no_history_uses_the_pooled_matrix(self):
+        # The services pass the pooled matrix for a new person; with the default pooled matrix of a
+        # campaign without answers (accuracy 0.7, K = 2) one answer gives 0.7.
+        pooled = em.default_pooled(2)
+        np.testing.assert_allclose(pooled, [[0.7, 0.3], [0.3, 0.7]])
+        posterior = em.task_posterior(np.array([1]), pooled[None], np.array([0.5, 0.5]))
+        np.testing.assert_allclose(posterior, [0.3, 0.7])
+
+    def test_vote_weight_tempers_the_likelihood(self):
+        # Weight 0.5 on a 0.9 answer: P(1) ∝ 0.9^0.5, P(0) ∝ 0.1^0.5 -> 0.75.
+        posterior = em.task_posterior(np.array([1]), _coin(0.9)[None], np.array([0.5, 0.5]), vote_weight=[0.5])
+        assert posterior[1] == pytest.approx(3 / 4)
+        # Weight 0: no evidence, the prior.
+        posterior = em.task_posterior(np.array([1]), _coin(0.9)[None], np.array([0.5, 0.5]), vote_weight=[0.0])
+        np.testing.assert_allclose(posterior, [0.5, 0.5])
+
+    def test_no_answers_give_the_prior_and_gold_gives_one_hot(self):
+        prior = np.array([0.2, 0.8])
+        np.testing.assert_allclose(em.task_posterior(np.array([], dtype=int), np.zeros((0, 2, 2)), prior), prior)
+        gold = em.task_posterior(np.array([1]), _coin(0.9)[None], prior, gold_label=0)
+        np.testing.assert_allclose(gold, [1.0, 0.0])
+
+
+class TestDawidSkene:
+    def _crowd(self, rng, *, n_tasks=300, accuracies=(0.95, 0.9, 0.9, 0.55, 0.5), n_classes=3, per_task=3):
+        truth = rng.integers(0, n_classes, n_tasks)
+        rows = []
+        for t in range(n_tasks):
+            for w in rng.choice(len(accuracies), per_task, replace=False):
+                right = rng.random() < accuracies[w]
+                label = truth[t] if right else (truth[t] + rng.integers(1, n_classes)) % n_classes
+                rows.append((t, w, label))
+        return truth, _answers(rows, n_tasks=n_tasks, n_workers=len(accuracies), n_classes=n_classes)
+
+    def test_learns_who_is_reliable_and_beats_majority_vote(self):
+        truth, answers = self._crowd(np.random.default_rng(7))
+        result = em.dawid_skene(answers)
+        reliability = result.reliability()
+        assert reliability[0] > reliability[3] and reliability[1] > reliability[4]
+        assert reliability[0] == pytest.approx(0.95, abs=0.06)
+        assert (result.label == truth).mean() > (em.majority_vote(answers).label == truth).mean()
+        np.testing.assert_allclose(result.posterior.sum(axis=1), 1.0)
+        assert ((result.posterior >= 0) & (result.posterior <= 1)).all()
+
+    def test_is_deterministic(self):
+        _, answers = self._crowd(np.random.default_rng(3))
+        first, second = em.dawid_skene(answers), em.dawid_skene(answers)
+        np.testing.assert_array_equal(first.posterior, second.posterior)
+
+    def test_gold_tasks_stay_at_their_known_label_and_expose_a_spammer(self):
+        # Worker 1 always answers class 0; gold tasks 0..9 are all class 1.
+        rows = [(t, 0, 1) for t in range(10)] + [(t, 1, 0) for t in range(10)]
+        rows += [(t, 0, 1) for t in range(10, 20)] + [(t, 1, 0) for t in range(10, 20)]
+        answers = _answers(rows, n_tasks=20, n_workers=2)
+        result = em.dawid_skene(answers, gold={t: 1 for t in range(10)})
+        assert result.label[:10].tolist() == [1] * 10
+        # On the other tasks the two disagree; the gold-calibrated worker 0 wins.
+        assert result.label[10:].tolist() == [1] * 10
+        assert result.reliability()[0] > result.reliability()[1]
+
+    def test_one_coin_gives_symmetric_matrices(self):
+        _, answers = self._crowd(np.random.default_rng(5))
+        result = em.dawid_skene(answers, one_coin=True)
+        off = result.confusion[0][~np.eye(3, dtype=bool)]
+        np.testing.assert_allclose(off, off[0])
+
+    def test_a_down_weighted_annotator_counts_less(self):
+        # Three annotators; on task 0, worker 2 alone says class 1 against worker 0 saying class 0.
+        rows = [(0, 0, 0), (0, 2, 1)] + [(t, w, 0) for t in range(1, 30) for w in (0, 1, 2)]
+        answers = _answers(rows, n_tasks=30, n_workers=3)
+        full = em.dawid_skene(answers)
+        tempered = em.dawid_skene(answers, worker_vote_weight=np.array([1.0, 1.0, 0.1]))
+        assert tempered.posterior[0, 0] > full.posterior[0, 0]
+
+    def test_rejects_bad_input(self):
+        with pytest.raises(ValueError, match="label index out of range"):
+            _answers([(0, 0, 2)], n_tasks=1, n_workers=1, n_classes=2)
+        with pytest.raises(ValueError, match="weights must lie"):
+            _answers([(0, 0, 1)], n_tasks=1, n_workers=1, weight=[1.5])
+        answers = _answers([(0, 0, 1)], n_tasks=1, n_workers=1)
+        with pytest.raises(ValueError, match="worker_vote_weight"):
+            em.dawid_skene(answers, worker_vote_weight=np.array([2.0]))
+
+
+class TestShrinkageAndGain:
+    def test_shrinkage_is_large_for_uniform_errors_and_small_for_a_personal_confusion(self):
+        coin = np.broadcast_to(_coin(0.8, 3), (2, 3, 3))
+        # Worker 0's counts follow the coin exactly; worker 1 always calls class 0 class 1.
+        counts = np.stack([_coin(0.8, 3) * 50, np.array([[0, 50, 0], [0, 50, 0], [0, 0, 50.0]])])
+        strength = em.shrinkage_fit(counts, coin)
+        assert strength[0] == em.SHRINKAGE_GRID[-1]
+        assert strength[1] < 5
+
+    def test_expected_gain_by_hand(self):
+        # Posterior (0.5, 0.5), a 0.9 annotator: either answer makes the best class 0.9 -> gain 0.4.
+        assert em.expected_gain(np.array([0.5, 0.5]), _coin(0.9)) == pytest.approx(0.4)
+        # A settled task gains nothing.
+        assert em.expected_gain(np.array([1.0, 0.0]), _coin(0.9)) == pytest.approx(0.0)
+        # Posterior (0.9, 0.1) and a 0.6 annotator: no answer changes the decision -> 0.
+        assert em.expected_gain(np.array([0.9, 0.1]), _coin(0.6)) == pytest.approx(0.0)
