@@ -67,26 +67,47 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Drive next-task -> answer through gunicorn with concurrent annotators; print latency "
         "percentiles and throughput, then check the answer invariants. Uses a throwaway database.",
     )
-    parser.add_argument("--database-url", default=None,
-                        help="PostgreSQL URL (dropped and recreated; name must contain 'bench'); default SQLite")
-    parser.add_argument("--annotators", type=ANNOTATOR_COUNTS, default=[1, 20], metavar="N[,N...]",
-                        help="concurrency levels, run one after the other (default: 1,20)")
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="next-task/answer pairs per annotator (default: 150 alone, 40 each when several)")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL (dropped and recreated; name must contain 'bench'); default SQLite",
+    )
+    parser.add_argument(
+        "--annotators",
+        type=ANNOTATOR_COUNTS,
+        default=[1, 20],
+        metavar="N[,N...]",
+        help="concurrency levels, run one after the other (default: 1,20)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="next-task/answer pairs per annotator (default: 150 alone, 40 each when several)",
+    )
     parser.add_argument("--duration-s", type=float, default=None, help="also stop each level after this long")
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks (and photos) (default: %(default)s)")
     parser.add_argument("--products", type=int, default=3_000, help="catalog products (default: %(default)s)")
-    parser.add_argument("--answers-per-task", type=int, default=3, help="campaign setting (default: %(default)s)")
-    parser.add_argument("--seed-mode", choices=["user", "shared"], default="user",
-                        help="user: each annotator's default order (the API's per-user seed); shared: all "
-                        "annotators ask for the same seed, so they compete for the same tasks (default: %(default)s)")
+    parser.add_argument(
+        "--answers-per-task", type=int, default=3, help="fixed overlap of the campaign (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed-mode",
+        choices=["user", "shared"],
+        default="user",
+        help="user: each annotator's default order (the API's per-user seed); shared: all "
+        "annotators ask for the same seed, so they compete for the same tasks (default: %(default)s)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="gunicorn threads per worker (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for data and choices (default: %(default)s)")
-    parser.add_argument("--no-analyze", action="store_true",
-                        help="PostgreSQL: skip the ANALYZE after building each campaign (by default the bench runs "
-                        "it, as autovacuum would within about a minute; without it the first queries run on a "
-                        "planner that has no statistics for the new rows)")
+    parser.add_argument(
+        "--no-analyze",
+        action="store_true",
+        help="PostgreSQL: skip the ANALYZE after building each campaign (by default the bench runs "
+        "it, as autovacuum would within about a minute; without it the first queries run on a "
+        "planner that has no statistics for the new rows)",
+    )
     return parser.parse_args(argv)
 
 
@@ -127,14 +148,30 @@ def catalog_build(*, product_count: int, photo_count: int) -> tuple[list[int], l
         images = []
         for i, product in enumerate(products):
             name, info = _stored(1, i, "products")
-            images.append(ProductImage(product=product, image=name, sha256=info.sha256, width_px=info.width_px,
-                                       height_px=info.height_px, position=0))
+            images.append(
+                ProductImage(
+                    product=product,
+                    image=name,
+                    sha256=info.sha256,
+                    width_px=info.width_px,
+                    height_px=info.height_px,
+                    position=0,
+                )
+            )
         ProductImage.objects.bulk_create(images, batch_size=1000)
         photos = []
         for i in range(photo_count):
             name, info = _stored(2, i, "photos")
-            photos.append(Photo(source="bench", caption=f"photo {i}", image=name, sha256=info.sha256,
-                                width_px=info.width_px, height_px=info.height_px))
+            photos.append(
+                Photo(
+                    source="bench",
+                    caption=f"photo {i}",
+                    image=name,
+                    sha256=info.sha256,
+                    width_px=info.width_px,
+                    height_px=info.height_px,
+                )
+            )
         photos = Photo.objects.bulk_create(photos, batch_size=1000)
     return [p.pk for p in products], [p.pk for p in photos]
 
@@ -152,8 +189,17 @@ def campaign_build(*, slug: str, answers_per_task: int, product_ids, photo_ids, 
     )
     with transaction.atomic():
         campaign = Campaign.objects.create(
-            slug=slug, name=slug, status=Campaign.Status.ACTIVE, answers_per_task=answers_per_task,
-            candidate_count=3, model_version=version,
+            # Fixed overlap (overlap_min = overlap_max) and no gold tasks, so that the invariants below
+            # are exact: a task completes at exactly answers_per_task answers.
+            slug=slug,
+            name=slug,
+            status=Campaign.Status.ACTIVE,
+            overlap_min=answers_per_task,
+            overlap_max=answers_per_task,
+            gold_first_count=0,
+            gold_rate=0,
+            candidate_count=3,
+            model_version=version,
         )
         tasks = Task.objects.bulk_create(
             [Task(campaign=campaign, photo_id=pid, shuffle_key=rng.randrange(SHUFFLE_SPACE)) for pid in photo_ids],
@@ -215,12 +261,26 @@ def server_start(*, env: dict, workers: int, threads: int, log_path: Path) -> tu
 
     port = _free_port()
     cmd = [
-        sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-        "--workers", str(workers), "--threads", str(threads), "--timeout", "120",
-        "--error-logfile", str(log_path), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--timeout",
+        "120",
+        "--error-logfile",
+        str(log_path),
+        "--log-level",
+        "warning",
     ]
-    proc = subprocess.Popen(cmd, cwd=_common.ROOT, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=_common.ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -265,7 +325,7 @@ class Samples:
 
 
 def _outcome(response) -> str:
-    """"200", "201", "204", or for a 409 "409:<conflict code>", else the status code."""
+    """ "200", "201", "204", or for a 409 "409:<conflict code>", else the status code."""
     if response.status_code == 409:
         try:
             return f"409:{response.json().get('code', '?')}"
@@ -274,8 +334,17 @@ def _outcome(response) -> str:
     return str(response.status_code)
 
 
-def annotator_run(*, base: str, token: str, slug: str, iterations: int, deadline: float, seed: int | None,
-                  rng: random.Random, samples: Samples) -> None:
+def annotator_run(
+    *,
+    base: str,
+    token: str,
+    slug: str,
+    iterations: int,
+    deadline: float,
+    seed: int | None,
+    rng: random.Random,
+    samples: Samples,
+) -> None:
     """One annotator: next-task, then answer it, `iterations` times, until 204 or the deadline."""
     import httpx
 
@@ -327,8 +396,16 @@ def warm_up(*, base: str, token: str, workers: int, threads: int) -> None:
         list(pool.map(hit, range(workers * threads)))
 
 
-def level_run(*, base: str, slug: str, tokens: list[str], iterations: int, duration_s: float | None,
-              shared_seed: int | None, rng: random.Random) -> tuple[Samples, float]:
+def level_run(
+    *,
+    base: str,
+    slug: str,
+    tokens: list[str],
+    iterations: int,
+    duration_s: float | None,
+    shared_seed: int | None,
+    rng: random.Random,
+) -> tuple[Samples, float]:
     """Run len(tokens) annotators at once. Returns (samples, wall-clock seconds)."""
     samples = Samples()
     deadline = time.monotonic() + (duration_s if duration_s else 10**9)
@@ -336,8 +413,17 @@ def level_run(*, base: str, slug: str, tokens: list[str], iterations: int, durat
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
         futures = [
-            pool.submit(annotator_run, base=base, token=token, slug=slug, iterations=iterations, deadline=deadline,
-                        seed=shared_seed, rng=r, samples=samples)
+            pool.submit(
+                annotator_run,
+                base=base,
+                token=token,
+                slug=slug,
+                iterations=iterations,
+                deadline=deadline,
+                seed=shared_seed,
+                rng=r,
+                samples=samples,
+            )
             for token, r in zip(tokens, rngs, strict=True)
         ]
         for future in futures:
@@ -382,8 +468,10 @@ class LockSampler(threading.Thread):
             return "lock waits: no samples"
         total = sum(self.waiting.values())
         parts = ", ".join(f"{what} {n / total:.0%}" for what, n in self.waiting.most_common(4)) or "-"
-        return (f"lock waits (sampled every {self.interval_s * 1000:.0f} ms): {total / self.samples:.1f} sessions "
-                f"waiting on average; on: {parts}")
+        return (
+            f"lock waits (sampled every {self.interval_s * 1000:.0f} ms): {total / self.samples:.1f} sessions "
+            f"waiting on average; on: {parts}"
+        )
 
 
 def level_rows(*, database: str, concurrency: int, samples: Samples, wall_s: float) -> list[list]:
@@ -397,11 +485,21 @@ def level_rows(*, database: str, concurrency: int, samples: Samples, wall_s: flo
         ok = sum(n for o, n in outcomes.items() if o.startswith("2") and o != "204")
         errors = ", ".join(f"{o}x{n}" for o, n in sorted(outcomes.items()) if not o.startswith("2")) or "-"
         ms = [s * 1000 for _, s in results]
-        rows.append([
-            database, concurrency, endpoint, len(results), ok, outcomes.get("204", 0), errors,
-            f"{_common.percentile(ms, 50):.1f}", f"{_common.percentile(ms, 95):.1f}",
-            f"{_common.percentile(ms, 99):.1f}", f"{len(results) / wall_s:.1f}",
-        ])
+        rows.append(
+            [
+                database,
+                concurrency,
+                endpoint,
+                len(results),
+                ok,
+                outcomes.get("204", 0),
+                errors,
+                f"{_common.percentile(ms, 50):.1f}",
+                f"{_common.percentile(ms, 95):.1f}",
+                f"{_common.percentile(ms, 99):.1f}",
+                f"{len(results) / wall_s:.1f}",
+            ]
+        )
     return rows
 
 
@@ -411,7 +509,7 @@ def invariants_check(*, campaign, created_201: int) -> tuple[bool, str]:
 
     from annotate.models import Answer, Task
 
-    limit = campaign.answers_per_task
+    limit = campaign.overlap_max
     live = Answer.objects.filter(task__campaign=campaign, revoked_at__isnull=True)
     per_task = live.values("task").annotate(n=Count("pk")).order_by()
     max_per_task = max((row["n"] for row in per_task), default=0)
@@ -477,8 +575,13 @@ def main(argv=None) -> int:
             iterations = args.iterations or (150 if n == 1 else 40)
             slug = f"bench-{n}"
             with _common.Stopwatch() as built:
-                campaign = campaign_build(slug=slug, answers_per_task=args.answers_per_task,
-                                          product_ids=product_ids, photo_ids=photo_ids, rng=rng)
+                campaign = campaign_build(
+                    slug=slug,
+                    answers_per_task=args.answers_per_task,
+                    product_ids=product_ids,
+                    photo_ids=photo_ids,
+                    rng=rng,
+                )
                 tokens = [key for _, key in annotators_build(prefix=f"a{n}", count=n)]
             if vendor == "postgresql" and not args.no_analyze:
                 statistics_refresh()
@@ -486,8 +589,15 @@ def main(argv=None) -> int:
             sampler = LockSampler(args.database_url) if vendor == "postgresql" else None
             if sampler:
                 sampler.start()
-            samples, wall_s = level_run(base=base, slug=slug, tokens=tokens, iterations=iterations,
-                                        duration_s=args.duration_s, shared_seed=shared_seed, rng=rng)
+            samples, wall_s = level_run(
+                base=base,
+                slug=slug,
+                tokens=tokens,
+                iterations=iterations,
+                duration_s=args.duration_s,
+                shared_seed=shared_seed,
+                rng=rng,
+            )
             locks = f"\n  {sampler.stop()}" if sampler else ""
             created = sum(1 for e, o, _ in samples.rows if e == ANSWER and o == "201")
             good, text = invariants_check(campaign=campaign, created_201=created)
@@ -516,8 +626,19 @@ def main(argv=None) -> int:
     return 0 if all_good else 1
 
 
-HEADERS = ["database", "annotators", "endpoint", "requests", "200/201", "204", "errors", "p50 ms", "p95 ms", "p99 ms",
-           "req/s"]
+HEADERS = [
+    "database",
+    "annotators",
+    "endpoint",
+    "requests",
+    "200/201",
+    "204",
+    "errors",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "req/s",
+]
 
 if __name__ == "__main__":
     try:
