@@ -231,7 +231,9 @@ def fashion_mnist_locate(
             reason = "no such directory"
         looked.append(f"{directory} ({label}): {reason}")
         if label in ("explicit_dir argument", f"${ENV_VAR}"):
-            logger.warning("Fashion-MNIST: %s %s has no usable dataset (%s); looking further", label, directory, reason)
+            logger.warning(
+                "Fashion-MNIST: %s %s has no usable dataset (%s); looking further", label, directory, reason
+            )
 
     where = "; ".join(looked)
     if not allow_download:
@@ -240,7 +242,9 @@ def fashion_mnist_locate(
     try:
         download_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DatasetError(f"cannot create download directory {download_path}: {exc}. Looked in: {where}") from exc
+        raise DatasetError(
+            f"cannot create download directory {download_path}: {exc}. Looked in: {where}"
+        ) from exc
     for name in _missing_files(download_path):
         logger.info("Fashion-MNIST: downloading %s%s into %s", OFFICIAL_URL, name, download_path)
         try:
@@ -262,7 +266,9 @@ def _read_gzip(path: pathlib.Path) -> bytes:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
 
 
-def _parse_idx(data: bytes, path: pathlib.Path, *, magic: int, ndim: int) -> tuple[np.ndarray, tuple[int, ...]]:
+def _parse_idx(
+    data: bytes, path: pathlib.Path, *, magic: int, ndim: int
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """Parse an unsigned-byte IDX payload (LeCun et al., MNIST file format) into a flat uint8 array.
 
     Returns the data (read-only view into `data`) and its dimensions; raises DatasetError on a wrong
@@ -285,7 +291,9 @@ def _parse_idx(data: bytes, path: pathlib.Path, *, magic: int, ndim: int) -> tup
     return np.frombuffer(data, dtype=np.uint8, offset=header_size), dims
 
 
-def fashion_mnist_read(directory: str | os.PathLike, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+def fashion_mnist_read(
+    directory: str | os.PathLike, split: Literal["train", "test"]
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one split of Fashion-MNIST from the four .gz IDX files in `directory`.
 
     Args:
@@ -312,7 +320,9 @@ def fashion_mnist_read(directory: str | os.PathLike, split: Literal["train", "te
         raise DatasetError(f"{images_path}: images are {dims[1]}x{dims[2]} px, expected 28x28")
     images = flat.reshape(dims).copy()
 
-    flat_labels, (label_count,) = _parse_idx(_read_gzip(labels_path), labels_path, magic=_IDX_MAGIC_LABELS, ndim=1)
+    flat_labels, (label_count,) = _parse_idx(
+        _read_gzip(labels_path), labels_path, magic=_IDX_MAGIC_LABELS, ndim=1
+    )
     if label_count != dims[0]:
         raise DatasetError(f"{labels_path}: {label_count} labels for {dims[0]} images in {images_path.name}")
     if label_count and int(flat_labels.max()) >= len(FASHION_MNIST_CLASSES):
@@ -535,7 +545,9 @@ def _warp(layers: torch.Tensor, quad: list[list[float]], size_px: int) -> np.nda
     224 px on one core, most of the per-photo budget. Here the grid is a few numpy broadcasts and
     the 28-px source is upscaled 2x bicubically first (F.resize) so outlines stay smooth.
     """
-    source = F.resize(layers, [layers.shape[-2] * 2, layers.shape[-1] * 2], interpolation=InterpolationMode.BICUBIC)
+    source = F.resize(
+        layers, [layers.shape[-2] * 2, layers.shape[-1] * 2], interpolation=InterpolationMode.BICUBIC
+    )
     h, w = layers.shape[-2:]
     frame = np.array([[0, 0], [size_px, 0], [size_px, size_px], [0, size_px]], dtype=np.float64)
     # Output pixel centre -> source position, normalised to grid_sample's [-1, 1] (align_corners=False).
@@ -624,7 +636,9 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return image
 
 
-def customer_photo_render(image_28: np.ndarray, *, rng: np.random.Generator, size_px: int = 224) -> Image.Image:
+def customer_photo_render(
+    image_28: np.ndarray, *, rng: np.random.Generator, size_px: int = 224
+) -> Image.Image:
     """Render one product image as a photo a customer might have taken of it.
 
     Pipeline (every parameter drawn from `rng`; no torch or global RNG):
@@ -660,7 +674,9 @@ def customer_photo_render(image_28: np.ndarray, *, rng: np.random.Generator, siz
     """
     image_28 = np.asarray(image_28)
     if image_28.ndim != 2 or image_28.dtype != np.uint8:
-        raise ValueError(f"image_28 must be a 2-D uint8 array, got shape {image_28.shape} dtype {image_28.dtype}")
+        raise ValueError(
+            f"image_28 must be a 2-D uint8 array, got shape {image_28.shape} dtype {image_28.dtype}"
+        )
     if size_px < 32:
         raise ValueError(f"size_px must be >= 32, got {size_px}")
     s = int(size_px)
@@ -758,7 +774,9 @@ def _skimage_sample(name: str) -> tuple[torch.Tensor, bool] | None:
     return torch.from_numpy(np.ascontiguousarray(array[..., :3].transpose(2, 0, 1))), is_gray
 
 
-def non_product_photos(*, rng: np.random.Generator, count: int, size_px: int = 224) -> list[tuple[str, Image.Image]]:
+def non_product_photos(
+    *, rng: np.random.Generator, count: int, size_px: int = 224
+) -> list[tuple[str, Image.Image]]:
     """Photos that show no product at all, each with a caption a customer might post with it.
 
     Random square crops (35–100% of the shorter side), flips and brightness changes of the sample
@@ -784,7 +802,9 @@ def non_product_photos(*, rng: np.random.Generator, count: int, size_px: int = 2
         raise ValueError(f"count must be >= 0, got {count}")
     if size_px < 32:
         raise ValueError(f"size_px must be >= 32, got {size_px}")
-    sources = [(name, captions) for name, captions in _NON_PRODUCT_SOURCES if _skimage_sample(name) is not None]
+    sources = [
+        (name, captions) for name, captions in _NON_PRODUCT_SOURCES if _skimage_sample(name) is not None
+    ]
     if not sources:
         raise RuntimeError("no scikit-image sample images could be loaded")
 
@@ -892,7 +912,9 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-            raise ValueError(f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"expected a uint8 (H, W), (H, W, 3) or (H, W, 4) array, got {image.dtype} {image.shape}"
+            )
         image = Image.fromarray(np.ascontiguousarray(image))  # uint8: L, RGB or RGBA by shape
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

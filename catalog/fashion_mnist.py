@@ -39,35 +39,16 @@ RETAILERS = (
         "slug": "northwind",
         "name": "Northwind Apparel",
         "sku_prefix": "NW",
-        "native": (
-            "Tees",
-            "Trousers",
-            "Jumpers",
-            "Dresses",
-            "Coats & Jackets",
-            "Sandals",
-            "Shirts",
-            "Trainers",
-            "Bags",
-            "Boots",
-        ),
+        "native": ("Tees", "Trousers", "Jumpers", "Dresses", "Coats & Jackets", "Sandals", "Shirts", "Trainers",
+                   "Bags", "Boots"),
     },
     {
         "slug": "harbor-pine",
         "name": "Harbor & Pine",
         "sku_prefix": "HP",
-        "native": (
-            "T-Shirts & Tops",
-            "Pants",
-            "Knitwear > Pullovers",
-            "Dresses > Day Dresses",
-            "Outerwear",
-            "Shoes > Sandals",
-            "Tops > Shirts & Blouses",
-            "Shoes > Sneakers",
-            "Accessories > Bags",
-            "Shoes > Ankle Boots",
-        ),
+        "native": ("T-Shirts & Tops", "Pants", "Knitwear > Pullovers", "Dresses > Day Dresses", "Outerwear",
+                   "Shoes > Sandals", "Tops > Shirts & Blouses", "Shoes > Sneakers", "Accessories > Bags",
+                   "Shoes > Ankle Boots"),
     },
 )
 # Native categories that say nothing about the product; mapped to no master node.
@@ -86,23 +67,8 @@ _NOUNS = (
     ("bag", "tote bag", "shoulder bag", "crossbody bag"),
     ("ankle boots", "chelsea boots", "lace-up boots", "heeled ankle boots"),
 )
-_ADJECTIVES = (
-    "Classic",
-    "Relaxed",
-    "Everyday",
-    "Essential",
-    "Soft",
-    "Structured",
-    "Organic cotton",
-    "Light",
-    "Recycled",
-    "Slim",
-    "Oversized",
-    "Textured",
-    "Washed",
-    "Premium",
-    "Easy",
-)
+_ADJECTIVES = ("Classic", "Relaxed", "Everyday", "Essential", "Soft", "Structured", "Organic cotton", "Light",
+               "Recycled", "Slim", "Oversized", "Textured", "Washed", "Premium", "Easy")
 POSTED_BASE = datetime(2026, 10, 1, tzinfo=UTC)
 
 
@@ -208,14 +174,8 @@ def fashion_mnist_load(
             title, description = _title(label, rng)
             sku = f"{RETAILERS[which]['sku_prefix']}-{index:05d}"
             rows.append(
-                Product(
-                    retailer=retailer,
-                    sku=sku,
-                    title=title,
-                    description=description,
-                    native_category=native,
-                    master_category=master,
-                )
+                Product(retailer=retailer, sku=sku, title=title, description=description,
+                        native_category=native, master_category=master)
             )
             data = demo_data.png_bytes(train_x[index])
             info = image_inspect(data)
@@ -232,14 +192,8 @@ def fashion_mnist_load(
                 index, name, info = images[(retailer_id, sku)]
                 product_by_index[index] = pk
                 image_rows.append(
-                    ProductImage(
-                        product_id=pk,
-                        image=name,
-                        sha256=info.sha256,
-                        width_px=info.width_px,
-                        height_px=info.height_px,
-                        position=0,
-                    )
+                    ProductImage(product_id=pk, image=name, sha256=info.sha256, width_px=info.width_px,
+                                 height_px=info.height_px, position=0)
                 )
             ProductImage.objects.bulk_create(image_rows, ignore_conflicts=True)
         progress("products", min(start + batch, product_count), product_count)
@@ -260,15 +214,13 @@ def fashion_mnist_load(
         if kind == "in":
             image = demo_data.customer_photo_render(train_x[index], rng=rng)
             caption = demo_data.photo_caption(rng, brand=RETAILERS[index % 2]["slug"])
-            truth = {
-                "kind": DemoPhotoTruth.Kind.IN_CATALOG,
-                "product_id": product_by_index[index],
-                "source_label": int(train_y[index]),
-            }
+            truth = {"kind": DemoPhotoTruth.Kind.IN_CATALOG, "product_id": product_by_index[index],
+                     "source_label": int(train_y[index])}
         elif kind == "out":
             image = demo_data.customer_photo_render(test_x[index], rng=rng)
             caption = demo_data.photo_caption(rng)
-            truth = {"kind": DemoPhotoTruth.Kind.NOT_IN_CATALOG, "product_id": None, "source_label": int(test_y[index])}
+            truth = {"kind": DemoPhotoTruth.Kind.NOT_IN_CATALOG, "product_id": None,
+                     "source_label": int(test_y[index])}
         else:
             caption, image = non_products[index]
             truth = {"kind": DemoPhotoTruth.Kind.NOT_A_PRODUCT, "product_id": None, "source_label": None}

@@ -71,7 +71,8 @@ def image_inspect(data: bytes, *, max_pixels: int | None = None, max_bytes: int 
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             # Pillow's own bomb check fires inside Image.open, before the size can be read here.
             raise ImageRejected(
-                f"the image is too large to decode safely ({exc}); the limit is {max_pixels / 1e6:.0f} megapixels"
+                f"the image is too large to decode safely ({exc}); the limit is "
+                f"{max_pixels / 1e6:.0f} megapixels"
             ) from exc
         except UnidentifiedImageError as exc:
             raise ImageRejected("the file is not an image that can be read (JPEG, PNG or WebP expected)") from exc

@@ -327,13 +327,8 @@ def catalog_row_import(*, row: dict, base_dir: Path) -> str:
             current = existing.get(info.sha256)
             if current is None:
                 ProductImage.objects.create(
-                    product=product,
-                    image=name,
-                    sha256=info.sha256,
-                    width_px=info.width_px,
-                    height_px=info.height_px,
-                    position=position,
-                    source_url=ref if "://" in ref else "",
+                    product=product, image=name, sha256=info.sha256, width_px=info.width_px,
+                    height_px=info.height_px, position=position, source_url=ref if "://" in ref else "",
                 )
                 images_changed = True
             elif current.position != position:
@@ -345,7 +340,9 @@ def catalog_row_import(*, row: dict, base_dir: Path) -> str:
     return outcome
 
 
-def catalog_import(*, path: Path, progress: Callable[[int], None] | None = None) -> ImportReport:
+def catalog_import(
+    *, path: Path, progress: Callable[[int], None] | None = None
+) -> ImportReport:
     """Import a catalog manifest (CSV or JSONL) row by row; see `catalog_row_import`.
 
     Columns: retailer, sku, title, image (path relative to the manifest, or http(s) URL; several
@@ -406,10 +403,7 @@ def photo_upsert(*, image_name: str, info, source: str, caption: str, posted_at:
             try:
                 with transaction.atomic():
                     Photo.objects.create(
-                        sha256=info.sha256,
-                        image=image_name,
-                        width_px=info.width_px,
-                        height_px=info.height_px,
+                        sha256=info.sha256, image=image_name, width_px=info.width_px, height_px=info.height_px,
                         **fields,
                     )
                 return "created"

@@ -333,7 +333,9 @@ def test_download_verification_accepts_the_official_bytes(isolated_locations, mo
 
 
 def test_download_that_fails_verification_leaves_no_file(isolated_locations, monkeypatch):
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(b"<html>moved</html>"))
+    monkeypatch.setattr(
+        urllib.request, "urlopen", lambda url, timeout=None: FakeResponse(b"<html>moved</html>")
+    )
     download_dir = isolated_locations / "downloads"
     with pytest.raises(DatasetError) as info:
         fashion_mnist_locate(download_dir=download_dir)
@@ -455,7 +457,9 @@ def test_gaussian_blur_matches_scipy():
     image = np.random.default_rng(0).random((3, 40, 50), dtype=np.float32)
     for sigma in (0.5, 1.0, 1.6):
         radius = math.ceil(2 * sigma)  # our truncation; scipy takes it explicitly
-        expected = ndimage.gaussian_filter(image, (0, sigma, sigma), mode="nearest", radius=(0, radius, radius))
+        expected = ndimage.gaussian_filter(
+            image, (0, sigma, sigma), mode="nearest", radius=(0, radius, radius)
+        )
         np.testing.assert_allclose(demo_data._gaussian_blur(image, sigma), expected, atol=1e-5)
 
 

@@ -65,11 +65,9 @@ def test_load_builds_two_retailers_mapped_onto_one_taxonomy(train_split):
     assert tees.master_node == tops.master_node == tshirt
     for slug in ("northwind", "harbor-pine"):
         assert NativeCategory.objects.filter(retailer__slug=slug).count() == 10 + len(UNINFORMATIVE_NATIVE)
-        assert (
-            not NativeCategory.objects.filter(retailer__slug=slug, path__in=UNINFORMATIVE_NATIVE)
-            .exclude(master_node=None)
-            .exists()
-        )
+        assert not NativeCategory.objects.filter(retailer__slug=slug, path__in=UNINFORMATIVE_NATIVE).exclude(
+            master_node=None
+        ).exists()
 
     # 40 products, each with one 28×28 image that is the training image its sku names.
     images, labels = train_split
@@ -121,20 +119,8 @@ def test_load_queues_photos_with_their_truth_kept_apart():
 def test_second_load_creates_nothing_new():
     out = io.StringIO()
     call_command(
-        "load_fashion_mnist",
-        "--dir",
-        str(DATASET_DIR),
-        "--no-download",
-        "--products",
-        "40",
-        "--photos",
-        "6",
-        "--photos-not-in-catalog",
-        "3",
-        "--photos-non-product",
-        "2",
-        stdout=out,
-        stderr=io.StringIO(),
+        "load_fashion_mnist", "--dir", str(DATASET_DIR), "--no-download", "--products", "40", "--photos", "6",
+        "--photos-not-in-catalog", "3", "--photos-non-product", "2", stdout=out, stderr=io.StringIO(),
     )
     assert out.getvalue().strip() == (
         "Fashion-MNIST demo: 40 products (40 new), 11 photos (11 new: 6 of catalog products, "
@@ -177,12 +163,8 @@ def test_missing_dataset_without_download_raises_dataset_error(no_dataset_anywhe
 def test_command_reports_missing_dataset_as_command_error(no_dataset_anywhere):
     with pytest.raises(CommandError, match=r"Fashion-MNIST files not found \(downloads disabled\)"):
         call_command(
-            "load_fashion_mnist",
-            "--dir",
-            str(no_dataset_anywhere),
-            "--no-download",
-            stdout=io.StringIO(),
-            stderr=io.StringIO(),
+            "load_fashion_mnist", "--dir", str(no_dataset_anywhere), "--no-download",
+            stdout=io.StringIO(), stderr=io.StringIO(),
         )
     assert Retailer.objects.count() == 0
 

@@ -57,9 +57,7 @@ def run_command(name: str, path: Path) -> tuple[str, str]:
 
 def test_import_creates_retailer_products_categories_and_images(manifest_dir, settings):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind Apparel,NW-1,Classic tee,Soft cotton,Women > Tees,,img/0.png",
         "Northwind Apparel,NW-2,Slim chinos,,Women > Trousers,,img/1.png|img/2.png",
     )
@@ -93,9 +91,7 @@ def test_import_creates_retailer_products_categories_and_images(manifest_dir, se
 
 def test_reimport_is_unchanged_and_writes_nothing(manifest_dir, settings):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind,NW-1,Classic tee,,Tees,Clothing › Tops › T-shirt/top,img/0.png",
         "Northwind,NW-2,Slim chinos,,Trousers,,img/1.png|img/2.png",
     )
@@ -152,9 +148,7 @@ def test_changed_image_list_replaces_the_products_images(manifest_dir):
 def test_same_image_shared_by_products_is_stored_once(manifest_dir, settings):
     (manifest_dir / "img" / "copy-of-0.png").write_bytes(png(0))  # same bytes, another name
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind,NW-1,Tee,,,,img/0.png",
         "Harbor & Pine,HP-1,Tee,,,,img/0.png",
         "Harbor & Pine,HP-2,Tee again,,,,img/copy-of-0.png",
@@ -181,13 +175,8 @@ def test_same_image_twice_in_one_row_is_kept_once(manifest_dir):
 
 def test_jsonl_rows_with_image_lists_import(manifest_dir):
     rows = [
-        {
-            "retailer": "Northwind",
-            "sku": 101,
-            "title": "Tee",
-            "image": ["img/0.png", "img/1.png"],
-            "description": "Line\u2028separator and paragraph\u2029separator inside a string",
-        },
+        {"retailer": "Northwind", "sku": 101, "title": "Tee", "image": ["img/0.png", "img/1.png"],
+         "description": "Line\u2028separator and paragraph\u2029separator inside a string"},
         {"retailer": "Northwind", "sku": "102", "title": "Chinos", "image": "img/2.png", "is_active": False},
     ]
     path = manifest_dir / "catalog.jsonl"
@@ -250,22 +239,20 @@ def test_command_on_missing_manifest_file(tmp_path):
 def test_bad_rows_reported_by_line_and_good_rows_imported(manifest_dir):
     (manifest_dir / "img" / "corrupt.png").write_bytes(png(9)[:200])
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
-        "Northwind,NW-1,Tee,,Tees,,img/0.png",  # 2: good
-        "Ghost Shop,GS-1,Ghost tee,,Ghosts,,img/corrupt.png",  # 3: corrupt image
-        "Northwind,,No sku,,Tees,,img/1.png",  # 4: no sku
-        "Northwind,NW-3,Lost,,Tees,,img/missing.png",  # 5: unknown image path
-        'Northwind,NW-4,Long text,"first line',  # 6: a record over 2 lines
+        manifest_dir, "catalog.csv", HEADER,
+        "Northwind,NW-1,Tee,,Tees,,img/0.png",                             # 2: good
+        "Ghost Shop,GS-1,Ghost tee,,Ghosts,,img/corrupt.png",              # 3: corrupt image
+        "Northwind,,No sku,,Tees,,img/1.png",                              # 4: no sku
+        "Northwind,NW-3,Lost,,Tees,,img/missing.png",                      # 5: unknown image path
+        'Northwind,NW-4,Long text,"first line',                            # 6: a record over 2 lines
         'second line",Tees,,img/2.png',
-        'Northwind,NW-7,Long text,"first line',  # 8: over 3 lines, bad image
+        'Northwind,NW-7,Long text,"first line',                            # 8: over 3 lines, bad image
         "",
         'third line",Tees,,img/nope.png',
-        "Northwind,NW-5,Extra,,Tees,,img/3.png,surplus",  # 11: too many fields
-        "",  # 12: blank, skipped
-        "Rollback Co,RB-1,Tee,,Odd,Clothing ›  › Tops,img/4.png",  # 13: bad master path
-        "Northwind,NW-6,Tee 6,,Tees,,img/5.png",  # 14: good
+        "Northwind,NW-5,Extra,,Tees,,img/3.png,surplus",                   # 11: too many fields
+        "",                                                                # 12: blank, skipped
+        "Rollback Co,RB-1,Tee,,Odd,Clothing ›  › Tops,img/4.png",          # 13: bad master path
+        "Northwind,NW-6,Tee 6,,Tees,,img/5.png",                           # 14: good
     )
 
     report = catalog_import(path=path)
@@ -295,9 +282,7 @@ def test_bad_rows_reported_by_line_and_good_rows_imported(manifest_dir):
 
 def test_invalid_values_are_row_errors(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        "retailer,sku,title,image,is_active",
+        manifest_dir, "catalog.csv", "retailer,sku,title,image,is_active",
         "Northwind,NW-1,Tee,img/0.png,maybe",
         "!!!,NW-2,Tee,img/1.png,",
         f"Northwind,NW-3,{'x' * 301},img/2.png,",
@@ -318,9 +303,7 @@ def test_invalid_values_are_row_errors(manifest_dir):
 
 def test_unparseable_csv_record_is_a_row_error(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        "retailer,sku,title,description,image",
+        manifest_dir, "catalog.csv", "retailer,sku,title,description,image",
         f'Northwind,NW-1,Tee,"{"x" * 140_000}",img/0.png',  # over the csv module's field limit
         "Northwind,NW-2,Chinos,,img/1.png",
     )
@@ -332,8 +315,7 @@ def test_unparseable_csv_record_is_a_row_error(manifest_dir):
 
 def test_jsonl_bad_lines_reported_by_line(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.jsonl",
+        manifest_dir, "catalog.jsonl",
         json.dumps({"retailer": "Northwind", "sku": "NW-1", "title": "Tee", "image": "img/0.png"}),
         '{"retailer": "Northwind", "sku": ',
         "",
@@ -358,11 +340,9 @@ def test_jsonl_bad_lines_reported_by_line(manifest_dir):
 
 def test_master_category_path_maps_product_and_native_category(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind,NW-1,Tee,,Tees,Clothing › Tops › T-shirt/top,img/0.png",
-        "Northwind,NW-2,Another tee,,Tees,,img/1.png",  # inherits the native's mapping
+        "Northwind,NW-2,Another tee,,Tees,,img/1.png",                      # inherits the native's mapping
         "Harbor & Pine,HP-1,Tee,,T-Shirts & Tops,Clothing > Tops > T-shirt/top,img/2.png",
     )
     report = catalog_import(path=path)
@@ -370,24 +350,18 @@ def test_master_category_path_maps_product_and_native_category(manifest_dir):
     assert report.created_count == 3
     node = TaxonomyNode.objects.get(path="Clothing › Tops › T-shirt/top")
     assert (node.name, node.depth, node.parent.path, node.parent.parent.path) == (
-        "T-shirt/top",
-        2,
-        "Clothing › Tops",
-        "Clothing",
+        "T-shirt/top", 2, "Clothing › Tops", "Clothing",
     )
     assert TaxonomyNode.objects.count() == 3
     assert set(Product.objects.values_list("master_category", flat=True)) == {node.pk}
     assert set(NativeCategory.objects.values_list("path", "master_node")) == {
-        ("Tees", node.pk),
-        ("T-Shirts & Tops", node.pk),
+        ("Tees", node.pk), ("T-Shirts & Tops", node.pk),
     }
 
 
 def test_native_category_map_refiles_its_products(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind,NW-1,Tee,,New In,,img/0.png",
         "Northwind,NW-2,Tee,,New In,,img/1.png",
         "Northwind,NW-3,Chinos,,Trousers,,img/2.png",
@@ -402,10 +376,7 @@ def test_native_category_map_refiles_its_products(manifest_dir):
     native.refresh_from_db()
     assert native.master_node == node
     assert dict(Product.objects.values_list("sku", "master_category")) == {
-        "NW-1": node.pk,
-        "NW-2": node.pk,
-        "NW-3": None,
-        "HP-1": None,
+        "NW-1": node.pk, "NW-2": node.pk, "NW-3": None, "HP-1": None,
     }
     # A later import of the same rows keeps the mapping: the row names no master path.
     assert catalog_import(path=path).unchanged_count == 4
@@ -479,9 +450,7 @@ def test_command_prints_summary(manifest_dir):
 
 def test_command_fails_after_importing_good_rows(manifest_dir):
     path = write(
-        manifest_dir,
-        "catalog.csv",
-        HEADER,
+        manifest_dir, "catalog.csv", HEADER,
         "Northwind,NW-1,Tee,,,,img/0.png",
         "Northwind,NW-2,Tee,,,,img/missing.png",
         "Northwind,NW-3,Tee,,,,img/2.png",
@@ -503,9 +472,7 @@ PHOTO_HEADER = "source,caption,posted_at,image"
 
 def test_photos_import_creates_photos_keyed_by_sha256(manifest_dir, settings):
     path = write(
-        manifest_dir,
-        "photos.csv",
-        PHOTO_HEADER,
+        manifest_dir, "photos.csv", PHOTO_HEADER,
         "instagram:@ana,Loving my new tee,2026-10-01T09:30:00+02:00,img/0.png",
         "instagram:@bo,,2026-10-02 08:00,img/1.png",
         "instagram:@cy,No date,,img/2.png",
@@ -543,9 +510,7 @@ def test_photos_import_is_idempotent_and_updates_in_place(manifest_dir, settings
 def test_photos_import_bad_rows_reported_by_line(manifest_dir):
     (manifest_dir / "img" / "corrupt.png").write_bytes(png(9)[:150])
     path = write(
-        manifest_dir,
-        "photos.csv",
-        PHOTO_HEADER,
+        manifest_dir, "photos.csv", PHOTO_HEADER,
         "ig:@ana,,2026-10-01T09:30:00Z,img/0.png",
         "ig:@bo,,yesterday,img/1.png",
         "ig:@cy,,2026-13-45T25:00:00,img/2.png",
