@@ -215,18 +215,22 @@ def annotator_stats_for(*, user, campaign: Campaign) -> AnnotatorStats | None:
     return AnnotatorStats.objects.filter(campaign=campaign, annotator=user).first()
 
 
-def _wants_gold(stats: AnnotatorStats | None, campaign: Campaign, rng: random.Random) -> bool:
-    answered = stats.answer_count if stats else 0
-    return answered < campaign.gold_first_count or rng.random() < campaign.gold_rate
+def gold_due(*, answered: int, campaign: Campaign, seed: int) -> bool:
+    """Whether the person's next task (after `answered` answers in the campaign) should be a gold
+    task: always for the first campaign.gold_first_count, then with probability campaign.gold_rate,
+    drawn from (session seed, answered) so that the prefetch of the following task can tell too."""
+    if answered < campaign.gold_first_count:
+        return True
+    return random.Random(f"{seed}:{answered}").random() < campaign.gold_rate
 
 
-def task_next_for(*, user, campaign: Campaign, seed: int, rng: random.Random | None = None) -> Task | None:
+def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
     """Hand `user` their next task in `campaign`, leased to them for campaign.lease_seconds.
 
     A person holding an unexpired lease on an open, unanswered task gets that task again (a page
-    reload does not skip work). Otherwise, a gold task when one is due (the person's first
-    campaign.gold_first_count answers, then a campaign.gold_rate share, drawn from `rng`) and one is
-    left that they have not answered; else the open regular task where one more answer helps most
+    reload does not skip work). Otherwise, a gold task when one is due (`gold_due`: the person's
+    first campaign.gold_first_count answers, then a campaign.gold_rate share) and one is left that
+    they have not answered; else the open regular task where one more answer helps most
     (highest priority, the expected confidence gain; `_open_for` says which tasks still want
     someone), ties broken by the session's shuffled order (a seeded rotation of each task's random
     shuffle_key). The person's other leases in the campaign are released.
@@ -240,7 +244,6 @@ def task_next_for(*, user, campaign: Campaign, seed: int, rng: random.Random | N
         AnnotatorPaused: an admin paused this person in this campaign.
     """
     seed %= SHUFFLE_SPACE
-    rng = rng or random.Random()
     now = timezone.now()
     with transaction.atomic():
         stats = annotator_stats_for(user=user, campaign=campaign)
@@ -268,7 +271,7 @@ def task_next_for(*, user, campaign: Campaign, seed: int, rng: random.Random | N
                 if task.pk not in answered:
                     return task
         task = None
-        if _wants_gold(stats, campaign, rng):
+        if gold_due(answered=stats.answer_count if stats else 0, campaign=campaign, seed=seed):
             task = _first_from_seed(_gold_for(user=user, campaign=campaign), seed)
         if task is None:
             queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(
@@ -284,10 +287,19 @@ def task_next_for(*, user, campaign: Campaign, seed: int, rng: random.Random | N
 
 
 def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Task | None:
-    """The task `task_next_for` would most likely hand out after `current`, without leasing it.
+    """The task `task_next_for` would most likely hand out after `current`, without leasing it: a
+    gold task when one will be due (so that gold tasks are prefetched like any other and load no
+    slower), else the most useful regular task.
 
     Used only to prefetch the next task's images; no lock, no write.
     """
+    seed %= SHUFFLE_SPACE
+    stats = annotator_stats_for(user=user, campaign=campaign)
+    answered = (stats.answer_count if stats else 0) + 1
+    if gold_due(answered=answered, campaign=campaign, seed=seed):
+        gold = _first_from_seed(_gold_for(user=user, campaign=campaign).exclude(pk=current.pk), seed)
+        if gold is not None:
+            return gold
     queryset = _open_for(user=user, campaign=campaign, now=timezone.now()).exclude(pk=current.pk)
     return _most_useful(queryset, current.shuffle_key)
 

@@ -101,6 +101,8 @@ def verify_answer(request, slug):
         )
     except services.AnswerInvalid as exc:
         notice = {"notice": f"That answer was not saved: {exc}", "notice_level": "error"}
+    except services.AnnotatorPaused as exc:
+        notice = {"notice": f"That answer was not saved: {exc.message}", "notice_level": "error"}
     except services.AnswerConflict as exc:
         notice = {"notice": f"{exc.message} Here is your next task.", "notice_level": "warning"}
     if not request.htmx:

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from kombu import pools as kombu_pools
 
 from annotate.models import Campaign, Task, TaskCandidate
 from annotate.services import campaign_prepare
@@ -42,6 +43,10 @@ def _use_broker(url: str) -> None:
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
         celery_app._pool = None
+    # The producer pool wraps the connection pool closed above, and kombu caches producer pools per
+    # broker URL process-wide: drop both, or the next send fails with "Acquire on closed pool".
+    celery_app.amqp._producer_pool = None
+    kombu_pools.reset()
 
 
 @pytest.fixture

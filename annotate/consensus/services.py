@@ -257,8 +257,16 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
     labels = campaign.labels()
     K = len(labels)
     index = {label: i for i, label in enumerate(labels)}
+    # Gold first, answers second: a gold task answered in between then carries a newer version than
+    # the one read here and is skipped, never overwritten with stale values.
+    gold_versions = {}
+    gold_rows = {}
+    for task_id, label, version in GoldLabel.objects.filter(task__campaign=campaign).values_list(
+        "task_id", "label", "task__consensus_version"
+    ):
+        gold_rows[task_id] = label
+        gold_versions[task_id] = version
     data = _load_answers(campaign)
-    gold_rows = dict(GoldLabel.objects.filter(task__campaign=campaign).values_list("task_id", "label"))
     stats_rows = {s.annotator_id: s for s in AnnotatorStats.objects.filter(campaign=campaign)}
 
     task_ids, task_idx = np.unique(
@@ -307,6 +315,8 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
     started = time.perf_counter()
     human_counts = np.bincount(answer_task_idx, minlength=len(task_ids))
     versions = np.zeros(len(task_ids), dtype=np.int64)
+    for tid, version in gold_versions.items():
+        versions[np.searchsorted(task_ids, tid)] = version
     versions[answer_task_idx] = data["version"]
     is_gold = np.zeros(len(task_ids), dtype=bool)
     is_gold[list(gold)] = True
