@@ -5,6 +5,7 @@ import random
 from datetime import timedelta
 
 from celery import chain
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, OuterRef, Subquery, Value
 from django.db.models.functions import Coalesce, Greatest
@@ -506,6 +507,68 @@ def gold_set(*, task: Task, label: str, source: str = GoldLabel.Source.MANUAL, c
         locked.is_gold = True
         consensus_task_update(task=locked, campaign=locked.campaign)
     return gold
+
+
+def gold_row_import(*, row: dict, created_by=None) -> str:
+    """Import one gold row: `task` (the task's uuid), `choice` (product, none, not_a_product, unfit)
+    and `product` (a candidate product's uuid, when choice is product). Returns "created",
+    "updated" or "unchanged".
+
+    Raises:
+        RowInvalid: a missing or malformed value, an unknown task, or a product that is not one of
+            the task's candidates.
+    """
+    from catalog.services import RowInvalid
+
+    if "__error__" in row:
+        raise RowInvalid(row["__error__"])
+    missing = [name for name in ("task", "choice") if not row.get(name)]
+    if missing:
+        raise RowInvalid(f"missing value for {', '.join(missing)}")
+    try:
+        task = Task.objects.select_related("campaign").prefetch_related("candidates__product").get(uuid=row["task"])
+    except (Task.DoesNotExist, ValueError, ValidationError):
+        raise RowInvalid(f"no task {row['task']!r}") from None
+    try:
+        choice, product, _, _ = answer_validate(
+            task=task,
+            choice=row["choice"],
+            product_uuid=row.get("product") or None,
+            duration_ms=0,
+            idempotency_key="gold",
+        )
+    except AnswerInvalid as exc:
+        raise RowInvalid(str(exc)) from None
+    label = answer_label(task=task, choice=choice, product=product)
+    previous = GoldLabel.objects.filter(task=task).values_list("label", flat=True).first()
+    if previous == label:
+        return "unchanged"
+    gold_set(task=task, label=label, source=GoldLabel.Source.IMPORT, created_by=created_by)
+    return "created" if previous is None else "updated"
+
+
+def gold_import(*, path, progress=None, created_by=None):
+    """Import gold answers from a CSV or JSONL manifest (columns task, choice, product; see
+    gold_row_import). Idempotent: a row whose task already has that gold answer changes nothing.
+    Each row is one transaction; a bad row is reported with its line number and the others go on.
+
+    Returns:
+        catalog.services.ImportReport.
+
+    Raises:
+        catalog.services.ManifestError: unreadable file, unknown format, missing columns.
+    """
+    from catalog.services import ImportReport, RowError, RowInvalid, manifest_rows
+
+    report = ImportReport()
+    for line, row in manifest_rows(path, required=("task", "choice")):
+        try:
+            report.count(gold_row_import(row=row, created_by=created_by))
+        except RowInvalid as exc:
+            report.errors.append(RowError(line, str(exc)))
+        if progress:
+            progress(1)
+    return report
 
 
 def gold_clear(*, task: Task) -> bool:
