@@ -141,9 +141,9 @@ class Task(models.Model):
     label = models.CharField(max_length=32, blank=True)
     posterior = models.JSONField(default=dict, blank=True)
     confidence = models.FloatField(default=0.0)
-    # Expected confidence gain from one more answer, x100 (annotate.consensus.em.expected_gain): the
-    # router serves the highest first.
-    priority = models.PositiveSmallIntegerField(default=100)
+    # 100 x the probability that one more answer settles the task (consensus.services.task_priority):
+    # the router serves the highest first. New tasks start at 0 (an answer rarely settles them alone).
+    priority = models.PositiveSmallIntegerField(default=0)
     # Bumped by every answer and undo; the full recompute writes a task only if it is unchanged.
     consensus_version = models.PositiveIntegerField(default=0)
     # A random position in [0, 2**31); a session's seed picks where in this order it starts.

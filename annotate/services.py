@@ -203,8 +203,8 @@ def _first_from_seed(queryset, seed: int):
 
 
 def _most_useful(queryset, seed: int):
-    """The task of highest priority (expected gain of one more answer); among equals, the first in the
-    session's shuffle order from `seed`."""
+    """The task of highest priority (the chance one more answer settles it); among equals, the first in
+    the session's shuffle order from `seed`."""
     top = queryset.order_by("-priority").values_list("priority", flat=True).first()
     if top is None:
         return None
@@ -231,8 +231,8 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
     A person holding an unexpired lease on an open, unanswered task gets that task again (a page
     reload does not skip work). Otherwise, a gold task when one is due (`gold_due`: the person's
     first campaign.gold_first_count answers, then a campaign.gold_rate share) and one is left that
-    they have not answered; else the open regular task where one more answer helps most
-    (highest priority, the expected confidence gain; `_open_for` says which tasks still want
+    they have not answered; else the open regular task where one more answer helps most (highest
+    priority: the probability that it settles the task; `_open_for` says which tasks still want
     someone), ties broken by the session's shuffled order (a seeded rotation of each task's random
     shuffle_key). The person's other leases in the campaign are released.
 

@@ -233,7 +233,7 @@ def dawid_skene(
         from all their answers.
       - one_coin=True stops after step 2 (the one-coin model; Karger, Oh & Shah 2011).
       - The pooled matrix of the crowd (all answers, with a diagonal-heavy Dirichlet prior) is kept
-        for new annotators and for the router's expected gain.
+        for new annotators and for the router's priority.
 
     Initialised from weighted majority vote; stops when no posterior entry moves by more than `tol`
     in an iteration, or after `max_iter` iterations. Deterministic.
@@ -381,23 +381,28 @@ def task_posterior(
     return post / post.sum()
 
 
-def expected_gain(posterior: np.ndarray, confusion: np.ndarray) -> np.ndarray:
-    """Expected rise in a task's confidence from one more answer by a typical annotator.
+def settle_probability(posterior: np.ndarray, confusion: np.ndarray, target: float) -> np.ndarray:
+    """Probability that one more answer by a typical annotator lifts a task's confidence to `target`.
 
-    gain = sum_l max_k posterior_k * confusion[k, l] - max_k posterior_k: the one-step lookahead
-    value of a label (the knowledge-gradient policy, Frazier, Powell & Dayanik 2008, applied to
-    labelling as in Sheng, Provost & Ipeirotis 2008 "Get another label?"). Zero when the answer
-    cannot change the decision; largest for contested tasks answered by a reliable crowd.
+    P = sum_l p(l) * [max_k posterior'_k(l) >= target], with p(l) = sum_k posterior_k * confusion[k, l]
+    the chance of answer l and posterior'(l) proportional to posterior_k * confusion[k, l] the
+    posterior after it: a one-step lookahead on dynamic overlap's stopping rule (in the spirit of
+    Sheng, Provost & Ipeirotis 2008, "Get another label?", which picks items by their label
+    uncertainty). The router serves the highest first, so tasks one answer from settling are
+    finished before fresh ones are started, and settled labels arrive early.
 
     Args:
         posterior: (T, K) or (K,) float64.
-        confusion: (K, K) float64, the pooled confusion matrix.
+        confusion: (K, K) float64, the crowd's pooled confusion matrix.
+        target: the confidence in [0, 1] at which a task settles.
 
     Returns:
-        (T,) float64 (or a float for one task), in [0, 1].
+        (T,) float64 in [0, 1] (a float for one task).
     """
     post = np.atleast_2d(posterior)
     joint = post[:, :, None] * confusion[None]  # (T, true k, observed l)
-    gain = joint.max(axis=1).sum(axis=1) - post.max(axis=1)
-    gain = np.clip(gain, 0.0, 1.0)
-    return gain if np.ndim(posterior) == 2 else float(gain[0])
+    answer_p = joint.sum(axis=1)  # (T, l)
+    best = joint.max(axis=1)  # (T, l): unnormalised max of the posterior after answer l
+    settles = best >= target * np.maximum(answer_p, 1e-300)
+    probability = np.clip((answer_p * settles).sum(axis=1), 0.0, 1.0)
+    return probability if np.ndim(posterior) == 2 else float(probability[0])

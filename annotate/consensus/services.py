@@ -99,8 +99,25 @@ def answers_needed(*, campaign: Campaign, answer_count: int) -> int:
     return max(campaign.overlap_min - answer_count, 1)
 
 
-def _priority(posterior: np.ndarray, pooled: np.ndarray) -> np.ndarray:
-    return np.rint(em.expected_gain(np.atleast_2d(posterior), pooled) * 100).astype(np.int64)
+def task_priority(
+    *, campaign: Campaign, posterior: np.ndarray, pooled: np.ndarray, answer_count: np.ndarray
+) -> np.ndarray:
+    """Routing priority in 0..100 of each task: 100 x the probability that one more answer settles
+    it by dynamic overlap (`em.settle_probability`; 1 when the next answer reaches overlap_max, 0
+    while it cannot reach overlap_min). The router serves the highest first; ties go in the
+    session's shuffled order.
+
+    Args:
+        posterior: (T, K) float64; pooled: (K, K) float64; answer_count: (T,) int64 human answers.
+
+    Returns:
+        (T,) int64.
+    """
+    answer_count = np.atleast_1d(answer_count)
+    probability = em.settle_probability(np.atleast_2d(posterior), pooled, campaign.confidence_target)
+    probability = np.where(answer_count + 1 >= campaign.overlap_max, 1.0, probability)
+    probability = np.where(answer_count + 1 < campaign.overlap_min, 0.0, probability)
+    return np.rint(probability * 100).astype(np.int64)
 
 
 # -- per-task update --------------------------------------------------------------------------------
@@ -178,7 +195,9 @@ def _apply(task: Task, campaign: Campaign, params: Params, posterior: np.ndarray
     elif not settled:
         task.completed_at = None
     task.status = Task.Status.COMPLETE if settled else Task.Status.OPEN
-    task.priority = int(_priority(posterior, params.pooled)[0])
+    task.priority = int(
+        task_priority(campaign=campaign, posterior=posterior, pooled=params.pooled, answer_count=human_count)[0]
+    )
 
 
 # -- full recompute ---------------------------------------------------------------------------------
@@ -360,7 +379,9 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
         (human_counts >= campaign.overlap_min) & (confidence >= campaign.confidence_target)
     )
     settled &= ~is_gold
-    priority = _priority(result.posterior, result.pooled)
+    priority = task_priority(
+        campaign=campaign, posterior=result.posterior, pooled=result.pooled, answer_count=human_counts
+    )
     posterior = result.posterior.round(6)
     label_names = np.asarray(labels, dtype=object)[result.label]
     sql = (
@@ -401,8 +422,9 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
 
 def _unanswered_priority(campaign: Campaign, result: em.Consensus) -> None:
     """Tasks nobody has answered share one posterior (the class prior): one UPDATE for all of them."""
-    prior = result.class_prior
-    priority = int(_priority(prior, result.pooled)[0])
+    priority = int(
+        task_priority(campaign=campaign, posterior=result.class_prior, pooled=result.pooled, answer_count=0)[0]
+    )
     Task.objects.filter(campaign=campaign, answer_count=0, is_gold=False, consensus_version=0).exclude(
         priority=priority
     ).update(priority=priority)

@@ -269,7 +269,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="task",
             name="priority",
-            field=models.PositiveSmallIntegerField(default=100),
+            field=models.PositiveSmallIntegerField(default=0),
         ),
         migrations.AlterField(
             model_name="task",

@@ -168,10 +168,13 @@ class TestShrinkageAndGain:
         assert strength[0] == em.SHRINKAGE_GRID[-1]
         assert strength[1] < 5
 
-    def test_expected_gain_by_hand(self):
-        # Posterior (0.5, 0.5), a 0.9 annotator: either answer makes the best class 0.9 -> gain 0.4.
-        assert em.expected_gain(np.array([0.5, 0.5]), _coin(0.9)) == pytest.approx(0.4)
-        # A settled task gains nothing.
-        assert em.expected_gain(np.array([1.0, 0.0]), _coin(0.9)) == pytest.approx(0.0)
-        # Posterior (0.9, 0.1) and a 0.6 annotator: no answer changes the decision -> 0.
-        assert em.expected_gain(np.array([0.9, 0.1]), _coin(0.6)) == pytest.approx(0.0)
+    def test_settle_probability_by_hand(self):
+        # Posterior (0.7, 0.3), a 0.9 annotator, target 0.95. Answer 0 comes with p = 0.7*0.9 + 0.3*0.1
+        # = 0.66 and gives 0.63 / 0.66 = 0.9545 >= 0.95; answer 1 gives 0.27 / 0.34 = 0.794. P = 0.66.
+        assert em.settle_probability(np.array([0.7, 0.3]), _coin(0.9), 0.95) == pytest.approx(0.66)
+        # A fresh task (0.5, 0.5): one answer reaches 0.9, under 0.95 -> 0; with target 0.9 -> 1.
+        assert em.settle_probability(np.array([0.5, 0.5]), _coin(0.9), 0.95) == pytest.approx(0.0)
+        assert em.settle_probability(np.array([0.5, 0.5]), _coin(0.9), 0.9) == pytest.approx(1.0)
+        # Rows of a batch are independent.
+        both = em.settle_probability(np.array([[0.7, 0.3], [0.5, 0.5]]), _coin(0.9), 0.95)
+        np.testing.assert_allclose(both, [0.66, 0.0])

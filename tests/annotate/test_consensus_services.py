@@ -1,10 +1,11 @@
 """Consensus on the database: per-task updates, dynamic overlap, routing by priority, gold mixing, the
 full recompute (idempotent, version-checked) and annotator flags."""
 
-
+import numpy as np
 import pytest
 
 from annotate import services
+from annotate.consensus import em
 from annotate.consensus import services as consensus
 from annotate.models import AnnotatorStats, Answer, Campaign, Task
 from annotate.tasks import consensus_recompute_dirty_task, consensus_recompute_task
@@ -83,6 +84,29 @@ class TestDynamicOverlap:
         Task.objects.filter(pk=high.pk).update(priority=40)
         (person,) = _people(1)
         assert services.task_next_for(user=person, campaign=campaign, seed=0) == high
+
+    def test_priority_follows_the_overlap_rule(self, campaign):
+        campaign.overlap_min, campaign.overlap_max = 2, 3
+        uniform = np.full((3, 6), 1 / 6)
+        pooled = em.default_pooled(6)
+        priority = consensus.task_priority(
+            campaign=campaign, posterior=uniform, pooled=pooled, answer_count=np.array([0, 1, 2])
+        )
+        # 0 answers: the next cannot reach overlap_min; 2 answers: the next reaches overlap_max.
+        assert priority[0] == 0 and priority[2] == 100
+        # 1 answer, uniform posterior: no single answer lifts it to 0.95.
+        assert priority[1] == 0
+
+    def test_a_task_one_answer_from_settling_is_served_first(self, campaign):
+        started = task_with_candidates(campaign, shuffle_key=5)
+        for _ in range(3):
+            task_with_candidates(campaign, shuffle_key=1)
+        first, second = _people(2)
+        _answer(first, started, "none")
+        started.refresh_from_db()
+        # P(settle) = P(the next answer agrees) = 0.7 * 0.7 + 0.3 * 0.06 = 0.508 with the prior pooled matrix.
+        assert started.priority == 51
+        assert services.task_next_for(user=second, campaign=campaign, seed=0) == started
 
     def test_undo_takes_the_answer_out_of_the_consensus(self, campaign):
         task = task_with_candidates(campaign)
