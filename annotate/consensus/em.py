@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
 
 # Prior on the pooled confusion matrix: each true-class row starts as POOLED_PRIOR_ANSWERS pseudo
 # answers, POOLED_PRIOR_ACCURACY of them correct. Keeps classes from swapping names in EM (label
@@ -115,8 +114,11 @@ class Consensus:
         return diag @ self.class_prior
 
 
-def _summing_matrix(rows: np.ndarray, n_rows: int, values: np.ndarray | None = None) -> sparse.csr_matrix:
-    """(n_rows, N) sparse matrix S with S[rows[i], i] = values[i], so S @ X sums X's rows by group."""
+def _summing_matrix(rows: np.ndarray, n_rows: int, values: np.ndarray | None = None):
+    """(n_rows, N) scipy.sparse CSR matrix S with S[rows[i], i] = values[i], so S @ X sums X's rows by
+    group. scipy is imported here: the web process only needs the per-task E-step."""
+    from scipy import sparse
+
     n = len(rows)
     data = np.ones(n) if values is None else values
     return sparse.csr_matrix((data, (rows, np.arange(n))), shape=(n_rows, n))
