@@ -35,6 +35,7 @@ class Crowd:
             wrong answers are spread over the other classes.
         ability: (W,) float64, used with item_difficulty.
         description: one line for the report.
+        gold_first: the campaign's gold_first_count for this crowd (None: AnswerStream's default).
     """
 
     name: str
@@ -45,6 +46,8 @@ class Crowd:
     item_difficulty: np.ndarray | None = None
     ability: np.ndarray | None = None
     is_spammer: np.ndarray = field(default=None)
+    # The campaign's gold_first_count for this crowd, when not the default 5.
+    gold_first: int | None = None
 
     @property
     def n_workers(self) -> int:
@@ -137,8 +140,15 @@ def crowd_class_confusers(rng: np.random.Generator, n_workers: int = 40) -> Crow
     )
 
 
-def crowd_sparse(rng: np.random.Generator, n_items: int, answers_per_item: int = 3, cap: int = 10) -> Crowd:
-    n_workers = int(np.ceil(n_items * answers_per_item * 1.25 / cap)) + 10
+def crowd_sparse(rng: np.random.Generator, n_items: int, answers_per_item: int = 5, cap: int = 10) -> Crowd:
+    """Many people with 1..cap answers each. Their campaign checks each newcomer on 1 gold task, not
+    5: with caps this low, 5 would take half of everyone's answers. The crowd is sized so that
+    about `answers_per_item` answers per item are available (each person gives cap - 1 regular
+    answers after their gold one, 4.6 on average), so dynamic overlap is not cut short by people
+    running out."""
+    gold_first = 1
+    regular_per_person = np.mean([max(c - gold_first, 1) for c in range(1, cap + 1)])
+    n_workers = int(np.ceil(n_items * answers_per_item * 1.2 / regular_per_person))
     accuracy = rng.uniform(0.55, 0.95, n_workers)
     max_answers = rng.integers(1, cap + 1, n_workers)
     workload = max_answers / max_answers.sum()
@@ -146,8 +156,9 @@ def crowd_sparse(rng: np.random.Generator, n_items: int, answers_per_item: int =
         "sparse crowd",
         _one_coin(accuracy),
         workload,
-        f"{n_workers} people with 1-{cap} answers each, accuracy 0.55-0.95",
+        f"{n_workers} people with 1-{cap} answers each (1 gold check each), accuracy 0.55-0.95",
         max_answers=max_answers,
+        gold_first=gold_first,
     )
 
 
@@ -197,6 +208,8 @@ class AnswerStream:
         self.answered: list[set[int]] = [set() for _ in range(len(truth))]
         self.count = np.zeros(crowd.n_workers, dtype=np.int64)
         self.gold_items = np.asarray(gold_items if gold_items is not None else [], dtype=np.int64)
+        if crowd.gold_first is not None:
+            gold_first = crowd.gold_first
         self.gold_first = gold_first if len(self.gold_items) else 0
         self.gold_rate = gold_rate if len(self.gold_items) else 0.0
         self.tasks: list[int] = []

@@ -317,7 +317,8 @@ def shrinkage_fit(counts: np.ndarray, centre: np.ndarray, grid: np.ndarray = SHR
     `grid` that best explains their answer counts as draws around `centre`, by the Dirichlet-
     multinomial marginal likelihood sum_k log DirMult(counts[w, k] | s_w * centre[w, k]) (empirical
     Bayes; Minka 2000, "Estimating a Dirichlet distribution", with a grid search in place of the
-    fixed-point update). Ties go to the largest s.
+    fixed-point update). Ties go to the largest s, and people with fewer than K answers get the
+    largest s without being scored.
 
     Large s: the person errs uniformly around their one accuracy (one-coin); small s: they have
     confusions of their own worth a full matrix (a spammer who always picks one option, someone who
@@ -334,16 +335,25 @@ def shrinkage_fit(counts: np.ndarray, centre: np.ndarray, grid: np.ndarray = SHR
     from scipy.special import gammaln
 
     W, K, _ = counts.shape
-    centre = np.clip(centre, 1e-12, None)
-    n = counts.sum(axis=2)  # (W, K)
-    scores = np.empty((len(grid), W))
+    strength = np.full(W, float(grid[-1]))
+    # Fewer than K answers (under one per row on average) cannot tell a personal confusion from
+    # noise: those people keep the one-coin matrix (the largest s), and are not scored, which also
+    # keeps crowds of thousands of occasional annotators fast.
+    fit = np.flatnonzero(counts.sum(axis=(1, 2)) >= K)
+    if not len(fit):
+        return strength
+    counts = counts[fit]
+    centre = np.clip(np.broadcast_to(centre, (W, K, K))[fit], 1e-12, None)
+    n = counts.sum(axis=2)  # (W_fit, K)
+    scores = np.empty((len(grid), len(fit)))
     for i, s in enumerate(grid):
         alpha = s * centre
         per_row = gammaln(s) - gammaln(s + n) + (gammaln(counts + alpha) - gammaln(alpha)).sum(axis=2)
         scores[i] = per_row.sum(axis=1)
     # Reversed so that a flat likelihood (no evidence either way) picks the largest s.
     best = len(grid) - 1 - np.argmax(scores[::-1] >= scores.max(axis=0) - 1e-9, axis=0)
-    return grid[best]
+    strength[fit] = grid[best]
+    return strength
 
 
 def task_posterior(
