@@ -34,13 +34,21 @@ Answers per item count answers on non-gold items only (gold answers are printed 
 averaged over seeds, are interpolated linearly between the two points that bracket the target
 accuracy; the saving is 1 - dynamic / fixed (goal: >= 30% fewer answers).
 
-Run (about 10 minutes for the defaults on an idle 2-core CPU: 6.5 for part accuracy, nearly all of it
+Part "recompute" (bench/_consensus_db.py): builds a campaign of --recompute-answers answers (default
+1,000,000) over --recompute-tasks tasks (300,000) by --recompute-annotators people (2,000) in a fresh
+SQLite file (or --database-url PostgreSQL), then times `consensus_recompute` twice in a child
+process: load, EM and write, with the child's peak resident memory. Goal: under 60 s.
+
+Run (about 10 minutes for the default parts on an idle 2-core CPU: 6.5 for part accuracy, nearly all of it
 Crowd-Kit's GLAD and MACE, 3 for part overlap; about 5 minutes with --skip-slow):
 
     .venv/bin/python bench/consensus.py
     .venv/bin/python bench/consensus.py --items 1500 --seeds 2 --skip-slow       # about 2.5 minutes
     .venv/bin/python bench/consensus.py --parts overlap --overlap-max 7
     .venv/bin/python bench/consensus.py --jobs 1                  # timings without a second process
+    .venv/bin/python bench/consensus.py --parts recompute         # about 5 minutes, most of it building
+    .venv/bin/python bench/consensus.py --parts recompute \
+        --database-url postgres://fitcheck@127.0.0.1:55432/fitcheck_bench
 
 Work is spread over --jobs processes, one (regime, seed) at a time each; figures do not depend on
 --jobs, only wall times do. No database is used.
@@ -68,8 +76,8 @@ from _crowd import N_CLASSES, AnswerStream, Crowd, regimes  # noqa: E402
 
 from annotate.consensus.em import AnswerArrays, Consensus, dawid_skene, majority_vote  # noqa: E402
 
-PARTS = ("accuracy", "overlap")  # every part --parts knows, each a `<part>_report(args)` called by main()
-DEFAULT_PARTS = "accuracy,overlap"
+PARTS = ("accuracy", "overlap", "recompute")  # every part --parts knows, each a `<part>_report(args)`
+DEFAULT_PARTS = "accuracy,overlap,recompute"
 REGIME_COUNT = 5
 # Part "accuracy": answers per non-gold item.
 FIXED_ANSWERS = 3
@@ -146,6 +154,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="processes, one (regime, seed) each at a time (default: %(default)s)",
     )
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
+    parser.add_argument("--recompute-tasks", type=int, default=300_000, help="recompute part (default: %(default)s)")
+    parser.add_argument(
+        "--recompute-answers", type=int, default=1_000_000, help="recompute part (default: %(default)s)"
+    )
+    parser.add_argument("--recompute-annotators", type=int, default=2_000, help="recompute part (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="recompute part: data seed (default: %(default)s)")
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="recompute part: run on this PostgreSQL database (dropped and recreated; its name must contain 'bench')",
+    )
+    parser.add_argument("--recompute-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.jobs < 1:
         parser.error("--seeds and --jobs must be at least 1")
@@ -722,6 +742,11 @@ def labels_load(args: argparse.Namespace) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.recompute_child is not None:  # the child process of part recompute
+        from _consensus_db import recompute_child
+
+        recompute_child(args.recompute_child)
+        return 0
     started = time.perf_counter()
     from importlib.metadata import version
 
@@ -731,7 +756,9 @@ def main(argv=None) -> int:
         f"{args.jobs} process(es) on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}\n",
         flush=True,
     )
-    reports = {"accuracy": accuracy_report, "overlap": overlap_report}
+    from _consensus_db import recompute_report
+
+    reports = {"accuracy": accuracy_report, "overlap": overlap_report, "recompute": recompute_report}
     for part in args.parts:
         reports[part](args)
     print(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
