@@ -43,6 +43,7 @@ services-stop:
 bench: install
 	$(PY) bench/match_recall.py
 	$(PY) bench/api_latency.py
+	$(PY) bench/consensus.py
 
 clean: services-stop
 	rm -rf var
