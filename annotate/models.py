@@ -38,7 +38,7 @@ class Campaign(models.Model):
         help_text="A task stops collecting answers once its consensus confidence, in [0, 1], reaches this.",
     )
     overlap_min = models.PositiveSmallIntegerField(default=1, help_text="Answers every task gets, however sure.")
-    overlap_max = models.PositiveSmallIntegerField(default=5, help_text="Answers a task gets at most.")
+    overlap_max = models.PositiveSmallIntegerField(default=7, help_text="Answers a task gets at most.")
     # Gold tasks (known answers) mixed into each person's queue.
     gold_first_count = models.PositiveSmallIntegerField(
         default=5, help_text="A new annotator's first tasks in this campaign that are gold, if gold tasks exist."

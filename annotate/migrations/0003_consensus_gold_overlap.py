@@ -222,7 +222,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="campaign",
             name="overlap_max",
-            field=models.PositiveSmallIntegerField(default=5, help_text="Answers a task gets at most."),
+            field=models.PositiveSmallIntegerField(default=7, help_text="Answers a task gets at most."),
         ),
         migrations.AddField(
             model_name="campaign",
