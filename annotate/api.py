@@ -126,14 +126,9 @@ class GoldView(APIView):
         data = GoldInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            choice, product, _, _ = services.answer_validate(
-                task=task,
-                choice=data.validated_data["choice"],
-                product_uuid=data.validated_data.get("product"),
-                duration_ms=0,
-                idempotency_key="gold",
+            label = services.choice_label(
+                task=task, choice=data.validated_data["choice"], product_uuid=data.validated_data.get("product")
             )
-            label = services.answer_label(task=task, choice=choice, product=product)
             gold = services.gold_set(task=task, label=label, source=GoldLabel.Source.MANUAL, created_by=request.user)
         except services.AnswerInvalid as exc:
             return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)

@@ -16,7 +16,7 @@ from mlcore import services as ml_services
 from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
 from mlcore.tasks import embed_run_task
 
-from .consensus.services import consensus_task_update
+from .consensus.services import answers_needed, consensus_task_update
 from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, Task, TaskCandidate
 
 logger = logging.getLogger(__name__)
@@ -165,12 +165,16 @@ def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
 # -- routing -----------------------------------------------------------------------------------------
 
 
+def _answered_by(user):
+    """Subquery: the outer task has a live answer by `user`."""
+    return Exists(Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True))
+
+
 def _open_for(*, user, campaign: Campaign, now):
     """Open regular tasks of `campaign` that `user` has not answered and that still want another
     person: other people's live leases < answers still needed (answers_needed: up to overlap_min,
     else one), and answers + those leases < overlap_max. So a task is never handed to more people
     than it still needs."""
-    answered = Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True)
     held = (
         Lease.objects.filter(task=OuterRef("pk"), expires_at__gt=now)
         .exclude(annotator=user)
@@ -181,7 +185,7 @@ def _open_for(*, user, campaign: Campaign, now):
     )
     return (
         Task.objects.filter(campaign=campaign, is_gold=False, status=Task.Status.OPEN)
-        .exclude(Exists(answered))
+        .exclude(_answered_by(user))
         .annotate(
             held_count=Coalesce(Subquery(held), 0),
             needed=Greatest(Value(campaign.overlap_min) - F("answer_count"), Value(1)),
@@ -192,8 +196,7 @@ def _open_for(*, user, campaign: Campaign, now):
 
 def _gold_for(*, user, campaign: Campaign):
     """Gold tasks of `campaign` that `user` has not answered (gold tasks take any number of people)."""
-    answered = Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True)
-    return Task.objects.filter(campaign=campaign, is_gold=True).exclude(Exists(answered))
+    return Task.objects.filter(campaign=campaign, is_gold=True).exclude(_answered_by(user))
 
 
 def _first_from_seed(queryset, seed: int):
@@ -320,14 +323,8 @@ def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Ta
 # -- answers -----------------------------------------------------------------------------------------
 
 
-def answer_validate(
-    *, task: Task, choice: str, product_uuid, duration_ms, idempotency_key
-) -> tuple[str, Product | None, int, str]:
-    """Check an answer's fields against the task. Returns (choice, product or None, duration_ms, key).
-
-    Raises:
-        AnswerInvalid: with every field's reasons at once.
-    """
+def _choice_check(*, task: Task, choice: str, product_uuid) -> tuple[Product | None, dict[str, list[str]]]:
+    """The chosen product (or None) and the reasons, per field, that `choice`/`product_uuid` are wrong."""
     errors: dict[str, list[str]] = {}
     if choice not in Answer.Choice.values:
         errors["choice"] = [f"must be one of {', '.join(Answer.Choice.values)}"]
@@ -341,6 +338,30 @@ def answer_validate(
                 errors["product"] = ["is not one of this task's candidates"]
     elif product_uuid:
         errors["product"] = ["must be empty unless choice is product"]
+    return product, errors
+
+
+def choice_label(*, task: Task, choice: str, product_uuid) -> str:
+    """The label (a key of campaign.labels()) of a choice on `task`, as a gold answer gives it.
+
+    Raises:
+        AnswerInvalid: the choice or product is wrong, with reasons per field.
+    """
+    product, errors = _choice_check(task=task, choice=choice, product_uuid=product_uuid)
+    if errors:
+        raise AnswerInvalid(errors)
+    return answer_label(task=task, choice=choice, product=product)
+
+
+def answer_validate(
+    *, task: Task, choice: str, product_uuid, duration_ms, idempotency_key
+) -> tuple[str, Product | None, int, str]:
+    """Check an answer's fields against the task. Returns (choice, product or None, duration_ms, key).
+
+    Raises:
+        AnswerInvalid: with every field's reasons at once.
+    """
+    product, errors = _choice_check(task=task, choice=choice, product_uuid=product_uuid)
     try:
         duration_ms = int(duration_ms)
         if not 0 <= duration_ms <= MAX_DURATION_MS:
@@ -433,7 +454,7 @@ def answer_submit(
         leases = Lease.objects.filter(task=locked, expires_at__gt=now)
         if not locked.is_gold and not leases.filter(annotator=user).exists():
             held_by_others = leases.exclude(annotator=user).count()
-            needed = max(campaign.overlap_min - locked.answer_count, 1)
+            needed = answers_needed(campaign=campaign, answer_count=locked.answer_count)
             if held_by_others >= needed or locked.answer_count + held_by_others >= campaign.overlap_max:
                 raise AnswerConflict("leased_to_other", "This task is reserved for other annotators right now.")
         is_too_fast = duration_ms < campaign.min_duration_ms
@@ -542,16 +563,9 @@ def gold_row_import(*, row: dict, created_by=None) -> str:
     except (Task.DoesNotExist, ValueError, ValidationError):
         raise RowInvalid(f"no task {row['task']!r}") from None
     try:
-        choice, product, _, _ = answer_validate(
-            task=task,
-            choice=row["choice"],
-            product_uuid=row.get("product") or None,
-            duration_ms=0,
-            idempotency_key="gold",
-        )
+        label = choice_label(task=task, choice=row["choice"], product_uuid=row.get("product") or None)
     except AnswerInvalid as exc:
         raise RowInvalid(str(exc)) from None
-    label = answer_label(task=task, choice=choice, product=product)
     previous = GoldLabel.objects.filter(task=task).values_list("label", flat=True).first()
     if previous == label:
         return "unchanged"

@@ -86,11 +86,13 @@ def model_vote(campaign: Campaign, top_score: float | None) -> str | None:
     return "1" if top_score >= campaign.model_vote_min_score else "none"
 
 
-def is_settled(*, campaign: Campaign, answer_count: int, confidence: float) -> bool:
+def is_settled(*, campaign: Campaign, answer_count, confidence):
     """Dynamic overlap: a task stops collecting answers once it has overlap_min answers and its
-    confidence reaches confidence_target, or once it has overlap_max answers."""
-    return answer_count >= campaign.overlap_max or (
-        answer_count >= campaign.overlap_min and confidence >= campaign.confidence_target
+    confidence reaches confidence_target, or once it has overlap_max answers. Takes and returns
+    scalars or numpy arrays (answer_count int, confidence float in [0, 1]; elementwise bool)."""
+    answer_count = np.asarray(answer_count)
+    return (answer_count >= campaign.overlap_max) | (
+        (answer_count >= campaign.overlap_min) & (np.asarray(confidence) >= campaign.confidence_target)
     )
 
 
@@ -189,7 +191,9 @@ def _apply(task: Task, campaign: Campaign, params: Params, posterior: np.ndarray
     task.posterior = {label: round(float(p), 6) for label, p in zip(params.labels, posterior, strict=True)}
     task.confidence = float(posterior[best])
     task.label = params.labels[best] if (human_count or task.is_gold) else ""
-    settled = not task.is_gold and is_settled(campaign=campaign, answer_count=human_count, confidence=task.confidence)
+    settled = not task.is_gold and bool(
+        is_settled(campaign=campaign, answer_count=human_count, confidence=task.confidence)
+    )
     if settled and task.status != Task.Status.COMPLETE:
         task.completed_at = now
     elif not settled:
@@ -375,10 +379,7 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
     """Write label, posterior, confidence, status, completed_at and priority of each task, if its
     consensus_version is unchanged. Returns (written, skipped)."""
     confidence = result.confidence
-    settled = (human_counts >= campaign.overlap_max) | (
-        (human_counts >= campaign.overlap_min) & (confidence >= campaign.confidence_target)
-    )
-    settled &= ~is_gold
+    settled = is_settled(campaign=campaign, answer_count=human_counts, confidence=confidence) & ~is_gold
     priority = task_priority(
         campaign=campaign, posterior=result.posterior, pooled=result.pooled, answer_count=human_counts
     )
