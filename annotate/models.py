@@ -144,6 +144,11 @@ class Task(models.Model):
     # 100 x the probability that one more answer settles the task (consensus.services.task_priority):
     # the router serves the highest first. New tasks start at 0 (an answer rarely settles them alone).
     priority = models.PositiveSmallIntegerField(default=0)
+    # Set when a model, not people, settled the label (auto-accept, the learning loop); provenance
+    # "model" in exports. Null for human consensus and gold.
+    label_model_version = models.ForeignKey(
+        "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     # Bumped by every answer and undo; the full recompute writes a task only if it is unchanged.
     consensus_version = models.PositiveIntegerField(default=0)
     # A random position in [0, 2**31); a session's seed picks where in this order it starts.
@@ -328,3 +333,67 @@ class AnnotatorStats(models.Model):
     def agreement(self) -> float | None:
         """Share in [0, 1] of this person's answers on multi-answer tasks that equal the consensus."""
         return self.agreement_count / self.agreement_total if self.agreement_total else None
+
+
+class ExportSnapshot(models.Model):
+    """One immutable, versioned gold-dataset export: its filters, formats, counts and the sha256 of
+    every file it wrote under settings.FITCHECK_EXPORTS_ROOT/<uuid>/. Built by the Celery task
+    annotate.export_build (annotate.exports.services.export_build)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Queued"
+        RUNNING = "running", "Building"
+        DONE = "done", "Ready"
+        FAILED = "failed", "Failed"
+
+    class Format(models.TextChoices):
+        JSONL = "jsonl", "JSON Lines"
+        CSV = "csv", "CSV"
+        PARQUET = "parquet", "Parquet"
+        HF = "hf", "Hugging Face datasets folder"
+        CROWDKIT = "crowdkit", "Crowd-Kit raw answers (worker, task, label)"
+        LABEL_STUDIO = "label_studio", "Label Studio JSON"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.SlugField(max_length=80, help_text="Snapshots of one name are numbered 1, 2, 3...")
+    version = models.PositiveIntegerField()
+    schema_version = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    formats = models.JSONField(default=list, help_text="Format values, in the order they were asked for.")
+    filters = models.JSONField(default=dict, blank=True, help_text="Normalised filters (exports.filters).")
+    include_answers = models.BooleanField(default=False, help_text="Raw answers, annotators pseudonymised.")
+    include_reliability = models.BooleanField(default=False, help_text="Per-annotator reliability and flags.")
+    # Progress: items written out of items expected.
+    total_count = models.PositiveIntegerField(default=0)
+    done_count = models.PositiveIntegerField(default=0)
+    item_count = models.PositiveIntegerField(default=0)
+    answer_count = models.PositiveIntegerField(default=0)
+    annotator_count = models.PositiveIntegerField(default=0)
+    files = models.JSONField(
+        default=list, blank=True, help_text="[{path, format, size_bytes, sha256}], sorted by path."
+    )
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="annotate_exportsnapshot_unique_version"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} v{self.version}"
+
+    @property
+    def progress(self) -> float:
+        """Share of items written, in [0, 1]."""
+        if self.status == self.Status.DONE:
+            return 1.0
+        return min(self.done_count / self.total_count, 1.0) if self.total_count else 0.0

@@ -6,6 +6,7 @@ from mlcore.services import EmbeddingsMissing
 
 from . import services
 from .consensus import services as consensus_services
+from .exports import services as export_services
 from .models import Campaign
 
 
@@ -36,3 +37,9 @@ def demo_gold_mark_task(campaign_id: int, count: int) -> None:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is not None:
         services.gold_mark_demo(campaign=campaign, count=count)
+
+
+@shared_task(name="annotate.export_build", acks_late=True, ignore_result=True)
+def export_build_task(snapshot_id: int) -> None:
+    """Build one gold-dataset export snapshot. Idempotent (a built or running snapshot is skipped)."""
+    export_services.export_build(snapshot_id=snapshot_id)

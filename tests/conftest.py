@@ -12,6 +12,7 @@ from .factories import user_with_role
 @pytest.fixture(autouse=True)
 def _test_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
+    settings.FITCHECK_EXPORTS_ROOT = tmp_path / "exports"
     settings.FITCHECK_DEVICE = "cpu"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     celery_app.conf.task_always_eager = True
