@@ -1,23 +1,36 @@
 """JSON API for machines and the demo scripts (DRF). Session or token auth."""
 
+import json
+from urllib.parse import urlencode
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import StreamingHttpResponse
+from django.urls import reverse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import selectors, services
+from .exports import services as export_services
+from .exports.records import ExportInvalid
 from .models import GoldLabel, Lease
 from .serializers import (
     AnswerInputSerializer,
     AnswerSerializer,
     ConflictSerializer,
+    ExportCreateSerializer,
+    ExportSnapshotSerializer,
     GoldInputSerializer,
     GoldSerializer,
+    RawAnswerPageSerializer,
     TaskSerializer,
 )
+from .views import export_file_response
 
 
 def _verifier_only(fn):
@@ -144,3 +157,123 @@ class GoldView(APIView):
         task = selectors.get_task_for_gold_editor(request.user, uuid)
         services.gold_clear(task=task)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# -- exports (ML team and admins) ----------------------------------------------------------------------
+
+
+class ExportPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+
+
+class ExportListCreateView(APIView):
+    """Gold-dataset export snapshots. ML team and admins only; taggers and employees get 403."""
+
+    @extend_schema(summary="List export snapshots, newest first", responses={200: ExportSnapshotSerializer(many=True)})
+    def get(self, request):
+        paginator = ExportPagination()
+        page = paginator.paginate_queryset(selectors.snapshots_for_user(request.user), request, view=self)
+        return paginator.get_paginated_response(
+            ExportSnapshotSerializer(page, many=True, context={"request": request}).data
+        )
+
+    @extend_schema(
+        summary="Start an export snapshot",
+        request=ExportCreateSerializer,
+        responses={
+            202: OpenApiResponse(ExportSnapshotSerializer, description="Queued; poll it until status is done."),
+            400: OpenApiResponse(description="Invalid fields, with reasons per field."),
+        },
+    )
+    def post(self, request):
+        """Queue a new snapshot (version = last of this name + 1); the worker builds it. Poll the
+        snapshot's URL for progress; download its files when status is done."""
+        selectors.snapshots_for_user(request.user)  # the role check
+        data = ExportCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            snapshot = export_services.export_create(**data.validated_data, created_by=request.user)
+        except ExportInvalid as exc:
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+        response = Response(
+            ExportSnapshotSerializer(snapshot, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
+        response["Location"] = reverse("api-export-detail", kwargs={"uuid": snapshot.uuid})
+        return response
+
+
+class ExportDetailView(APIView):
+    @extend_schema(summary="One export snapshot, with progress and files", responses={200: ExportSnapshotSerializer})
+    def get(self, request, uuid):
+        snapshot = selectors.get_snapshot_for_user(request.user, uuid)
+        return Response(ExportSnapshotSerializer(snapshot, context={"request": request}).data)
+
+
+class ExportFileView(APIView):
+    @extend_schema(
+        summary="Download one file of a finished snapshot",
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            404: OpenApiResponse(description="No such file."),
+        },
+    )
+    def get(self, request, uuid, path):
+        """Streams the file; its sha256 is in the X-Checksum-Sha256 header and the snapshot's files."""
+        snapshot = selectors.get_snapshot_for_user(request.user, uuid)
+        try:
+            full = export_services.export_file_path(snapshot=snapshot, path=path)
+        except FileNotFoundError:
+            raise NotFound("No such file in this export.") from None
+        return export_file_response(snapshot, path, full)
+
+
+class RawAnswersView(APIView):
+    @extend_schema(
+        summary="Raw answers of a campaign, oldest first, cursor-paginated and streamed",
+        parameters=[
+            OpenApiParameter("cursor", str, description="From the previous page's `next`; none: the first page."),
+            OpenApiParameter("limit", int, description=f"Rows per page, 1-{export_services.ANSWERS_PAGE_MAX} (1000)."),
+        ],
+        responses={200: RawAnswerPageSerializer, 400: OpenApiResponse(description="A bad cursor or limit.")},
+    )
+    def get(self, request, slug):
+        """Live (not undone) answers, annotators pseudonymised as in exports. The body is streamed
+        as it is read; `next` comes last and is null on the last page. New answers appear on later
+        pages, never shifting earlier ones."""
+        campaign = selectors.get_campaign_for_exporter(request.user, slug)
+        try:
+            after = export_services.answers_cursor_decode(request.query_params.get("cursor"))
+            limit = int(request.query_params.get("limit", 1000))
+            if not 1 <= limit <= export_services.ANSWERS_PAGE_MAX:
+                raise ValueError
+        except ExportInvalid as exc:
+            return Response(exc.errors, status=status.HTTP_400_BAD_REQUEST)
+        except ValueError:
+            return Response(
+                {"limit": [f"must be an integer in 1..{export_services.ANSWERS_PAGE_MAX}"]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        rows = export_services.answers_page(campaign=campaign, after_pk=after, limit=limit)
+        base = request.build_absolute_uri(request.path)
+
+        def body():
+            yield '{"results":['
+            count, last, batch = 0, None, []
+            for row in rows:
+                last = row.pop("_pk")
+                batch.append(json.dumps(row, separators=(",", ":")))
+                count += 1
+                if len(batch) == 500:
+                    yield ("," if count > 500 else "") + ",".join(batch)
+                    batch = []
+            if batch:
+                yield ("," if count > len(batch) else "") + ",".join(batch)
+            following = None
+            if count == limit:
+                following = (
+                    f"{base}?{urlencode({'cursor': export_services.answers_cursor_encode(last), 'limit': limit})}"
+                )
+            yield '],"next":' + json.dumps(following) + "}"
+
+        return StreamingHttpResponse(body(), content_type="application/json")

@@ -6,4 +6,8 @@ urlpatterns = [
     path("campaigns/<slug:slug>/next-task", api.NextTaskView.as_view(), name="api-next-task"),
     path("tasks/<uuid:uuid>/answers", api.AnswerCreateView.as_view(), name="api-answer-create"),
     path("tasks/<uuid:uuid>/gold", api.GoldView.as_view(), name="api-task-gold"),
+    path("exports", api.ExportListCreateView.as_view(), name="api-exports"),
+    path("exports/<uuid:uuid>", api.ExportDetailView.as_view(), name="api-export-detail"),
+    path("exports/<uuid:uuid>/files/<path:path>", api.ExportFileView.as_view(), name="api-export-file"),
+    path("campaigns/<slug:slug>/answers", api.RawAnswersView.as_view(), name="api-raw-answers"),
 ]

@@ -9,7 +9,7 @@ from catalog.models import ProductImage
 from mlcore.models import EmbeddingRun
 
 from . import roles
-from .models import AnnotatorStats, Answer, Campaign, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, ExportSnapshot, Task, TaskCandidate
 
 
 def _require_verifier(user) -> None:
@@ -146,3 +146,51 @@ def annotator_today_count(user, campaign: Campaign) -> int:
     return Answer.objects.filter(
         annotator=user, task__campaign=campaign, revoked_at__isnull=True, created_at__gte=midnight
     ).count()
+
+
+# -- exports -----------------------------------------------------------------------------------------
+
+EXPORT_ROLES = (roles.ML, roles.ADMIN)
+
+
+def _require_exporter(user) -> None:
+    if not roles.user_has_role(user, *EXPORT_ROLES):
+        raise PermissionDenied("Exports are for the ML team and admins.")
+
+
+def snapshots_for_user(user):
+    """Export snapshots, newest first, with their creator (1 query).
+
+    Raises:
+        PermissionDenied: the user lacks the ml/admin role.
+    """
+    _require_exporter(user)
+    return ExportSnapshot.objects.select_related("created_by").order_by("-created_at", "-id")
+
+
+def get_snapshot_for_user(user, snapshot_uuid) -> ExportSnapshot:
+    """The snapshot `snapshot_uuid` if `user` may download exports.
+
+    Raises:
+        PermissionDenied: the user lacks the ml/admin role.
+        Http404: no such snapshot.
+    """
+    _require_exporter(user)
+    snapshot = ExportSnapshot.objects.select_related("created_by").filter(uuid=snapshot_uuid).first()
+    if snapshot is None:
+        raise Http404("No such export.")
+    return snapshot
+
+
+def get_campaign_for_exporter(user, slug: str) -> Campaign:
+    """The campaign `slug` (any status) if `user` may read its raw answers.
+
+    Raises:
+        PermissionDenied: the user lacks the ml/admin role.
+        Http404: no such campaign.
+    """
+    _require_exporter(user)
+    campaign = Campaign.objects.filter(slug=slug).first()
+    if campaign is None:
+        raise Http404("No such campaign.")
+    return campaign

@@ -1,8 +1,10 @@
 """DRF serializers: shape the task payload, validate answer input. Writes go through services."""
 
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Answer
+from .models import Answer, ExportSnapshot
 
 
 def _absolute(request, url: str) -> str:
@@ -85,3 +87,102 @@ class GoldSerializer(serializers.Serializer):
     label = serializers.CharField(help_text="A candidate rank ('1'..'3') or none / not_a_product / unfit.")
     source = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+
+# -- exports -----------------------------------------------------------------------------------------
+
+
+class ExportFiltersSerializer(serializers.Serializer):
+    """Filters of an export; all optional (see annotate.exports.records.ExportFilters)."""
+
+    campaigns = serializers.ListField(child=serializers.SlugField(), required=False, help_text="Slugs; none: all.")
+    attributes = serializers.ListField(child=serializers.CharField(), required=False, help_text="None: all.")
+    min_confidence = serializers.FloatField(required=False, min_value=0, max_value=1)
+    provenance = serializers.ListField(
+        child=serializers.ChoiceField(choices=["gold", "human", "model"]), required=False, help_text="None: all."
+    )
+    settled_from = serializers.CharField(required=False, help_text="ISO 8601 date or datetime, inclusive.")
+    settled_to = serializers.CharField(required=False, help_text="ISO 8601 date or datetime, inclusive.")
+    exclude_contested = serializers.BooleanField(required=False)
+
+
+class ExportCreateSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=80)
+    formats = serializers.ListField(child=serializers.ChoiceField(choices=ExportSnapshot.Format.choices))
+    filters = ExportFiltersSerializer(required=False)
+    include_answers = serializers.BooleanField(default=False)
+    include_reliability = serializers.BooleanField(default=False)
+
+
+class ExportFileSerializer(serializers.Serializer):
+    path = serializers.CharField()
+    format = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    url = serializers.CharField(help_text="Download URL (same authentication).")
+
+
+class ExportSnapshotSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    progress = serializers.FloatField(help_text="Share of items written, in [0, 1].")
+    files = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ExportSnapshot
+        fields = [
+            "uuid",
+            "name",
+            "version",
+            "schema_version",
+            "status",
+            "formats",
+            "filters",
+            "include_answers",
+            "include_reliability",
+            "progress",
+            "total_count",
+            "done_count",
+            "item_count",
+            "answer_count",
+            "annotator_count",
+            "size_bytes",
+            "files",
+            "error",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    @extend_schema_field(ExportFileSerializer(many=True))
+    def get_files(self, snapshot) -> list[dict]:
+        request = self.context.get("request")
+        return [
+            {
+                **f,
+                "url": _absolute(
+                    request, reverse("api-export-file", kwargs={"uuid": snapshot.uuid, "path": f["path"]})
+                ),
+            }
+            for f in snapshot.files
+        ]
+
+
+class RawAnswerSerializer(serializers.Serializer):
+    """One row of the raw answers endpoint (for the schema; rows are streamed, not serialised)."""
+
+    answer = serializers.UUIDField()
+    task = serializers.UUIDField()
+    campaign = serializers.SlugField()
+    annotator = serializers.CharField(help_text="Pseudonym, stable across exports.")
+    choice = serializers.CharField()
+    label = serializers.CharField()
+    product = serializers.UUIDField(allow_null=True)
+    duration_ms = serializers.IntegerField()
+    is_too_fast = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class RawAnswerPageSerializer(serializers.Serializer):
+    results = RawAnswerSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page; null on the last one.")

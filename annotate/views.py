@@ -1,15 +1,19 @@
-"""HTML pages: campaign list and the keyboard-first verify page (htmx partials)."""
+"""HTML pages: campaign list, the keyboard-first verify page (htmx partials), stats, annotators and
+exports."""
 
 import random
 import uuid
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from . import roles, selectors, services
+from .exports import services as export_services
+from .exports.records import ExportInvalid
+from .forms import ExportCreateForm
 from .models import Campaign
 
 SEED_SESSION_KEY = "fitcheck_queue_seed"
@@ -173,3 +177,61 @@ def consensus_recompute(request, slug):
     campaign = selectors.get_campaign_for_admin(request.user, slug)
     services.consensus_recompute_queue(campaign=campaign)
     return redirect("annotate:campaign-annotators", slug=campaign.slug)
+
+
+# -- exports -----------------------------------------------------------------------------------------
+
+
+@login_required
+def exports(request):
+    """ML team and admins: every export snapshot, and the form that starts a new one."""
+    snapshots = selectors.snapshots_for_user(request.user)
+    form = ExportCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            snapshot = export_services.export_create(
+                name=form.cleaned_data["name"],
+                formats=form.cleaned_data["formats"],
+                filters=form.filters(),
+                include_answers=form.cleaned_data["include_answers"],
+                include_reliability=form.cleaned_data["include_reliability"],
+                created_by=request.user,
+            )
+        except ExportInvalid as exc:
+            for field, messages in exc.errors.items():
+                form.add_error(field if field in form.fields else None, " ".join(messages))
+        else:
+            return redirect("annotate:export-detail", uuid=snapshot.uuid)
+    return render(request, "annotate/exports.html", {"snapshots": snapshots[:200], "form": form})
+
+
+@login_required
+@require_GET
+def export_detail(request, uuid):
+    """One snapshot: filters, counts, progress (the htmx partial polls while it builds) and files."""
+    snapshot = selectors.get_snapshot_for_user(request.user, uuid)
+    template = "annotate/_export_progress.html" if request.htmx else "annotate/export_detail.html"
+    return render(request, template, {"snapshot": snapshot})
+
+
+@login_required
+@require_GET
+def export_download(request, uuid, path):
+    """Download one file of a finished snapshot (streamed from storage)."""
+    snapshot = selectors.get_snapshot_for_user(request.user, uuid)
+    try:
+        full = export_services.export_file_path(snapshot=snapshot, path=path)
+    except FileNotFoundError:
+        raise Http404("No such file in this export.") from None
+    return export_file_response(snapshot, path, full)
+
+
+def export_file_response(snapshot, path: str, full) -> FileResponse:
+    """A streamed download named <name>-v<version>-<path>, with its sha256 in a header."""
+    filename = f"{snapshot.name}-v{snapshot.version}-{path.replace('/', '-')}"
+    response = FileResponse(open(full, "rb"), as_attachment=True, filename=filename)
+    sha256 = next(f["sha256"] for f in snapshot.files if f["path"] == path)
+    response["X-Checksum-Sha256"] = sha256
+    response["ETag"] = f'"{sha256}"'
+    response["Cache-Control"] = "private, max-age=31536000, immutable"
+    return response
