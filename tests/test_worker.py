@@ -65,6 +65,7 @@ def worker(broker_url, settings):
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "FITCHECK_EXPORTS_ROOT": str(settings.FITCHECK_EXPORTS_ROOT),
         "FITCHECK_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
@@ -180,3 +181,41 @@ def test_consensus_recompute_runs_on_a_real_worker(worker, settings):
     task.refresh_from_db()
     assert task.label == "unfit" and task.status == Task.Status.COMPLETE
     assert "annotate.consensus_recompute_dirty" in _log_tail(log)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_an_export_is_built_by_a_real_worker(worker, settings):
+    """Queued on commit, built by the worker outside any transaction: its read snapshot (REPEATABLE
+    READ on PostgreSQL, a deferred BEGIN on SQLite) and its progress writes on a second connection."""
+    import hashlib
+
+    from annotate.exports.services import export_create, snapshot_folder
+    from annotate.models import ExportSnapshot
+    from annotate.services import answer_submit
+
+    from .factories import task_with_candidates, user_with_role
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    process, log = worker
+    campaign = CampaignFactory(slug="worker-export", overlap_min=2, overlap_max=2, gold_first_count=0, gold_rate=0)
+    people = [user_with_role("employee") for _ in range(2)]
+    for i in range(3):
+        task = task_with_candidates(campaign)
+        for person in people:
+            answer_submit(user=person, task=task, choice="unfit", duration_ms=1500, idempotency_key=f"e{i}")
+    with transaction.atomic():
+        snapshot = export_create(name="worker", formats=["jsonl", "hf", "label_studio"], include_answers=True)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        snapshot.refresh_from_db()
+        if snapshot.status in (ExportSnapshot.Status.DONE, ExportSnapshot.Status.FAILED) or process.poll() is not None:
+            break
+        time.sleep(0.5)
+    assert snapshot.status == ExportSnapshot.Status.DONE, f"{snapshot.status} {snapshot.error}; log:\n{_log_tail(log)}"
+    assert (snapshot.item_count, snapshot.answer_count, snapshot.total_count) == (3, 6, 3)
+    folder = snapshot_folder(snapshot)
+    for listed in snapshot.files:
+        assert hashlib.sha256((folder / listed["path"]).read_bytes()).hexdigest() == listed["sha256"]
+    assert not folder.with_name(folder.name + ".partial").exists()
+    assert "annotate.export_build" in _log_tail(log)
