@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, ExportSnapshot, GoldLabel, Lease, Task, TaskCandidate
 from .services import campaign_prepare
 
 
@@ -41,7 +41,7 @@ class TaskCandidateInline(admin.TabularInline):
 class TaskAdmin(admin.ModelAdmin):
     list_display = ["uuid", "campaign", "status", "is_gold", "answer_count", "label", "confidence", "created_at"]
     list_filter = ["campaign", "status", "is_gold"]
-    readonly_fields = ["label", "posterior", "confidence", "priority", "consensus_version"]
+    readonly_fields = ["label", "posterior", "confidence", "priority", "consensus_version", "label_model_version"]
     raw_id_fields = ["photo"]
     list_select_related = ["campaign"]
     inlines = [TaskCandidateInline]
@@ -102,3 +102,18 @@ class AnnotatorStatsAdmin(admin.ModelAdmin):
     list_filter = ["campaign", "is_paused"]
     list_select_related = ["annotator", "campaign"]
     readonly_fields = [f.name for f in AnnotatorStats._meta.fields if f.name not in ("id", "is_paused")]
+
+
+@admin.register(ExportSnapshot)
+class ExportSnapshotAdmin(admin.ModelAdmin):
+    """Read-only: a snapshot is immutable. New ones come from the exports page or the API."""
+
+    list_display = ["name", "version", "status", "item_count", "answer_count", "size_bytes", "created_by", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["name", "uuid"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

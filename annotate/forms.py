@@ -31,6 +31,9 @@ class ExportCreateForm(forms.Form):
     exclude_contested = forms.BooleanField(required=False)
     include_answers = forms.BooleanField(required=False, help_text="Raw answers, annotators pseudonymised.")
     include_reliability = forms.BooleanField(required=False, help_text="Per-annotator reliability and flags.")
+    embed_images = forms.BooleanField(
+        required=False, help_text="Hugging Face folder: image bytes inside (portable, larger), not server paths."
+    )
 
     def filters(self) -> dict:
         data = self.cleaned_data

@@ -363,6 +363,11 @@ class ExportSnapshot(models.Model):
     filters = models.JSONField(default=dict, blank=True, help_text="Normalised filters (exports.filters).")
     include_answers = models.BooleanField(default=False, help_text="Raw answers, annotators pseudonymised.")
     include_reliability = models.BooleanField(default=False, help_text="Per-annotator reliability and flags.")
+    embed_images = models.BooleanField(
+        default=False,
+        help_text="Store the image bytes in the Hugging Face folder (portable, larger) instead of paths under "
+        "MEDIA_ROOT.",
+    )
     # Progress: items written out of items expected.
     total_count = models.PositiveIntegerField(default=0)
     done_count = models.PositiveIntegerField(default=0)

@@ -112,6 +112,9 @@ class ExportCreateSerializer(serializers.Serializer):
     filters = ExportFiltersSerializer(required=False)
     include_answers = serializers.BooleanField(default=False)
     include_reliability = serializers.BooleanField(default=False)
+    embed_images = serializers.BooleanField(
+        default=False, help_text="Image bytes inside the Hugging Face folder (portable), not paths on this server."
+    )
 
 
 class ExportFileSerializer(serializers.Serializer):
@@ -139,6 +142,7 @@ class ExportSnapshotSerializer(serializers.ModelSerializer):
             "filters",
             "include_answers",
             "include_reliability",
+            "embed_images",
             "progress",
             "total_count",
             "done_count",

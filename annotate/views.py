@@ -195,6 +195,7 @@ def exports(request):
                 filters=form.filters(),
                 include_answers=form.cleaned_data["include_answers"],
                 include_reliability=form.cleaned_data["include_reliability"],
+                embed_images=form.cleaned_data["embed_images"],
                 created_by=request.user,
             )
         except ExportInvalid as exc:

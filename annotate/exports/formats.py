@@ -141,8 +141,10 @@ class Writer:
         labels_by_campaign: dict[str, list[str]],
         include_answers: bool,
         include_reliability: bool,
+        embed_images: bool = False,
     ):
         self.folder = folder
+        self.embed_images = embed_images
         self.attributes = attributes
         self.labels_by_campaign = labels_by_campaign
         self.include_answers = include_answers
@@ -250,12 +252,12 @@ class CsvWriter(Writer):
 class _ArrowBuffer:
     """Rows buffered and written as one Arrow table every PARQUET_ROWS rows."""
 
-    def __init__(self, schema: pa.Schema, sink):
-        self.schema, self.sink, self.rows = schema, sink, []
+    def __init__(self, schema: pa.Schema, sink, rows: int = PARQUET_ROWS):
+        self.schema, self.sink, self.rows, self.limit = schema, sink, [], rows
 
     def add(self, rows):
         self.rows.extend(rows)
-        if len(self.rows) >= PARQUET_ROWS:
+        if len(self.rows) >= self.limit:
             self.flush()
 
     def flush(self):
@@ -299,9 +301,15 @@ class ParquetWriter(Writer):
             self._answers.close()
 
 
+class ExportImageMissing(OSError):
+    """An image to embed is missing from storage; the export fails with this message."""
+
+
 class HuggingFaceWriter(Writer):
     """A `datasets` folder (Dataset.save_to_disk) of the items, with the photo as an Image feature
-    (path to the file under MEDIA_ROOT, decoded on access) and the other columns as in Parquet.
+    and the other columns as in Parquet. The Image holds the absolute path of the file under
+    MEDIA_ROOT (decoded on access, on this server), or with embed_images the image bytes, so the
+    folder loads anywhere.
     Load it with `datasets.load_from_disk(folder)`. Answers and reliability go in the other formats.
 
     Rows are written with datasets' own ArrowWriter into a scratch file, which is memory-mapped and
@@ -325,14 +333,24 @@ class HuggingFaceWriter(Writer):
         self.schema = features.arrow_schema
         self.scratch = folder.parent / f".{self.name}-scratch.arrow"
         self._writer = ArrowWriter(features=features, path=str(self.scratch))
-        self.items = _ArrowBuffer(self.schema, self._writer.write_table)
+        # Embedded images make rows heavy: buffer fewer of them.
+        self.items = _ArrowBuffer(
+            self.schema, self._writer.write_table, rows=2_000 if self.embed_images else PARQUET_ROWS
+        )
         self.media_root = Path(settings.MEDIA_ROOT)
 
     def write(self, chunk):
-        self.items.add(
-            {**_columnar(r), "image": {"bytes": None, "path": str(self.media_root / r["image_path"])}}
-            for r in chunk.records
-        )
+        self.items.add({**_columnar(r), "image": self._image(r["image_path"])} for r in chunk.records)
+
+    def _image(self, name: str) -> dict:
+        path = self.media_root / name
+        if not self.embed_images:
+            return {"bytes": None, "path": str(path)}
+        try:
+            # The path keeps only the file name, as datasets' own embedding does.
+            return {"bytes": path.read_bytes(), "path": path.name}
+        except OSError as exc:
+            raise ExportImageMissing(f"image file of item {name} cannot be read: {exc.strerror or exc}") from exc
 
     def close(self):
         import datasets

@@ -298,9 +298,9 @@ def _import_task(item: dict, *, campaign: Campaign, images_root: Path | None, us
         if annotation.get("was_cancelled"):
             continue
         label = _choice(annotation, labels)
-        is_gold_marker = annotation.get("completed_by") == GOLD_ANNOTATOR
-        user = None if is_gold_marker else _annotator(annotation.get("completed_by"), users)
-        parsed.append((annotation, label, user))
+        if annotation.get("completed_by") in (None, "", {}):
+            raise _TaskInvalid(f"annotation {annotation.get('id')}: no completed_by")
+        parsed.append((annotation, label))
     try:
         blob = _image_bytes(str(data.get("image") or ""), images_root=images_root)
         info = image_inspect(blob)
@@ -320,7 +320,9 @@ def _import_task(item: dict, *, campaign: Campaign, images_root: Path | None, us
         else:
             report.task_existing_count += 1
         by_rank = {rank: p for rank, p, _ in candidates}
-        for annotation, label, user in parsed:
+        for annotation, label in parsed:
+            is_gold_marker = annotation.get("completed_by") == GOLD_ANNOTATOR
+            user = None if is_gold_marker else _annotator(annotation.get("completed_by"), users)
             if annotation.get("ground_truth") or user is None:
                 gold_set(task=task, label=label, source=GoldLabel.Source.IMPORT, created_by=created_by)
                 report.gold_count += 1

@@ -48,6 +48,7 @@ def export_create(
     filters: dict | None = None,
     include_answers: bool = False,
     include_reliability: bool = False,
+    embed_images: bool = False,
     created_by=None,
 ) -> ExportSnapshot:
     """Validate the options and create a PENDING snapshot, numbered one past the last snapshot of
@@ -97,6 +98,7 @@ def export_create(
                     filters=parsed.as_json(),
                     include_answers=include_answers,
                     include_reliability=include_reliability,
+                    embed_images=embed_images,
                     created_by=created_by,
                 )
                 transaction.on_commit(lambda pk=snapshot.pk: export_build_task.delay(pk))
@@ -233,6 +235,7 @@ def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
                     labels_by_campaign=labels_by_campaign,
                     include_answers=snapshot.include_answers,
                     include_reliability=snapshot.include_reliability,
+                    embed_images=snapshot.embed_images,
                 )
                 for cls in writer_classes
             ]

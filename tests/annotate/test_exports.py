@@ -11,7 +11,7 @@ from annotate import services
 from annotate.exports import records
 from annotate.exports import services as exports
 from annotate.exports.label_studio import label_studio_import
-from annotate.models import ExportSnapshot, GoldLabel, Task
+from annotate.models import Answer, ExportSnapshot, GoldLabel, Task
 from annotate.tasks import export_build_task
 
 from ..factories import CampaignFactory, ModelVersionFactory, task_with_candidates, user_with_role
@@ -239,6 +239,28 @@ class TestFormats:
         assert dataset[0]["image"].size == (28, 28)
         assert [r["task"] for r in _items(snapshot)] == dataset["task"]
 
+    def test_hf_folder_with_embedded_images_loads_without_the_media_files(self, build, crowd, settings):
+        import shutil
+
+        import datasets
+
+        snapshot = build(["hf"], embed_images=True)
+        shutil.rmtree(settings.MEDIA_ROOT)
+        dataset = datasets.load_from_disk(str(exports.snapshot_folder(snapshot) / "hf"))
+        assert len(dataset) == 5 and all(image.size == (28, 28) for image in dataset["image"])
+
+    def test_a_missing_image_file_fails_an_embedding_export_with_its_name(
+        self, crowd, settings, django_capture_on_commit_callbacks
+    ):
+        _, tasks = crowd
+        (settings.MEDIA_ROOT / tasks["gold"].photo.image.name).unlink()
+        with django_capture_on_commit_callbacks(execute=True):
+            snapshot = exports.export_create(name="gold", formats=["hf"], embed_images=True)
+        snapshot.refresh_from_db()
+        assert snapshot.status == ExportSnapshot.Status.FAILED
+        assert tasks["gold"].photo.image.name in snapshot.error and snapshot.files == []
+        assert not exports.snapshot_folder(snapshot).exists()
+
     def test_crowdkit_answers_run_through_crowdkit(self, build, crowd):
         import pandas as pd
         from crowdkit.aggregation import MajorityVote
@@ -307,3 +329,115 @@ class TestLabelStudioRoundTrip:
             return sorted((a["label"], a["duration_ms"], a["created_at"]) for a in map(json.loads, rows))
 
         assert answers(second) == answers(first)
+
+
+class TestLabelStudioImportErrors:
+    @pytest.fixture
+    def target(self, db):
+        return CampaignFactory(slug="target", gold_first_count=0, gold_rate=0)
+
+    @pytest.fixture
+    def good_task(self, db, settings):
+        """A Label Studio task naming a stored photo by its media URL, with a valid annotation."""
+        source = CampaignFactory(slug="elsewhere")
+        task = task_with_candidates(source)
+        candidates = [
+            {"rank": c.rank, "sku": c.product.sku, "retailer": c.product.retailer.slug}
+            for c in task.candidates.select_related("product__retailer")
+        ]
+        return {
+            "id": 1,
+            "data": {"image": settings.MEDIA_URL + task.photo.image.name, "candidates": candidates},
+            "annotations": [
+                {
+                    "id": 1,
+                    "completed_by": 7,
+                    "lead_time": 2.5,
+                    "result": [
+                        {"from_name": "match", "to_name": "image", "type": "choices", "value": {"choices": ["2"]}}
+                    ],
+                }
+            ],
+        }
+
+    def _write(self, tmp_path, payload):
+        path = tmp_path / "ls.json"
+        path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+        return path
+
+    @pytest.mark.parametrize("payload", ["not json", '"a string"', "", "[1, 2"])
+    def test_a_file_that_is_not_label_studio_json_imports_nothing(self, target, tmp_path, payload):
+        from annotate.exports.label_studio import LabelStudioFileInvalid
+
+        with pytest.raises(LabelStudioFileInvalid):
+            label_studio_import(campaign=target, path=self._write(tmp_path, payload))
+        assert not Task.objects.filter(campaign=target).exists()
+
+    def test_bad_tasks_are_reported_by_position_and_good_ones_imported(self, target, good_task, tmp_path):
+        def variant(**changes):
+            task = json.loads(json.dumps(good_task))
+            for key, value in changes.items():
+                if key == "annotation_choice":
+                    task["annotations"][0]["result"][0]["value"]["choices"] = value
+                elif key == "sku":
+                    task["data"]["candidates"][0]["sku"] = value
+                else:
+                    task["data"][key] = value
+            return task
+
+        items = [
+            variant(image="/data/upload/1/missing.png"),  # no images_root to resolve it against
+            variant(annotation_choice=["7"]),  # not one of the campaign's labels
+            variant(annotation_choice=["1", "2"]),  # two choices for a single-choice question
+            variant(sku="NOPE-1"),  # a candidate that is not in the catalog
+            variant(candidates=[]),
+            "not an object",
+            good_task,
+        ]
+        report = label_studio_import(campaign=target, path=self._write(tmp_path, items))
+        assert [position for position, _ in report.errors] == [1, 2, 3, 4, 5, 6]
+        reasons = " | ".join(reason for _, reason in report.errors)
+        for expected in ("images_root", "unknown choice '7'", "expected one choice", "NOPE-1", "candidates"):
+            assert expected in reasons
+        assert report.task_created_count == 1 and report.answer_created_count == 1
+        answer = Answer.objects.get(task__campaign=target)
+        assert (answer.label, answer.choice, answer.duration_ms, answer.annotator.username) == (
+            "2",
+            "product",
+            2500,
+            "ls-7",
+        )
+        assert not answer.annotator.is_active and not answer.annotator.has_usable_password()
+
+    def test_images_resolve_under_images_root_and_never_outside_it(self, target, good_task, tmp_path, settings):
+        from ..factories import png
+
+        root = tmp_path / "ls-files"
+        (root / "upload" / "3").mkdir(parents=True)
+        (root / "upload" / "3" / "photo.png").write_bytes(png(seed=4242))
+        inside = json.loads(json.dumps(good_task))
+        inside["data"]["image"] = "/data/upload/3/photo.png"
+        outside = json.loads(json.dumps(good_task))
+        outside["data"]["image"] = "/data/upload/../../../etc/passwd"
+        report = label_studio_import(campaign=target, path=self._write(tmp_path, [inside, outside]), images_root=root)
+        assert report.task_created_count == 1
+        assert [(p, "leaves the images folder" in r) for p, r in report.errors] == [(2, True)]
+
+    def test_the_command_reports_counts_and_fails_on_bad_tasks(self, target, good_task, tmp_path):
+        from io import StringIO
+
+        from django.core.management import CommandError, call_command
+
+        out = StringIO()
+        call_command("label_studio_import", str(self._write(tmp_path, [good_task])), campaign="target", stdout=out)
+        assert "tasks: 1 created" in out.getvalue() and "answers: 1 created" in out.getvalue()
+        with pytest.raises(CommandError, match="1 task"):
+            call_command(
+                "label_studio_import",
+                str(self._write(tmp_path, [{"data": {}}])),
+                campaign="target",
+                stdout=StringIO(),
+                stderr=StringIO(),
+            )
+        with pytest.raises(CommandError, match="no campaign"):
+            call_command("label_studio_import", str(tmp_path / "x.json"), campaign="nope")
