@@ -15,6 +15,7 @@ import json
 import pstats
 import resource
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -319,52 +320,105 @@ def build(*, n_items: int, n_answers: int, n_annotators: int, n_products: int, p
     }
 
 
-def snapshot_create(*, label: str, formats: list[str], include_answers: bool, include_reliability: bool) -> int:
-    """A PENDING ExportSnapshot named `label` (a slug), as export_create makes it but without queueing
+def snapshot_create(
+    *, name: str, formats: list[str], include_answers: bool, include_reliability: bool, embed_images: bool
+) -> int:
+    """A PENDING ExportSnapshot named `name` (a slug), as export_create makes it but without queueing
     the Celery task (the bench builds it itself). Returns its id."""
     from django.db.models import Max
 
     from annotate.exports import records
     from annotate.models import ExportSnapshot
 
-    last = ExportSnapshot.objects.filter(name=label).aggregate(v=Max("version"))["v"] or 0
+    last = ExportSnapshot.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
     snapshot = ExportSnapshot.objects.create(
-        name=label,
+        name=name,
         version=last + 1,
         schema_version=records.SCHEMA_VERSION,
         formats=formats,
         filters=records.ExportFilters.parse({}).as_json(),
         include_answers=include_answers,
         include_reliability=include_reliability,
+        embed_images=embed_images,
     )
     return snapshot.pk
+
+
+def _proc_status_kb(*keys: str) -> dict[str, int]:
+    """Fields of /proc/self/status in kB (Linux); {} where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return {}
+    return {k: int(fields[k].split()[0]) for k in keys if k in fields}
+
+
+class _AnonSampler:
+    """Samples the process's anonymous resident memory (RssAnon: heap, arrays; not the page cache of
+    memory-mapped files) every `interval_s` in a thread; `peak_mb` is the largest seen."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while True:
+            anon = _proc_status_kb("RssAnon").get("RssAnon")
+            if anon is not None:
+                self.peak_mb = max(self.peak_mb, anon / 1024)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
 
 
 def build_child(snapshot_id: int, *, profile: str | None = None) -> None:
     """Entry point of the child process (bench/export.py --child ID, with the parent's environment):
     run export_build on the snapshot, outside any transaction as the Celery worker does, and print one
-    JSON line: wall time, status, error, counts, files, peak RSS (ru_maxrss) before and after the
-    build. With `profile` (a file path), runs the build under cProfile, dumps the stats there and
-    adds the top functions by own time to the JSON line."""
+    JSON line: wall time, status, error, counts, files, and memory:
+
+    - peak_rss_mb: VmHWM, the peak resident set of this process's own address space, memory-mapped
+      file pages included. Not ru_maxrss: on Linux that also keeps the high-water mark of the
+      address space replaced by exec, i.e. the RSS of the parent (the builder) at fork time.
+    - peak_anon_mb: the largest RssAnon sampled every 20 ms (heap and arrays, without file pages).
+    - base_rss_mb: VmHWM before the build (Django, pyarrow loaded).
+
+    With `profile` (a file path), runs the build under cProfile, dumps the stats there and adds the
+    top functions by own time to the JSON line."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     django_ready(migrate=False)
     from annotate.exports.services import export_build
 
-    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def hwm_mb() -> float:
+        hwm = _proc_status_kb("VmHWM").get("VmHWM")
+        return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    base_mb = hwm_mb()
     profiler = cProfile.Profile() if profile else None
-    with Stopwatch() as sw:
+    with _AnonSampler() as anon, Stopwatch() as sw:
         if profiler:
             profiler.enable()
         snapshot = export_build(snapshot_id=snapshot_id)
         if profiler:
             profiler.disable()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "snapshot_id": snapshot_id,
         "wall_s": sw.seconds,
         "base_rss_mb": base_mb,
-        "peak_rss_mb": peak_mb,
+        "peak_rss_mb": hwm_mb(),
+        "peak_anon_mb": anon.peak_mb,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "status": snapshot.status if snapshot else "skipped",
         "error": snapshot.error if snapshot else "",
         "item_count": snapshot.item_count if snapshot else 0,
