@@ -250,20 +250,26 @@ class CsvWriter(Writer):
 
 
 class _ArrowBuffer:
-    """Rows buffered and written as one Arrow table every PARQUET_ROWS rows."""
+    """Rows turned into an Arrow record batch at once (Python dicts never pile up), written as one
+    table every `rows` rows (a Parquet row group)."""
 
     def __init__(self, schema: pa.Schema, sink, rows: int = PARQUET_ROWS):
-        self.schema, self.sink, self.rows, self.limit = schema, sink, [], rows
+        self.schema, self.sink, self.limit = schema, sink, rows
+        self.batches: list[pa.RecordBatch] = []
+        self.count = 0
 
     def add(self, rows):
-        self.rows.extend(rows)
-        if len(self.rows) >= self.limit:
+        batch = pa.RecordBatch.from_pylist(list(rows), schema=self.schema)
+        if batch.num_rows:
+            self.batches.append(batch)
+            self.count += batch.num_rows
+        if self.count >= self.limit:
             self.flush()
 
     def flush(self):
-        if self.rows:
-            self.sink(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
+        if self.batches:
+            self.sink(pa.Table.from_batches(self.batches, schema=self.schema))
+            self.batches, self.count = [], 0
 
 
 class ParquetWriter(Writer):
@@ -306,17 +312,20 @@ class ExportImageMissing(OSError):
 
 
 class HuggingFaceWriter(Writer):
-    """A `datasets` folder (Dataset.save_to_disk) of the items, with the photo as an Image feature
-    and the other columns as in Parquet. The Image holds the absolute path of the file under
-    MEDIA_ROOT (decoded on access, on this server), or with embed_images the image bytes, so the
-    folder loads anywhere.
-    Load it with `datasets.load_from_disk(folder)`. Answers and reliability go in the other formats.
+    """A Hugging Face `datasets` folder of the items, as `Dataset.save_to_disk` lays it out
+    (data-00000-of-00001.arrow, dataset_info.json, state.json), with the photo as an Image feature
+    and the other columns as in Parquet. Load it with `datasets.load_from_disk(folder)`. Answers and
+    reliability go in the other formats.
 
-    Rows are written with datasets' own ArrowWriter into a scratch file, which is memory-mapped and
-    saved; the fingerprint is the scratch file's sha256, so reruns are byte-identical.
+    The Image holds the absolute path of the file under MEDIA_ROOT (decoded on access, on this
+    server), or with embed_images the image bytes, so the folder loads anywhere. Rows go straight
+    into the data file through datasets' own ArrowWriter; save_to_disk itself is not used, as it
+    would copy the whole file again and always embed the images. The fingerprint in state.json is
+    the data file's sha256, so reruns are byte-identical.
     """
 
     name = "hf"
+    DATA_FILE = "data-00000-of-00001.arrow"
 
     def __init__(self, folder, **kwargs):
         super().__init__(folder, **kwargs)
@@ -331,8 +340,7 @@ class HuggingFaceWriter(Writer):
         features["image"] = datasets.Image()
         self.features = features
         self.schema = features.arrow_schema
-        self.scratch = folder.parent / f".{self.name}-scratch.arrow"
-        self._writer = ArrowWriter(features=features, path=str(self.scratch))
+        self._writer = ArrowWriter(features=features, path=str(folder / self.DATA_FILE), embed_local_files=False)
         # Embedded images make rows heavy: buffer fewer of them.
         self.items = _ArrowBuffer(
             self.schema, self._writer.write_table, rows=2_000 if self.embed_images else PARQUET_ROWS
@@ -353,24 +361,32 @@ class HuggingFaceWriter(Writer):
             raise ExportImageMissing(f"image file of item {name} cannot be read: {exc.strerror or exc}") from exc
 
     def close(self):
+        from dataclasses import asdict
+
         import datasets
-        from datasets.table import MemoryMappedTable
 
         self.items.flush()
         self._writer.finalize()
         self._writer.close()
         digest = hashlib.sha256()
-        with open(self.scratch, "rb") as f:
+        with open(self.folder / self.DATA_FILE, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        dataset = datasets.Dataset(
-            MemoryMappedTable.from_file(str(self.scratch)),
-            info=datasets.DatasetInfo(features=self.features, description="fitcheck gold dataset export"),
-            fingerprint=digest.hexdigest()[:16],
-        )
-        dataset.save_to_disk(str(self.folder))
-        del dataset
-        self.scratch.unlink()
+        # The two JSON files exactly as Dataset.save_to_disk writes them (datasets/arrow_dataset.py).
+        state = {
+            "_data_files": [{"filename": self.DATA_FILE}],
+            "_fingerprint": digest.hexdigest()[:16],
+            "_format_columns": None,
+            "_format_kwargs": {},
+            "_format_type": None,
+            "_output_all_columns": False,
+            "_split": None,
+        }
+        with open(self.folder / "state.json", "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+        info = asdict(datasets.DatasetInfo(features=self.features, description="fitcheck gold dataset export"))
+        with open(self.folder / "dataset_info.json", "w", encoding="utf-8") as f:
+            json.dump({key: info[key] for key in sorted(info)}, f, indent=2)
 
 
 class CrowdKitWriter(Writer):

@@ -224,7 +224,8 @@ def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
     try:
         item_count = answer_count = annotator_count = 0
         with read:
-            progress.total(records.items_queryset(filters).count())
+            ids = records.item_ids(filters)
+            progress.total(len(ids))
             labels_by_campaign = records.campaign_labels(filters)
             attributes = tuple(sorted({a for kind in records.ATTRIBUTES_BY_KIND for a in filters.attributes_for(kind)}))
             writer_classes = writers_for(snapshot.formats)
@@ -241,7 +242,9 @@ def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
             ]
             with_answers = snapshot.include_answers or any(cls.needs_answers for cls in writer_classes)
             try:
-                for chunk in records.chunks(filters, with_answers=with_answers):
+                for chunk in records.chunks(
+                    ids, filters, labels_by_campaign=labels_by_campaign, with_answers=with_answers
+                ):
                     for writer in writers:
                         writer.write(chunk)
                     item_count += len(chunk.records)

@@ -2,6 +2,7 @@
 (idempotent), and the Label Studio round trip."""
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -99,6 +100,10 @@ class TestRecords:
         assert first["label"] == "1" and first["product"] == str(product.uuid) and first["sku"] == product.sku
         assert first["provenance"] == "human" and first["answer_count"] == 2 and first["agreement"] == 1.0
         assert first["is_contested"] is False and abs(sum(first["posterior"].values()) - 1) < 1e-4
+        # Posterior keys in the campaign's label order (PostgreSQL's jsonb would sort them otherwise),
+        # timestamps in UTC with 6 fraction digits: the same text from either database.
+        assert list(first["posterior"]) == [k for k in campaign.labels() if k in first["posterior"]]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", first["settled_at"])
         contested = by_task[str(tasks["contested"].uuid)]["labels"]["match"]
         assert contested["is_contested"] is True and contested["agreement"] == pytest.approx(1 / 3, abs=1e-6)
         gold = by_task[str(tasks["gold"].uuid)]["labels"]["match"]
@@ -237,6 +242,9 @@ class TestFormats:
         dataset = datasets.load_from_disk(str(folder))
         assert len(dataset) == 5 and isinstance(dataset.features["image"], datasets.Image)
         assert dataset[0]["image"].size == (28, 28)
+        # Without embed_images the folder names the files on this server; it holds no image bytes.
+        raw = dataset.cast_column("image", datasets.Image(decode=False))[0]["image"]
+        assert raw["bytes"] is None and raw["path"].startswith(str(exports.settings.MEDIA_ROOT))
         assert [r["task"] for r in _items(snapshot)] == dataset["task"]
 
     def test_hf_folder_with_embedded_images_loads_without_the_media_files(self, build, crowd, settings):
