@@ -164,3 +164,19 @@ def int_list(*, low: int, high: int, what: str):
         return values
 
     return parse
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set in MB: VmHWM from /proc/self/status. Not ru_maxrss, which on
+    Linux keeps the high-water mark of the address space that exec replaced, so a child started by a
+    big parent reports the parent's RSS at fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -5,14 +5,14 @@ The campaign is built with bulk inserts on a fresh SQLite file (or --database-ur
 throwaway database whose name contains "bench"): photos without image files (the recompute never
 opens them), tasks, 1% of them gold, annotators, and answers drawn from a one-coin crowd (accuracy
 0.6-0.95) on the 6 options of a match task. The recompute then runs in a fresh child process so its
-peak memory (ru_maxrss) is its own, not the builder's.
+peak memory (VmHWM) is its own, not the builder's (ru_maxrss would carry the builder's over fork
+and exec).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import Stopwatch, bench_environment, database_label, django_ready, table
+from _common import Stopwatch, bench_environment, database_label, django_ready, peak_rss_mb, table
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 20_000
@@ -153,7 +153,7 @@ def recompute_child(campaign_id: int, runs: int = 2) -> None:
     for run in range(runs):
         with Stopwatch() as sw:
             report = consensus_recompute(campaign_id=campaign_id)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = peak_rss_mb()
         print(
             json.dumps(
                 {
