@@ -16,6 +16,7 @@ class ConsensusMethod(models.TextChoices):
 class Campaign(models.Model):
     class Kind(models.TextChoices):
         MATCH = "match", "Match photos to products"
+        ATTRIBUTES = "attributes", "Tag product attributes"
 
     class Status(models.TextChoices):
         PREPARING = "preparing", "Preparing suggestions"
@@ -78,6 +79,22 @@ class Campaign(models.Model):
         default=300, help_text="How long a task stays reserved for the person it was handed to."
     )
     candidate_count = models.PositiveSmallIntegerField(default=3)
+    # Attribute campaigns (kind "attributes"): what is tagged, the written guide, calibration.
+    attributes = models.ManyToManyField("catalog.Attribute", blank=True, related_name="campaigns")
+    guide = models.TextField(
+        blank=True,
+        help_text="The written manual (Markdown), shown beside every task and printable; a tagger opens it "
+        "before their first task.",
+    )
+    calibration_teams = models.ManyToManyField(
+        "Team",
+        blank=True,
+        related_name="calibration_campaigns",
+        help_text="Teams that each tag the calibration sample (tasks marked is_calibration).",
+    )
+    calibration_answers_per_team = models.PositiveSmallIntegerField(
+        default=2, help_text="Answers each calibration team gives every calibration task."
+    )
     model_version = models.ForeignKey(
         "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns"
     )
@@ -130,7 +147,13 @@ class Task(models.Model):
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="tasks")
-    photo = models.ForeignKey("catalog.Photo", on_delete=models.PROTECT, related_name="tasks")
+    # A match task is a photo; an attribute task is a product. Exactly one is set.
+    photo = models.ForeignKey("catalog.Photo", null=True, blank=True, on_delete=models.PROTECT, related_name="tasks")
+    product = models.ForeignKey(
+        "catalog.Product", null=True, blank=True, on_delete=models.PROTECT, related_name="tag_tasks"
+    )
+    # Part of the calibration sample: every calibration team of the campaign tags it.
+    is_calibration = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
     answer_count = models.PositiveSmallIntegerField(default=0, help_text="Live human answers.")
     # Gold tasks are routed apart and never complete. Never serialised, never rendered: their known
@@ -159,6 +182,11 @@ class Task(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["campaign", "photo"], name="annotate_task_unique_photo"),
+            models.UniqueConstraint(fields=["campaign", "product"], name="annotate_task_unique_product"),
+            models.CheckConstraint(
+                condition=Q(photo__isnull=False, product__isnull=True) | Q(photo__isnull=True, product__isnull=False),
+                name="annotate_task_photo_xor_product",
+            ),
             models.CheckConstraint(
                 condition=Q(confidence__gte=0, confidence__lte=1), name="annotate_task_confidence_range"
             ),
@@ -221,6 +249,7 @@ class Answer(models.Model):
         NONE = "none", "None of these"
         NOT_A_PRODUCT = "not_a_product", "Not a product"
         UNFIT = "unfit", "Not fit for display"
+        TAGS = "tags", "Attribute tags"  # the values are AttributeAnswer rows
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="answers")
@@ -402,3 +431,96 @@ class ExportSnapshot(models.Model):
         if self.status == self.Status.DONE:
             return 1.0
         return min(self.done_count / self.total_count, 1.0) if self.total_count else 0.0
+
+
+class Team(models.Model):
+    """A group of annotators (merchandising, customer experience, contractors): agreement reports
+    compare teams, and calibration samples are tagged by several."""
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class TeamMember(models.Model):
+    """A person's team; one team per person, so each answer belongs to one team."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="members")
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_membership")
+    joined_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"user {self.user_id} in {self.team_id}"
+
+
+class AttributeAnswer(models.Model):
+    """One attribute's value in a tagger's answer (Answer.choice "tags") to an attribute task.
+
+    `value`: an option value or "cant_tell" (single choice); the selected option values joined by "|"
+    in the attribute's option order, "" for none (multi choice); "1".."5" (ordinal)."""
+
+    answer = models.ForeignKey(Answer, on_delete=models.CASCADE, related_name="attribute_answers")
+    attribute = models.ForeignKey("catalog.Attribute", on_delete=models.PROTECT, related_name="+")
+    value = models.CharField(max_length=500, blank=True)
+    # The model's suggestion that pre-filled the form, if any; the tagger confirmed it when value equals it.
+    suggested_value = models.CharField(max_length=500, blank=True)
+    suggestion_confidence = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["answer", "attribute"], name="annotate_attributeanswer_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.attribute_id}={self.value} in answer {self.answer_id}"
+
+    @property
+    def was_confirmed(self) -> bool | None:
+        """True: the tagger kept the model's suggestion; False: corrected it; None: no suggestion."""
+        return None if not self.suggested_value else self.value == self.suggested_value
+
+
+class AttributeLabel(models.Model):
+    """The consensus of one attribute of one attribute task (annotate.tagging): the label (a value as
+    in AttributeAnswer), its posterior ({value: probability in [0, 1]}; per option P(selected) for
+    multi choice), confidence in [0, 1], the answers counted and whether it has settled."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="attribute_labels")
+    attribute = models.ForeignKey("catalog.Attribute", on_delete=models.PROTECT, related_name="+")
+    label = models.CharField(max_length=500, blank=True)
+    posterior = models.JSONField(default=dict, blank=True)
+    confidence = models.FloatField(default=0.0)
+    answer_count = models.PositiveIntegerField(default=0)
+    is_settled = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attribute"], name="annotate_attributelabel_unique"),
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0, confidence__lte=1), name="annotate_attributelabel_confidence_range"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.attribute_id}={self.label} on task {self.task_id}"
+
+
+class GuideRead(models.Model):
+    """When a person opened a campaign's guide; the tagging page wants one before the first task."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="guide_reads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    read_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "user"], name="annotate_guideread_unique")]
+
+    def __str__(self):
+        return f"user {self.user_id} read the guide of campaign {self.campaign_id}"

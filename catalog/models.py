@@ -152,3 +152,67 @@ class DemoPhotoTruth(models.Model):
 
     def __str__(self):
         return f"truth of photo {self.photo_id}: {self.kind}"
+
+
+class Attribute(models.Model):
+    """A product attribute contract taggers label: a single choice (color), a multi choice (season)
+    or an ordinal rating (a style persona, 1-5). Applies to the master taxonomy nodes in
+    `applies_to` and their descendants; to every category when empty."""
+
+    class Kind(models.TextChoices):
+        SINGLE = "single", "Single choice"
+        MULTI = "multi", "Multi choice"
+        ORDINAL = "ordinal", "Ordinal rating"
+
+    CANT_TELL = "cant_tell"  # offered by every single-choice attribute (a cropped photo, say)
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    description = models.TextField(blank=True, help_text="What to look at; shown in the guide (Markdown).")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order on the tagging form.")
+    scale_min = models.PositiveSmallIntegerField(default=1, help_text="Ordinal ratings: the lowest value.")
+    scale_max = models.PositiveSmallIntegerField(default=5, help_text="Ordinal ratings: the highest value.")
+    applies_to = models.ManyToManyField(
+        TaxonomyNode, blank=True, related_name="attributes", help_text="Categories (and their descendants); none: all."
+    )
+
+    class Meta:
+        ordering = ["position", "slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(scale_min__lt=models.F("scale_max")), name="catalog_attribute_scale_range"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def values(self) -> list[str]:
+        """The values an answer may hold, in form order: the options (single, multi), then "cant_tell"
+        for single choice; "1".."5" for an ordinal rating. Uses prefetched options when present."""
+        if self.kind == self.Kind.ORDINAL:
+            return [str(v) for v in range(self.scale_min, self.scale_max + 1)]
+        values = [o.value for o in self.options.all()]
+        return values + [self.CANT_TELL] if self.kind == self.Kind.SINGLE else values
+
+
+class AttributeOption(models.Model):
+    """One option of a single- or multi-choice attribute, with an optional example image for the guide."""
+
+    attribute = models.ForeignKey(Attribute, on_delete=models.CASCADE, related_name="options")
+    value = models.SlugField(max_length=80, help_text="Stored in answers and exports; never rename once used.")
+    label = models.CharField(max_length=120)
+    position = models.PositiveSmallIntegerField(default=0)
+    example_image = models.ImageField(upload_to="guide/", blank=True)
+
+    class Meta:
+        ordering = ["position", "value"]
+        constraints = [
+            models.UniqueConstraint(fields=["attribute", "value"], name="catalog_attributeoption_unique_value"),
+            models.CheckConstraint(condition=~Q(value="cant_tell"), name="catalog_attributeoption_not_cant_tell"),
+        ]
+
+    def __str__(self):
+        return f"{self.attribute.slug}: {self.label}"

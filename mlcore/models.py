@@ -93,3 +93,25 @@ class PhotoEmbedding(models.Model):
 
     def __str__(self):
         return f"embedding of photo {self.photo_id} by model version {self.model_version_id}"
+
+
+class AttributePrediction(models.Model):
+    """A tagging model's prediction of one attribute of one product: pre-fills the tagging form
+    (the tagger confirms or corrects it). `value` as in annotate.AttributeAnswer; confidence in [0, 1]."""
+
+    product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="attribute_predictions")
+    attribute = models.ForeignKey("catalog.Attribute", on_delete=models.CASCADE, related_name="+")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    value = models.CharField(max_length=500, blank=True)
+    confidence = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_version", "product", "attribute"], name="mlcore_attributeprediction_unique"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.attribute_id}={self.value} for product {self.product_id}"

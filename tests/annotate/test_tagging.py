@@ -1,0 +1,217 @@
+"""Attribute tagging: the default schema, which attributes apply to which category, submitting
+values (validation, roles, idempotency) and consensus per attribute kind."""
+
+import pytest
+from django.core.exceptions import PermissionDenied
+
+from annotate import tagging
+from annotate.models import AttributeAnswer, AttributeLabel, Campaign, Task, Team, TeamMember
+from annotate.services import AnswerConflict, AnswerInvalid
+from catalog.attribute_schema import attribute_schema_ensure
+from catalog.models import Attribute, TaxonomyNode
+from catalog.services import taxonomy_path_ensure
+
+from ..factories import CampaignFactory, ProductFactory, user_with_role
+
+_keys = iter(range(10**9))
+
+
+@pytest.fixture
+def schema(db):
+    for path in ("Clothing › Dresses › Dress", "Shoes › Sandal", "Clothing › Bottoms › Trouser"):
+        taxonomy_path_ensure(path=path)
+    return {a.slug: a for a in attribute_schema_ensure()}
+
+
+def _product(path):
+    return ProductFactory(master_category=TaxonomyNode.objects.get(path=path), image=False)
+
+
+def _campaign(schema, slugs, **fields):
+    campaign = CampaignFactory(
+        slug="tagging", kind=Campaign.Kind.ATTRIBUTES, overlap_min=2, overlap_max=3, confidence_target=0.9, **fields
+    )
+    campaign.attributes.set([schema[s] for s in slugs])
+    return campaign
+
+
+def _submit(user, task, values, duration_ms=4000, **kwargs):
+    return tagging.tag_submit(
+        user=user, task=task, values=values, duration_ms=duration_ms, idempotency_key=f"t{next(_keys)}", **kwargs
+    )
+
+
+class TestSchema:
+    def test_default_schema_is_installed_once_and_keeps_edits(self, schema):
+        assert {
+            "category",
+            "color",
+            "pattern",
+            "sleeve_length",
+            "sleeve_type",
+            "neckline",
+            "skirt_length",
+            "pant_length",
+            "season",
+        } <= set(schema)
+        assert sum(1 for s in schema if s.startswith("persona_")) == 8
+        assert schema["season"].kind == Attribute.Kind.MULTI and schema["persona_boho"].kind == Attribute.Kind.ORDINAL
+        assert len(schema["sleeve_type"].values()) == 31  # 30 kinds and "can't tell"
+        assert schema["color"].values()[-1] == Attribute.CANT_TELL
+        assert schema["persona_edgy"].values() == ["1", "2", "3", "4", "5"]
+        # The category options are the taxonomy's leaves.
+        assert {o.label for o in schema["category"].options.all()} == {"Dress", "Sandal", "Trouser"}
+        Attribute.objects.filter(slug="color").update(name="Main colour")
+        again = {a.slug: a for a in attribute_schema_ensure()}
+        assert again["color"].name == "Main colour" and Attribute.objects.count() == len(schema)
+
+    @pytest.mark.parametrize(
+        ("path", "present", "absent"),
+        [
+            (
+                "Shoes › Sandal",
+                {"color", "season", "persona_boho"},
+                {"sleeve_length", "neckline", "skirt_length", "pant_length", "sleeve_type"},
+            ),
+            ("Clothing › Dresses › Dress", {"sleeve_length", "neckline", "skirt_length"}, {"pant_length"}),
+            ("Clothing › Bottoms › Trouser", {"pant_length"}, {"sleeve_length", "skirt_length", "neckline"}),
+        ],
+    )
+    def test_an_attribute_never_applies_to_a_category_it_does_not_cover(self, schema, path, present, absent):
+        campaign = _campaign(schema, list(schema))
+        product = _product(path)
+        slugs = {
+            a.slug
+            for a in tagging.attributes_for_product(attributes=tagging.campaign_attributes(campaign), product=product)
+        }
+        assert present <= slugs and not (absent & slugs)
+        # ...and a submission that names one is refused.
+        tagging.tag_tasks_build(campaign=campaign, products=[product])
+        task = Task.objects.get(campaign=campaign, product=product)
+        wrong = sorted(absent)[0]
+        with pytest.raises(AnswerInvalid) as caught:
+            _submit(user_with_role("tagger"), task, {wrong: schema[wrong].values()[0]})
+        assert caught.value.errors[wrong] == ["does not apply to this product"]
+        assert not AttributeAnswer.objects.exists()
+
+
+class TestSubmit:
+    @pytest.fixture
+    def task(self, schema):
+        campaign = _campaign(schema, ["color", "season", "persona_boho"])
+        product = _product("Shoes › Sandal")
+        assert tagging.tag_tasks_build(campaign=campaign, products=[product]) == 1
+        assert tagging.tag_tasks_build(campaign=campaign, products=[product]) == 0  # idempotent
+        return Task.objects.select_related("campaign", "product__master_category").get(campaign=campaign)
+
+    def test_values_are_checked_per_attribute(self, task):
+        with pytest.raises(AnswerInvalid) as caught:
+            _submit(user_with_role("tagger"), task, {"color": "plaid", "season": ["monsoon"]})
+        assert set(caught.value.errors) == {"color", "season", "persona_boho"}
+        assert "required" in caught.value.errors["persona_boho"]
+
+    @pytest.mark.parametrize("role", ["employee", "ml"])
+    def test_only_taggers_and_admins_tag(self, task, role):
+        with pytest.raises(PermissionDenied):
+            _submit(user_with_role(role), task, {"color": "red", "season": [], "persona_boho": "3"})
+
+    def test_a_repeated_key_returns_the_first_answer_and_a_second_answer_conflicts(self, task):
+        tagger = user_with_role("tagger")
+        values = {"color": "red", "season": ["summer", "spring"], "persona_boho": "4"}
+        first, created = tagging.tag_submit(
+            user=tagger, task=task, values=values, duration_ms=3000, idempotency_key="same"
+        )
+        again, created_again = tagging.tag_submit(
+            user=tagger, task=task, values=values, duration_ms=3000, idempotency_key="same"
+        )
+        assert created and not created_again and again.pk == first.pk
+        stored = dict(AttributeAnswer.objects.filter(answer=first).values_list("attribute__slug", "value"))
+        assert stored == {"color": "red", "season": "spring|summer", "persona_boho": "4"}  # option order
+        with pytest.raises(AnswerConflict) as caught:
+            _submit(tagger, task, values)
+        assert caught.value.code == "already_answered"
+
+    def test_suggestions_are_recorded_as_confirmed_or_corrected(self, task):
+        answer, _ = _submit(
+            user_with_role("tagger"),
+            task,
+            {"color": "red", "season": [], "persona_boho": "2"},
+            suggestions={"color": ("red", 0.91), "persona_boho": ("4", 0.55)},
+        )
+        rows = {a.attribute.slug: a for a in answer.attribute_answers.select_related("attribute")}
+        assert rows["color"].was_confirmed is True and rows["color"].suggestion_confidence == 0.91
+        assert rows["persona_boho"].was_confirmed is False
+        assert rows["season"].was_confirmed is None
+
+
+class TestConsensusPerAttribute:
+    @pytest.fixture
+    def task(self, schema):
+        campaign = _campaign(schema, ["color", "season", "persona_boho"])
+        product = _product("Shoes › Sandal")
+        tagging.tag_tasks_build(campaign=campaign, products=[product])
+        return Task.objects.select_related("campaign", "product__master_category").get(campaign=campaign)
+
+    def _labels(self, task):
+        return {lab.attribute.slug: lab for lab in AttributeLabel.objects.filter(task=task).select_related("attribute")}
+
+    def test_two_agreeing_taggers_settle_every_attribute_and_complete_the_task(self, task):
+        for _ in range(2):
+            _submit(user_with_role("tagger"), task, {"color": "red", "season": ["summer"], "persona_boho": "4"})
+        labels = self._labels(task)
+        # Single choice, 17 values, pooled accuracy 0.7: 0.7^2 / (0.7^2 + 16 * (0.3/16)^2) = 0.99886
+        assert labels["color"].label == "red"
+        assert labels["color"].confidence == pytest.approx(0.49 / (0.49 + 16 * (0.3 / 16) ** 2), abs=1e-5)
+        # Multi: summer 2 of 2 -> (2 + 0.5) / 3 = 0.8333; others (0 + 0.5) / 3 = 0.1667.
+        assert labels["season"].label == "summer"
+        assert labels["season"].posterior["summer"] == pytest.approx(2.5 / 3, abs=1e-6)
+        assert labels["season"].confidence == pytest.approx(2.5 / 3, abs=1e-6)
+        assert labels["persona_boho"].label == "4" and labels["persona_boho"].confidence == 1.0
+        task.refresh_from_db()
+        # Multi-choice confidence 0.833 < 0.9 keeps "season" open until the cap (3 answers).
+        assert not labels["season"].is_settled and task.status == Task.Status.OPEN
+        _submit(user_with_role("tagger"), task, {"color": "red", "season": ["summer"], "persona_boho": "5"})
+        task.refresh_from_db()
+        assert task.status == Task.Status.COMPLETE and task.completed_at is not None
+
+    def test_ordinal_uses_the_weighted_median_not_a_vote(self, task):
+        for rating in ("1", "4", "5"):
+            _submit(user_with_role("tagger"), task, {"color": "red", "season": [], "persona_boho": rating})
+        boho = self._labels(task)["persona_boho"]
+        # Median of 1, 4, 5 is 4; ratings within one step of 4: 4 and 5 -> 2/3.
+        assert boho.label == "4" and boho.confidence == pytest.approx(2 / 3, abs=1e-6)
+        assert boho.posterior == {
+            "1": pytest.approx(1 / 3, abs=1e-6),
+            "2": 0.0,
+            "3": 0.0,
+            "4": pytest.approx(1 / 3, abs=1e-6),
+            "5": pytest.approx(1 / 3, abs=1e-6),
+        }
+
+    def test_too_fast_answers_count_nothing_and_cant_tell_can_win(self, task):
+        _submit(user_with_role("tagger"), task, {"color": "red", "season": [], "persona_boho": "3"}, duration_ms=100)
+        labels = self._labels(task)
+        assert labels["color"].answer_count == 0 and labels["color"].label == ""
+        for _ in range(2):
+            _submit(user_with_role("tagger"), task, {"color": "cant_tell", "season": [], "persona_boho": "3"})
+        assert self._labels(task)["color"].label == "cant_tell"
+
+    def test_a_calibration_task_waits_for_every_calibration_team(self, task, schema):
+        merch, cx = Team.objects.create(slug="merch", name="Merchandising"), Team.objects.create(slug="cx", name="CX")
+        task.campaign.calibration_teams.set([merch, cx])
+        Campaign.objects.filter(pk=task.campaign_id).update(calibration_answers_per_team=1)
+        task.campaign.refresh_from_db()
+        Task.objects.filter(pk=task.pk).update(is_calibration=True)
+        task.refresh_from_db()
+        values = {"color": "red", "season": ["summer"], "persona_boho": "4"}
+        for _ in range(3):  # all attributes settle at the cap, but only merchandising has answered
+            person = user_with_role("tagger")
+            TeamMember.objects.create(team=merch, user=person)
+            _submit(person, task, values)
+        task.refresh_from_db()
+        assert task.status == Task.Status.OPEN
+        person = user_with_role("tagger")
+        TeamMember.objects.create(team=cx, user=person)
+        _submit(person, task, values)
+        task.refresh_from_db()
+        assert task.status == Task.Status.COMPLETE
