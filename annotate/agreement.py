@@ -487,12 +487,15 @@ def persona_views(
         persona: frame[frame["attribute"] == persona].groupby(["item", "group"])["rating"].mean().unstack("group")
         for persona in personas
     }
-    # (item, group, rater) x personas, complete vectors only.
+    # (item, group, rater) x personas, complete vectors only; then {group: {item: (raters, personas)}}.
     vectors = (
         frame.pivot(index=["item", "group", "rater"], columns="attribute", values="rating")
         .reindex(columns=list(personas))
         .dropna()
     )
+    matrices: dict[str, dict[Hashable, np.ndarray]] = {group: {} for group in groups}
+    for (item, group), block in vectors.groupby(level=["item", "group"], sort=False):
+        matrices[group][item] = block.to_numpy(dtype=np.float64)
 
     pairs = []
     for a, b in itertools.combinations(groups, 2):
@@ -503,36 +506,27 @@ def persona_views(
             diffs = (means[a] - means[b]).abs().dropna() if a in means and b in means else pd.Series(dtype=float)
             mean_abs_diff[persona] = float(diffs.mean()) if len(diffs) else None
             mad_item_count[persona] = len(diffs)
-        pairs.append(_cosine_view(a, b, vectors, threshold_low, threshold_high, mean_abs_diff, mad_item_count))
+        pairs.append(_cosine_view(a, b, matrices, threshold_low, threshold_high, mean_abs_diff, mad_item_count))
     return PersonaViews(personas, float(threshold_low), float(threshold_high), tuple(pairs))
 
 
 def _cosine_view(
     a: str,
     b: str,
-    vectors: pd.DataFrame,
+    matrices: dict[str, dict[Hashable, np.ndarray]],
     threshold_low: float,
     threshold_high: float,
     mean_abs_diff: dict[str, float | None],
     mad_item_count: dict[str, int],
 ) -> PersonaPairView:
-    """Views 2 and 3 of `persona_views` for groups a and b, from the complete vectors."""
-    by_group = {
-        g: vectors.xs(g, level="group") if g in vectors.index.get_level_values("group") else None for g in (a, b)
-    }
-    if by_group[a] is None or by_group[b] is None:
-        common: list[Hashable] = []
-    else:
-        common = _sorted_values(
-            set(by_group[a].index.get_level_values("item")) & set(by_group[b].index.get_level_values("item"))
-        )
+    """Views 2 and 3 of `persona_views` for groups a and b, from {group: {item: (raters, personas)}}."""
+    common = _sorted_values(set(matrices[a]) & set(matrices[b]))
     within: dict[str, list[float]] = {a: [], b: []}
     across: list[float] = []
     for item in common:
-        group_vectors = {g: by_group[g].xs(item, level="item").to_numpy(dtype=np.float64) for g in (a, b)}
-        for g, matrix in group_vectors.items():  # matrix: (raters, personas)
-            within[g].extend(_cosine(u, v) for u, v in itertools.combinations(matrix, 2))
-        across.append(_cosine(group_vectors[a].mean(axis=0), group_vectors[b].mean(axis=0)))
+        for g in (a, b):
+            within[g].extend(_cosine(u, v) for u, v in itertools.combinations(matrices[g][item], 2))
+        across.append(_cosine(matrices[a][item].mean(axis=0), matrices[b][item].mean(axis=0)))
     across_array = np.asarray(across)
     return PersonaPairView(
         group_a=a,
