@@ -194,3 +194,94 @@ def get_campaign_for_exporter(user, slug: str) -> Campaign:
     if campaign is None:
         raise Http404("No such campaign.")
     return campaign
+
+
+# -- agreement report (attribute campaigns) ----------------------------------------------------------
+
+REPORT_ROLES = (roles.ML, roles.ADMIN)
+NO_TEAM = "no team"
+
+
+def get_attribute_campaign_for_reporter(user, slug: str) -> Campaign:
+    """The attributes campaign `slug` if `user` may read its agreement report (ML team, admins).
+
+    Raises:
+        PermissionDenied: the user lacks the ml/admin role (taggers see only their own answers).
+        Http404: no such attributes campaign.
+    """
+    if not roles.user_has_role(user, *REPORT_ROLES):
+        raise PermissionDenied("The agreement report is for the ML team and admins.")
+    campaign = Campaign.objects.filter(slug=slug, kind=Campaign.Kind.ATTRIBUTES).first()
+    if campaign is None:
+        raise Http404("No such attributes campaign.")
+    return campaign
+
+
+def campaign_agreement_answers(campaign: Campaign):
+    """Every live, counted (not too fast) attribute answer of `campaign` as a DataFrame with the
+    columns annotate.agreement expects: item (task id), rater (annotator id), group (team slug, or
+    "no team"), attribute (slug), value (str; multi choice a frozenset of options; ordinal an int),
+    plus is_calibration (bool). One query, read in chunks."""
+    import pandas as pd
+
+    from catalog.models import Attribute
+
+    from .models import AttributeAnswer
+
+    kinds = dict(campaign.attributes.values_list("slug", "kind"))
+    rows = (
+        AttributeAnswer.objects.filter(
+            answer__task__campaign=campaign, answer__revoked_at__isnull=True, answer__is_too_fast=False
+        )
+        .order_by()
+        .values_list(
+            "answer__task_id",
+            "answer__annotator_id",
+            "answer__annotator__team_membership__team__slug",
+            "attribute__slug",
+            "value",
+            "answer__task__is_calibration",
+        )
+    )
+    records = []
+    for item, rater, team, slug, value, is_calibration in rows.iterator(chunk_size=10_000):
+        kind = kinds.get(slug)
+        if kind == Attribute.Kind.MULTI:
+            value = frozenset(v for v in value.split("|") if v)
+        elif kind == Attribute.Kind.ORDINAL:
+            value = int(value)
+        records.append((item, rater, team or NO_TEAM, slug, value, bool(is_calibration)))
+    return pd.DataFrame.from_records(
+        records, columns=["item", "rater", "group", "attribute", "value", "is_calibration"]
+    ), kinds
+
+
+def campaign_agreement_report(campaign: Campaign) -> dict:
+    """The agreement report of an attributes campaign: Krippendorff's alpha and Fleiss' kappa per
+    attribute over everyone, each team and each pair of teams (annotate.agreement.agreement_rows),
+    and the style-persona views over the calibration sample (all tasks when none is marked).
+
+    Returns {"rows": [...], "persona": PersonaViews | None, "answer_count", "item_count",
+    "calibration_item_count", "teams": [...]}.
+    """
+    from . import agreement
+
+    frame, kinds = campaign_agreement_answers(campaign)
+    rows = agreement.agreement_rows(frame, attributes=kinds) if len(frame) else []
+    persona_slugs = {f"persona_{p}": p for p in agreement.PERSONAS}
+    personas = frame[frame["attribute"].isin(list(persona_slugs))]
+    calibration = personas[personas["is_calibration"]]
+    if len(calibration):
+        personas = calibration
+    persona = None
+    if len(personas):
+        personas = personas.assign(attribute=personas["attribute"].map(persona_slugs))
+        persona = agreement.persona_views(personas.drop(columns=["is_calibration"]), personas=agreement.PERSONAS)
+    return {
+        "rows": rows,
+        "persona": persona,
+        "answer_count": len(frame),
+        "item_count": int(frame["item"].nunique()) if len(frame) else 0,
+        "calibration_item_count": int(frame.loc[frame["is_calibration"], "item"].nunique()) if len(frame) else 0,
+        "teams": sorted(frame["group"].unique()) if len(frame) else [],
+    }

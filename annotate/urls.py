@@ -11,6 +11,7 @@ urlpatterns = [
     path("campaigns/<slug:slug>/annotators/", views.campaign_annotators, name="campaign-annotators"),
     path("campaigns/<slug:slug>/annotators/<str:username>/pause", views.annotator_pause, name="annotator-pause"),
     path("campaigns/<slug:slug>/consensus/recompute", views.consensus_recompute, name="consensus-recompute"),
+    path("campaigns/<slug:slug>/agreement/", views.agreement_report, name="agreement-report"),
     path("exports/", views.exports, name="exports"),
     path("exports/<uuid:uuid>/", views.export_detail, name="export-detail"),
     path("exports/<uuid:uuid>/files/<path:path>", views.export_download, name="export-download"),

@@ -6,7 +6,7 @@ import uuid
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -236,3 +236,34 @@ def export_file_response(snapshot, path: str, full) -> FileResponse:
     response["ETag"] = f'"{sha256}"'
     response["Cache-Control"] = "private, max-age=31536000, immutable"
     return response
+
+
+# -- agreement report (attribute campaigns) --------------------------------------------------------
+
+
+@login_required
+@require_GET
+def agreement_report(request, slug):
+    """ML team and admins: agreement per attribute, team and pair of teams, and the persona views
+    (tables and bar plots); ?format=csv and ?format=personas.csv download them."""
+    campaign = selectors.get_attribute_campaign_for_reporter(request.user, slug)
+    report = selectors.campaign_agreement_report(campaign)
+    fmt = request.GET.get("format")
+    if fmt in ("csv", "personas.csv"):
+        from .agreement import rows_to_csv
+
+        if fmt == "csv":
+            body, name = rows_to_csv(report["rows"]), "agreement"
+        else:
+            persona = report["persona"]
+            body = rows_to_csv(persona.mad_rows()) + "\r\n" + rows_to_csv(persona.cosine_rows()) if persona else ""
+            name = "personas"
+        response = HttpResponse(body, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-{name}.csv"'
+        return response
+    overall = [row for row in report["rows"] if row["scope"] == "all"]
+    return render(
+        request,
+        "annotate/agreement.html",
+        {"campaign": campaign, "report": report, "overall": overall, "rows": report["rows"]},
+    )
