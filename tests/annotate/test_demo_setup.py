@@ -52,5 +52,14 @@ def test_demo_setup_builds_a_usable_campaign_and_is_idempotent(django_capture_on
     again = _run(django_capture_on_commit_callbacks)
     assert "Every photo already has a task; 0 more marked gold." in again
     assert GoldLabel.objects.count() == 3
-    assert (Product.objects.count(), Photo.objects.count(), Task.objects.count()) == (30, 7, 7)
+    assert (Product.objects.count(), Photo.objects.count()) == (30, 7)
+    assert Task.objects.filter(campaign__slug="lunch-verify").count() == 7
+    # The attribute campaign: every categorised product once (here fewer than --tag-products), 20 of
+    # them the calibration sample of both teams; a rerun adds nothing.
+    tagging = Campaign.objects.get(slug="catalog-tagging")
+    assert tagging.kind == Campaign.Kind.ATTRIBUTES and tagging.guide.startswith("# Catalog tagging guide")
+    tag_tasks = Task.objects.filter(campaign=tagging)
+    assert tag_tasks.count() == Product.objects.filter(master_category__isnull=False).count()
+    assert tag_tasks.filter(is_calibration=True).count() == 20
+    assert sorted(tagging.calibration_teams.values_list("slug", flat=True)) == ["customer-experience", "merchandising"]
     assert get_user_model().objects.filter(username="alice").count() == 1

@@ -17,6 +17,7 @@ DEMO_USERS = (
     ("bob", roles.EMPLOYEE, False),
     ("carol", roles.EMPLOYEE, False),
     ("tara", roles.TAGGER, False),
+    ("theo", roles.TAGGER, False),
     ("mila", roles.ML, False),
     ("admin", roles.ADMIN, True),
 )
@@ -43,6 +44,12 @@ class Command(BaseCommand):
         parser.add_argument("--image-size", type=int, default=EmbedConfig.image_size_px)
         parser.add_argument(
             "--gold", type=int, default=40, help="Tasks made gold from the demo's ground truth (default 40)."
+        )
+        parser.add_argument(
+            "--tag-products", type=int, default=200, help="Products in the 'catalog-tagging' campaign (default 200)."
+        )
+        parser.add_argument(
+            "--calibration", type=int, default=20, help="Of those, the calibration sample both teams tag (default 20)."
         )
 
     def handle(self, *args, **options):
@@ -82,6 +89,72 @@ class Command(BaseCommand):
         else:
             marked = gold_mark_demo(campaign=campaign, count=options["gold"])
             self.stdout.write(f"Every photo already has a task; {marked} more marked gold.")
+        tagging_campaign = _tagging_campaign(
+            products=options["tag_products"], calibration=options["calibration"], by=User.objects.get(username="admin")
+        )
+        self.stdout.write(
+            f"Attribute tagging: campaign '{tagging_campaign.slug}' with "
+            f"{Task.objects.filter(campaign=tagging_campaign).count()} products, teams merchandising (tara) and "
+            "customer experience (theo)."
+        )
         self.stdout.write(f"\nDemo logins (password for all: {DEMO_PASSWORD})")
         for username, role, _ in DEMO_USERS:
             self.stdout.write(f"  {username:<6} {role}")
+
+
+DEMO_GUIDE = """# Catalog tagging guide
+
+Tag what you **see in the product image**, not what the title says.
+
+- **Category**: the kind of product. If the image shows something else than the title, trust the image.
+- **Color**: the main colour, covering most of the product. Two or more colours in equal parts: *multicolour*.
+- **Pattern**: *solid* when there is none. A small logo on a plain item is still *solid*; a large print is *logo*.
+- **Season** (several allowed): when a shopper would wear it. Leave all unticked if it is worn all year.
+- **Personas** (1-5): how strongly the product fits each style. 3 is neutral; use 1 and 5 when you are sure.
+
+When the image is too small, cropped or dark to judge an attribute, choose **can't tell**: it is an answer,
+not a failure. Fashion-MNIST images are 28 × 28 grey-scale, so colour is mostly *can't tell* here.
+"""
+
+
+def _tagging_campaign(*, products: int, calibration: int, by):
+    """The demo's attribute campaign: the default schema over the first `products` catalog products,
+    the first `calibration` of them tagged by both teams. Idempotent."""
+    from annotate.models import Team, TeamMember
+    from annotate.tagging import tag_tasks_build
+    from catalog.attribute_schema import PERSONAS, attribute_schema_ensure
+    from catalog.models import Product
+
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign, _ = Campaign.objects.get_or_create(
+        slug="catalog-tagging",
+        defaults={
+            "name": "Catalog tagging",
+            "kind": Campaign.Kind.ATTRIBUTES,
+            "status": Campaign.Status.ACTIVE,
+            "guide": DEMO_GUIDE,
+            "overlap_min": 2,
+            "overlap_max": 3,
+            "confidence_target": 0.9,
+            "gold_first_count": 0,
+            "gold_rate": 0,
+            "calibration_answers_per_team": 1,
+            "created_by": by,
+        },
+    )
+    wanted = ["category", "color", "pattern", "sleeve_length", "neckline", "pant_length", "season"]
+    campaign.attributes.set([schema[s] for s in wanted] + [schema[f"persona_{p}"] for p in PERSONAS])
+    User = get_user_model()
+    teams = []
+    for slug, name, username in (
+        ("merchandising", "Merchandising", "tara"),
+        ("customer-experience", "Customer experience", "theo"),
+    ):
+        team, _ = Team.objects.get_or_create(slug=slug, defaults={"name": name})
+        TeamMember.objects.get_or_create(user=User.objects.get(username=username), defaults={"team": team})
+        teams.append(team)
+    campaign.calibration_teams.set(teams)
+    chosen = list(Product.objects.filter(master_category__isnull=False).order_by("pk")[:products])
+    tag_tasks_build(campaign=campaign, products=chosen[:calibration], calibration=True)
+    tag_tasks_build(campaign=campaign, products=chosen[calibration:])
+    return campaign
