@@ -291,8 +291,8 @@ class ParquetWriter(Writer):
     def write(self, chunk):
         self.items.add(_columnar(r) for r in chunk.records)
         if self._answers:
-            for rows in chunk.answers.values():
-                self.answers.add(rows)
+            # One record batch per chunk: a batch per task (5 rows) made this 4x slower.
+            self.answers.add(row for rows in chunk.answers.values() for row in rows)
 
     def write_annotators(self, rows):
         pq.write_table(
