@@ -208,7 +208,9 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
     items_per_count = counts.value_counts()  # index: k, value: how many items have k ratings
     k = int(max(items_per_count.index, key=lambda c: (items_per_count[c], c)))
     used = ratings[ratings["item"].isin(counts.index[counts == k])]
-    table = pd.crosstab(used["item"], used["value"])  # (items, categories) counts
+    # (items, categories) counts; groupby-size, as pd.crosstab takes a slow pure-Python path under
+    # pandas 3 (46 ms against 2 ms on 8,000 rows, bench/agreement.py).
+    table = used.groupby(["item", "value"]).size().unstack(fill_value=0)
     item_count = int(table.shape[0])
     if item_count < 2 or table.shape[1] < 2:
         return FleissResult(None, item_count, k)
