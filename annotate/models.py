@@ -251,6 +251,9 @@ class Answer(models.Model):
         UNFIT = "unfit", "Not fit for display"
         TAGS = "tags", "Attribute tags"  # the values are AttributeAnswer rows
 
+    # The choices of a match task (everything but "tags", which attribute tasks use).
+    MATCH_CHOICES = ("product", "none", "not_a_product", "unfit")
+
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="answers")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="answers")

@@ -49,11 +49,11 @@ class TaskSerializer(serializers.Serializer):
     lease_expires_at = serializers.DateTimeField(allow_null=True)
 
     def get_choices(self, task) -> list[str]:
-        return list(Answer.Choice.values)
+        return list(Answer.MATCH_CHOICES)
 
 
 class AnswerInputSerializer(serializers.Serializer):
-    choice = serializers.ChoiceField(choices=Answer.Choice.choices)
+    choice = serializers.ChoiceField(choices=Answer.MATCH_CHOICES)
     product = serializers.UUIDField(required=False, allow_null=True, help_text="Required when choice is product.")
     duration_ms = serializers.IntegerField(min_value=0, help_text="Time the task was on screen, in ms.")
     idempotency_key = serializers.CharField(
@@ -78,7 +78,7 @@ class ConflictSerializer(serializers.Serializer):
 
 
 class GoldInputSerializer(serializers.Serializer):
-    choice = serializers.ChoiceField(choices=Answer.Choice.choices)
+    choice = serializers.ChoiceField(choices=Answer.MATCH_CHOICES)
     product = serializers.UUIDField(required=False, allow_null=True, help_text="Required when choice is product.")
 
 

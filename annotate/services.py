@@ -326,8 +326,8 @@ def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Ta
 def _choice_check(*, task: Task, choice: str, product_uuid) -> tuple[Product | None, dict[str, list[str]]]:
     """The chosen product (or None) and the reasons, per field, that `choice`/`product_uuid` are wrong."""
     errors: dict[str, list[str]] = {}
-    if choice not in Answer.Choice.values:
-        errors["choice"] = [f"must be one of {', '.join(Answer.Choice.values)}"]
+    if choice not in Answer.MATCH_CHOICES:
+        errors["choice"] = [f"must be one of {', '.join(Answer.MATCH_CHOICES)}"]
     product = None
     if choice == Answer.Choice.PRODUCT:
         if not product_uuid:

@@ -135,6 +135,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # served from static files, never a CDN
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "MatchChoiceEnum": "annotate.models.Answer.MATCH_CHOICES",
+        "AnswerChoiceEnum": "annotate.models.Answer.Choice",
+    },
 }
 
 # Celery. Embedded default: a SQLite file as broker, polled by a real worker process.
