@@ -21,7 +21,21 @@ def campaigns_for_user(user):
     """Campaigns `user` may verify, newest first (empty for other roles)."""
     if not roles.user_has_role(user, *roles.VERIFY_ROLES):
         return Campaign.objects.none()
-    return Campaign.objects.exclude(status=Campaign.Status.PAUSED).order_by("-created_at")
+    return (
+        Campaign.objects.filter(kind=Campaign.Kind.MATCH).exclude(status=Campaign.Status.PAUSED).order_by("-created_at")
+    )
+
+
+def tag_campaigns_for_user(user):
+    """Attribute campaigns `user` may see on the home page, newest first: to tag (taggers, admins) or
+    for their agreement report (ML team); empty for other roles."""
+    if not roles.user_has_role(user, roles.TAGGER, roles.ADMIN, roles.ML):
+        return Campaign.objects.none()
+    return (
+        Campaign.objects.filter(kind=Campaign.Kind.ATTRIBUTES)
+        .exclude(status=Campaign.Status.PAUSED)
+        .order_by("-created_at")
+    )
 
 
 def get_campaign_for_user(user, slug: str) -> Campaign:

@@ -17,9 +17,14 @@ overlap_max answers. The task completes when every attribute that applies has se
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import numpy as np
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.http import Http404
 from django.utils import timezone
 
 from catalog.attribute_schema import attribute_applies
@@ -27,8 +32,16 @@ from catalog.models import Attribute, Product
 
 from . import roles
 from .consensus import em
-from .models import Answer, AttributeAnswer, AttributeLabel, Campaign, Task
-from .services import SHUFFLE_SPACE, AnswerConflict, AnswerInvalid
+from .models import Answer, AttributeAnswer, AttributeLabel, Campaign, Lease, Task, TeamMember
+from .services import (
+    SHUFFLE_SPACE,
+    AnswerConflict,
+    AnswerInvalid,
+    _answered_by,
+    _first_from_seed,
+    annotator_stats_for,
+    task_next_for,
+)
 
 TAG_ROLES = (roles.TAGGER, roles.ADMIN)
 
@@ -287,3 +300,99 @@ def calibration_done(*, task: Task) -> bool:
         .annotate(n=Count("pk"))
     )
     return all(counts.get(team, 0) >= campaign.calibration_answers_per_team for team in teams)
+
+
+# -- routing and reads for the tagging page ----------------------------------------------------------
+
+
+def get_tag_campaign_for_user(user, slug: str) -> Campaign:
+    """The attributes campaign `slug` if `user` may tag it (1 query, plus the user's roles once).
+
+    Raises:
+        PermissionDenied: the user lacks the tagger/admin role.
+        Http404: no such attributes campaign, or it is paused.
+    """
+    if not roles.user_has_role(user, *TAG_ROLES):
+        raise PermissionDenied("Tagging needs the tagger or admin role.")
+    campaign = Campaign.objects.filter(slug=slug, kind=Campaign.Kind.ATTRIBUTES).first()
+    if campaign is None or campaign.status == Campaign.Status.PAUSED:
+        raise Http404("No such attributes campaign.")
+    return campaign
+
+
+def _calibration_open_for(*, user, campaign: Campaign, team_id: int, now):
+    """Open calibration tasks of `campaign` that `user` has not answered and on which their team
+    (`team_id`) still has fewer than calibration_answers_per_team live answers, counting the live
+    leases of the team's other members as answers to come (so a team is never over-served)."""
+    team_answers = (
+        Answer.objects.filter(task=OuterRef("pk"), revoked_at__isnull=True, annotator__team_membership__team_id=team_id)
+        .order_by()
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    team_held = (
+        Lease.objects.filter(task=OuterRef("pk"), expires_at__gt=now, annotator__team_membership__team_id=team_id)
+        .exclude(annotator=user)
+        .order_by()
+        .values("task")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return (
+        Task.objects.filter(campaign=campaign, is_calibration=True, is_gold=False, status=Task.Status.OPEN)
+        .exclude(_answered_by(user))
+        .annotate(team_count=Coalesce(Subquery(team_answers), 0), team_held=Coalesce(Subquery(team_held), 0))
+        .filter(team_count__lt=campaign.calibration_answers_per_team - F("team_held"))
+    )
+
+
+def tag_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
+    """Hand `user` their next product task in an attributes campaign, leased for campaign.lease_seconds.
+
+    A person in one of campaign.calibration_teams first gets the calibration tasks (is_calibration,
+    open) they have not answered and on which their team still has fewer than
+    calibration_answers_per_team live answers (other team members' live leases counted), in the
+    session's shuffle order from `seed`. Everything else goes through `services.task_next_for`
+    (held lease, gold, most useful task): its overlap cap (overlap_max answers) would otherwise let
+    the first team fill a calibration task and starve the second.
+
+    A live lease on an open task the person has not answered is honoured first, as task_next_for
+    does, so a reload never skips work.
+
+    Locks: the chosen calibration Task row (select_for_update skip_locked on PostgreSQL). Idempotent
+    while the lease lives.
+
+    Returns the Task, or None when nothing is left for this person.
+
+    Raises:
+        AnnotatorPaused: an admin paused this person in this campaign.
+    """
+    seed %= SHUFFLE_SPACE
+    team_id = (
+        TeamMember.objects.filter(user=user, team__calibration_campaigns=campaign)
+        .values_list("team_id", flat=True)
+        .first()
+    )
+    if team_id is not None:
+        now = timezone.now()
+        with transaction.atomic():
+            stats = annotator_stats_for(user=user, campaign=campaign)
+            holds_work = (
+                Lease.objects.filter(
+                    annotator=user, expires_at__gt=now, task__campaign=campaign, task__status=Task.Status.OPEN
+                )
+                .exclude(Exists(Answer.objects.filter(task=OuterRef("task"), annotator=user, revoked_at__isnull=True)))
+                .exists()
+            )
+            # Paused people and held leases: task_next_for raises, or hands the held task back.
+            if not (stats is not None and stats.is_paused) and not holds_work:
+                queryset = _calibration_open_for(user=user, campaign=campaign, team_id=team_id, now=now)
+                task = _first_from_seed(queryset.select_for_update(skip_locked=True, of=("self",)), seed)
+                if task is not None:
+                    Lease.objects.filter(annotator=user, task__campaign=campaign).delete()
+                    Lease.objects.create(
+                        task=task, annotator=user, expires_at=now + timedelta(seconds=campaign.lease_seconds)
+                    )
+                    return task
+    return task_next_for(user=user, campaign=campaign, seed=seed)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import tag_views, views
 
 app_name = "annotate"
 urlpatterns = [
@@ -15,4 +15,8 @@ urlpatterns = [
     path("exports/", views.exports, name="exports"),
     path("exports/<uuid:uuid>/", views.export_detail, name="export-detail"),
     path("exports/<uuid:uuid>/files/<path:path>", views.export_download, name="export-download"),
+    # Attribute tagging (annotate.tag_views).
+    path("tag/<slug:slug>/", tag_views.tag, name="tag"),
+    path("tag/<slug:slug>/answer", tag_views.tag_answer, name="tag-answer"),
+    path("tag/<slug:slug>/guide/", tag_views.tag_guide, name="tag-guide"),
 ]

@@ -30,10 +30,11 @@ def _session_seed(request) -> int:
 @require_GET
 def home(request):
     campaigns = list(selectors.campaigns_for_user(request.user))
+    tag_campaigns = list(selectors.tag_campaigns_for_user(request.user))
     return render(
         request,
         "annotate/home.html",
-        {"campaigns": campaigns, "roles": sorted(roles.user_roles(request.user))},
+        {"campaigns": campaigns, "tag_campaigns": tag_campaigns, "roles": sorted(roles.user_roles(request.user))},
     )
 
 

@@ -107,3 +107,14 @@ def test_a_tagger_reaches_no_export_and_no_one_elses_answers(client, api, campai
     assert api.get("/api/v1/exports").status_code == 403
     assert api.get(f"/api/v1/campaigns/{campaign.slug}/answers").status_code == 403
     assert api.post("/api/v1/exports", {"name": "x", "formats": ["csv"]}, format="json").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("role", "tag_link", "report_link"),
+    [("tagger", True, False), ("ml", False, True), ("admin", True, True), ("employee", False, False)],
+)
+def test_home_page_lists_attribute_campaigns_by_role(client, as_role, campaign, role, tag_link, report_link):
+    as_role(role)
+    body = client.get("/").content.decode()
+    assert (reverse("annotate:tag", args=[campaign.slug]) in body) is tag_link
+    assert (reverse("annotate:agreement-report", args=[campaign.slug]) in body) is report_link

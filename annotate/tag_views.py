@@ -1,0 +1,287 @@
+"""HTML pages of attribute tagging (campaign kind "attributes"): the keyboard-first tagging page with
+its htmx partial, and the campaign's printable guide."""
+
+import uuid
+
+import markdown
+import nh3
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.db.models import Prefetch
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from catalog.models import Attribute, Product, ProductImage
+from mlcore.models import AttributePrediction
+
+from . import selectors, services, tagging
+from .models import Campaign, GuideRead, Task
+from .views import _session_seed
+
+# Option keys in order: 1-9, then a-z without the letters the page uses itself (g: the guide).
+NAVIGATION_KEYS = frozenset("g")
+OPTION_KEYS = [k for k in "123456789abcdefghijklmnopqrstuvwxyz" if k not in NAVIGATION_KEYS]
+VALUE_PREFIX = "attr-"
+SUGGESTED_PREFIX = "suggested-"
+CONFIDENCE_PREFIX = "confidence-"
+
+
+def markdown_html(text: str) -> str:
+    """Markdown rendered to HTML and sanitised with nh3 (no script, event handler or javascript:
+    URL survives), so that an admin-written guide cannot run code in a tagger's browser."""
+    return nh3.clean(markdown.markdown(text or "", extensions=["sane_lists", "tables"]))
+
+
+# -- reads ---------------------------------------------------------------------------------------------
+
+
+def _get_tag_task(campaign: Campaign, task_uuid, *, images: bool = True) -> Task:
+    """The product task `task_uuid` of `campaign`, with its product and categories, and with
+    `images`, the product's images in order (2 queries; 1 without).
+
+    Raises:
+        Http404: no such product task in this campaign (or a malformed uuid).
+    """
+    queryset = Task.objects.select_related("product__native_category", "product__master_category")
+    if images:
+        queryset = queryset.prefetch_related(
+            Prefetch("product__images", queryset=ProductImage.objects.order_by("position", "pk"))
+        )
+    try:
+        task = queryset.get(uuid=task_uuid, campaign=campaign, product__isnull=False)
+    except (Task.DoesNotExist, ValidationError, ValueError, TypeError):
+        raise Http404("No such task in this campaign.") from None
+    task.campaign = campaign
+    return task
+
+
+def _suggestions(*, product: Product, attributes: list[Attribute]) -> dict[str, tuple[str, float]]:
+    """The model's suggestion per attribute slug, (value, confidence in [0, 1]), from the most recent
+    model version that predicted it; a value the attribute no longer allows is dropped (1 query)."""
+    by_id = {a.pk: a for a in attributes}
+    rows = (
+        AttributePrediction.objects.filter(product=product, attribute_id__in=list(by_id))
+        .order_by("attribute_id", "-model_version__created_at", "-model_version_id")
+        .values_list("attribute_id", "value", "confidence")
+    )
+    found: dict[str, tuple[str, float]] = {}
+    for attribute_id, value, confidence in rows:
+        attribute = by_id[attribute_id]
+        if attribute.slug in found:
+            continue
+        allowed = attribute.values()
+        parts = [v for v in value.split("|") if v] if attribute.kind == Attribute.Kind.MULTI else [value]
+        if all(v in allowed for v in parts):
+            found[attribute.slug] = (value, min(max(float(confidence), 0.0), 1.0))
+    return found
+
+
+def _option_label(value: str, labels: dict[str, str]) -> str:
+    return "Can't tell" if value == Attribute.CANT_TELL else labels.get(value, value)
+
+
+def _fields(*, attributes, suggestions, posted: dict | None, errors: dict) -> list[dict]:
+    """One dict per attribute for _tag_task.html: its options with their keys and whether they are
+    checked (the posted values on a re-render, else the model's suggestion), the suggestion and the
+    errors."""
+    fields = []
+    for attribute in attributes:
+        suggestion = suggestions.get(attribute.slug)
+        multi = attribute.kind == Attribute.Kind.MULTI
+        if posted is not None:
+            raw = posted.get(attribute.slug)
+            chosen = set(raw) if isinstance(raw, list) else ({raw} if raw else set())
+        elif suggestion is not None:
+            chosen = set(suggestion[0].split("|")) if multi else {suggestion[0]}
+        else:
+            chosen = set()
+        labels = {o.value: o.label for o in attribute.options.all()}
+        options = [
+            {
+                "value": value,
+                "label": _option_label(value, labels),
+                "key": OPTION_KEYS[i] if i < len(OPTION_KEYS) else "",
+                "checked": value in chosen,
+                "suggested": suggestion is not None and value in suggestion[0].split("|"),
+            }
+            for i, value in enumerate(attribute.values())
+        ]
+        fields.append(
+            {
+                "attribute": attribute,
+                "input_type": "checkbox" if multi else "radio",
+                "name": VALUE_PREFIX + attribute.slug,
+                "options": options,
+                "suggestion": suggestion,
+                "suggestion_percent": round(suggestion[1] * 100) if suggestion else None,
+                "errors": errors.get(attribute.slug, []),
+            }
+        )
+    return fields
+
+
+def _tag_context(
+    request,
+    campaign: Campaign,
+    *,
+    task: Task | None = None,
+    posted: dict | None = None,
+    errors: dict | None = None,
+    notice: str = "",
+    notice_level: str = "info",
+) -> dict:
+    """The tagging partial's context: the given task (a re-render with the posted values and errors)
+    or the person's next one (tagging.tag_next_for, which leases it)."""
+    context = {"campaign": campaign, "notice": notice, "notice_level": notice_level, "task": None}
+    context["today_count"] = selectors.annotator_today_count(request.user, campaign)
+    if task is None:
+        try:
+            next_task = tagging.tag_next_for(user=request.user, campaign=campaign, seed=_session_seed(request))
+        except services.AnnotatorPaused:
+            context["state"] = "paused"
+            return context
+        if next_task is None:
+            context["state"] = "done"
+            return context
+        task = _get_tag_task(campaign, next_task.uuid)
+    product = task.product
+    attributes = tagging.attributes_for_product(attributes=tagging.campaign_attributes(campaign), product=product)
+    errors = errors or {}
+    applicable = {a.slug for a in attributes}
+    context.update(
+        state="task",
+        task=task,
+        product=product,
+        images=list(product.images.all()),
+        idempotency_key=uuid.uuid4().hex,
+        fields=_fields(
+            attributes=attributes,
+            suggestions=_suggestions(product=product, attributes=attributes),
+            posted=posted,
+            errors=errors,
+        ),
+        other_errors=[f"{slug}: {' '.join(reasons)}" for slug, reasons in errors.items() if slug not in applicable],
+    )
+    # The first attribute with an error is the active one on a re-render.
+    context["active_index"] = next((i for i, f in enumerate(context["fields"]) if f["errors"]), 0)
+    return context
+
+
+def _render_tag(request, campaign: Campaign, **kwargs):
+    context = _tag_context(request, campaign, **kwargs)
+    template = "annotate/_tag_task.html" if request.htmx else "annotate/tag.html"
+    return render(request, template, context)
+
+
+# -- pages ---------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def tag(request, slug):
+    """The tagging page: one product at a time, keyboard first. A person who has not opened the
+    campaign's guide is sent there first."""
+    campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    if not GuideRead.objects.filter(campaign=campaign, user=request.user).exists():
+        guide_url = reverse("annotate:tag-guide", args=[campaign.slug])
+        messages.info(request, "Read the guide before your first task.")
+        if request.htmx:
+            return HttpResponseClientRedirect(guide_url)
+        return redirect(guide_url)
+    return _render_tag(request, campaign)
+
+
+def _parse_values(post) -> tuple[dict, dict]:
+    """(values, suggestions) from the form: {slug: value, or a list when several were sent} and
+    {slug: (suggested value, confidence in [0, 1] or None)}. Unchecked multi choices send nothing,
+    which tag_values_clean reads as none selected."""
+    values, suggestions = {}, {}
+    for key in post:
+        if key.startswith(VALUE_PREFIX):
+            sent = post.getlist(key)
+            values[key.removeprefix(VALUE_PREFIX)] = sent[0] if len(sent) == 1 else sent
+        elif key.startswith(SUGGESTED_PREFIX):
+            slug = key.removeprefix(SUGGESTED_PREFIX)
+            try:
+                confidence = float(post.get(CONFIDENCE_PREFIX + slug, ""))
+            except ValueError:
+                confidence = None
+            if confidence is not None and not 0.0 <= confidence <= 1.0:
+                confidence = None
+            suggestions[slug] = (post.get(key, ""), confidence)
+    return values, suggestions
+
+
+def _duration_ms(raw) -> int:
+    try:
+        return min(max(int(raw), 0), services.MAX_DURATION_MS)
+    except (TypeError, ValueError):
+        return 0
+
+
+@login_required
+@require_POST
+def tag_answer(request, slug):
+    """Take a tagger's values for one product (tagging.tag_submit), then hand out the next product.
+    Invalid values re-render the same product with the reasons; a conflict (already tagged, task
+    complete) says so and moves on."""
+    campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    # Images only if the product is shown again (invalid values): not on the usual path.
+    task = _get_tag_task(campaign, request.POST.get("task"), images=False)
+    values, suggestions = _parse_values(request.POST)
+    try:
+        tagging.tag_submit(
+            user=request.user,
+            task=task,
+            values=values,
+            duration_ms=_duration_ms(request.POST.get("duration_ms")),
+            idempotency_key=request.POST.get("idempotency_key", "")[:80] or uuid.uuid4().hex,
+            suggestions=suggestions,
+        )
+    except services.AnswerInvalid as exc:
+        return _render_tag(
+            request,
+            campaign,
+            task=task,
+            posted=values,
+            errors=exc.errors,
+            notice="Not saved: fix the marked attributes.",
+            notice_level="error",
+        )
+    except services.AnswerConflict as exc:
+        if not request.htmx:
+            return redirect("annotate:tag", slug=campaign.slug)
+        return _render_tag(
+            request, campaign, notice=f"{exc.message} Here is your next product.", notice_level="warning"
+        )
+    if not request.htmx:
+        return redirect("annotate:tag", slug=campaign.slug)
+    response = _render_tag(request, campaign)
+    response["HX-Trigger"] = "answer-saved"
+    return response
+
+
+@login_required
+@require_GET
+def tag_guide(request, slug):
+    """The campaign's written guide (Markdown, sanitised) and every attribute with its description
+    and options, example images included; printable. Opening it records a GuideRead (idempotent)."""
+    campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    GuideRead.objects.get_or_create(campaign=campaign, user=request.user)
+    attributes = [
+        {
+            "attribute": attribute,
+            "description_html": markdown_html(attribute.description),
+            "options": list(attribute.options.all()),
+        }
+        for attribute in tagging.campaign_attributes(campaign)
+    ]
+    return render(
+        request,
+        "annotate/guide.html",
+        {"campaign": campaign, "guide_html": markdown_html(campaign.guide), "attributes": attributes},
+    )

@@ -1,0 +1,186 @@
+// Keyboard-first tagging page (annotate/_tag_task.html): one attribute is active at a time; an
+// option's key picks it (single choice, rating: then the next attribute is active) or toggles it
+// (multi choice); Tab or → moves on, Shift+Tab or ← goes back, Backspace clears the active
+// attribute, Enter submits once every attribute has a value, g opens the guide. The time a product
+// was on screen goes with the answer as duration_ms. On the guide page: Enter starts tagging, p prints.
+(function () {
+  "use strict";
+
+  function area() {
+    return document.getElementById("tag-task");
+  }
+
+  function fieldsets() {
+    var section = area();
+    return section ? Array.prototype.slice.call(section.querySelectorAll("fieldset.attr")) : [];
+  }
+
+  function activeIndex() {
+    var section = area();
+    return section ? Number(section.dataset.active || 0) : 0;
+  }
+
+  function setActive(index, scroll) {
+    var sets = fieldsets();
+    if (!sets.length) return;
+    index = Math.max(0, Math.min(sets.length - 1, index));
+    area().dataset.active = String(index);
+    sets.forEach(function (set, i) {
+      set.classList.toggle("active", i === index);
+    });
+    if (scroll && sets[index].scrollIntoView) sets[index].scrollIntoView({ block: "nearest" });
+  }
+
+  function hasValue(set) {
+    return set.dataset.kind === "multi" || !!set.querySelector("input:checked");
+  }
+
+  function hint(text) {
+    var section = area();
+    var line = section && section.querySelector(".tag-hint");
+    if (line) line.textContent = text;
+  }
+
+  function clearActive() {
+    var set = fieldsets()[activeIndex()];
+    if (!set) return;
+    set.querySelectorAll("input:checked").forEach(function (input) {
+      input.checked = false;
+    });
+  }
+
+  function submit() {
+    var sets = fieldsets();
+    var missing = sets.filter(function (set) {
+      return !hasValue(set);
+    });
+    if (missing.length) {
+      setActive(sets.indexOf(missing[0]), true);
+      hint(
+        "Answer every attribute first: " +
+          missing
+            .map(function (set) {
+              return set.dataset.name;
+            })
+            .join(", ") +
+          "."
+      );
+      return;
+    }
+    var form = area().querySelector("form.tag-form");
+    if (form) form.requestSubmit();
+  }
+
+  function pick(key) {
+    var set = fieldsets()[activeIndex()];
+    var label = set && set.querySelector('[data-opt-key="' + CSS.escape(key) + '"]');
+    if (!label) return false;
+    var input = label.querySelector("input");
+    if (input.type === "checkbox") {
+      input.checked = !input.checked;
+    } else {
+      input.checked = true;
+      setActive(activeIndex() + 1, true);
+    }
+    hint("");
+    return true;
+  }
+
+  function stamp() {
+    var section = area();
+    if (section) {
+      section.dataset.shownAt = String(performance.now());
+      setActive(activeIndex(), false);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", stamp);
+  document.addEventListener("htmx:afterSettle", stamp);
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    var section = area();
+    if (!section || !section.dataset.shownAt || !section.contains(event.detail.elt)) return;
+    var ms = String(Math.max(0, Math.round(performance.now() - Number(section.dataset.shownAt))));
+    var parameters = event.detail.parameters;
+    if (parameters.set) parameters.set("duration_ms", ms);
+    else parameters.duration_ms = ms;
+  });
+
+  // Mouse: a click makes its attribute the active one; picking a single choice moves on.
+  document.addEventListener("click", function (event) {
+    var target = event.target;
+    if (!target.closest) return;
+    if (target.closest('[data-tag-action="print"]')) {
+      window.print();
+      return;
+    }
+    if (target.closest('[data-tag-action="clear"]')) {
+      clearActive();
+      return;
+    }
+    var set = target.closest("#tag-task fieldset.attr");
+    if (set) setActive(fieldsets().indexOf(set), false);
+  });
+
+  document.addEventListener("change", function (event) {
+    var input = event.target;
+    if (input.type !== "radio" || !input.closest) return;
+    var set = input.closest("#tag-task fieldset.attr");
+    if (set) setActive(fieldsets().indexOf(set) + 1, true);
+  });
+
+  function guideKeys(event) {
+    if (!document.querySelector(".guide")) return;
+    if (event.target.closest && event.target.closest("a, button, input, textarea, select")) return;
+    if (event.key === "Enter") {
+      var start = document.querySelector('.guide [data-tag-key="Enter"]');
+      if (start) {
+        event.preventDefault();
+        start.click();
+      }
+    } else if (event.key === "p") {
+      event.preventDefault();
+      window.print();
+    }
+  }
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    var section = area();
+    if (!section) {
+      if (!event.repeat) guideKeys(event);
+      return;
+    }
+    var target = event.target;
+    if (target.closest && target.closest("textarea, select, [contenteditable], input:not([type=radio]):not([type=checkbox])"))
+      return;
+    // Focus elsewhere (the top bar's links) keeps the browser's own Tab and Enter.
+    if (target !== document.body && target !== document.documentElement && !section.contains(target)) return;
+    var key = event.key;
+    if (key.length === 1 && key.toLowerCase() === "g") {
+      var guide = section.querySelector('[data-tag-key="g"]');
+      if (guide && !event.repeat) {
+        event.preventDefault();
+        guide.click();
+      }
+      return;
+    }
+    if (section.dataset.state !== "task") return;
+    if (key === "Tab" || key === "ArrowRight" || key === "ArrowLeft") {
+      event.preventDefault();
+      setActive(activeIndex() + (key === "ArrowLeft" || event.shiftKey ? -1 : 1), true);
+    } else if (key === "ArrowUp" || key === "ArrowDown") {
+      // A focused radio button would change its group's value on its own.
+      if (target.type === "radio") event.preventDefault();
+    } else if (key === "Enter") {
+      if (target.closest && target.closest("a")) return;
+      event.preventDefault();
+      if (!event.repeat) submit();
+    } else if (key === "Backspace") {
+      event.preventDefault();
+      clearActive();
+    } else if (key.length === 1 && !event.repeat && pick(key.toLowerCase())) {
+      event.preventDefault();
+    }
+  });
+})();
