@@ -116,5 +116,5 @@ def test_a_tagger_reaches_no_export_and_no_one_elses_answers(client, api, campai
 def test_home_page_lists_attribute_campaigns_by_role(client, as_role, campaign, role, tag_link, report_link):
     as_role(role)
     body = client.get("/").content.decode()
-    assert (reverse("annotate:tag", args=[campaign.slug]) in body) is tag_link
+    assert (f'href="{reverse("annotate:tag", args=[campaign.slug])}"' in body) is tag_link
     assert (reverse("annotate:agreement-report", args=[campaign.slug]) in body) is report_link
