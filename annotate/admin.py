@@ -1,6 +1,17 @@
 from django.contrib import admin, messages
 
-from .models import AnnotatorStats, Answer, Campaign, ExportSnapshot, GoldLabel, Lease, Task, TaskCandidate
+from .models import (
+    AnnotatorStats,
+    Answer,
+    Campaign,
+    ExportSnapshot,
+    GoldLabel,
+    Lease,
+    Task,
+    TaskCandidate,
+    Team,
+    TeamMember,
+)
 from .services import campaign_prepare
 
 
@@ -20,6 +31,7 @@ class CampaignAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "kind"]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["attributes", "calibration_teams"]
     readonly_fields = ["status_detail", "created_at", "consensus_dirty", "consensus_params", "consensus_computed_at"]
     actions = ["prepare_suggestions"]
 
@@ -117,3 +129,18 @@ class ExportSnapshotAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class TeamMemberInline(admin.TabularInline):
+    model = TeamMember
+    extra = 1
+    raw_id_fields = ["user"]
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    """Teams of annotators (agreement reports compare them; calibration samples are tagged by several)."""
+
+    list_display = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [TeamMemberInline]

@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from .models import NativeCategory, Photo, Product, ProductImage, Retailer, TaxonomyNode
+from .models import Attribute, AttributeOption, NativeCategory, Photo, Product, ProductImage, Retailer, TaxonomyNode
 from .services import TAXONOMY_SEPARATOR, native_category_map
 
 
@@ -89,3 +89,22 @@ class PhotoAdmin(admin.ModelAdmin):
     list_display = ["uuid", "source", "posted_at", "width_px", "height_px"]
     search_fields = ["source", "caption"]
     readonly_fields = ["sha256", "width_px", "height_px"]
+
+
+class AttributeOptionInline(admin.TabularInline):
+    model = AttributeOption
+    extra = 1
+    fields = ["position", "value", "label", "example_image"]
+
+
+@admin.register(Attribute)
+class AttributeAdmin(admin.ModelAdmin):
+    """The attribute schema: kinds, options (with guide example images) and the categories each
+    attribute applies to (none: all)."""
+
+    list_display = ["name", "slug", "kind", "position"]
+    list_filter = ["kind"]
+    search_fields = ["name", "slug"]
+    prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["applies_to"]
+    inlines = [AttributeOptionInline]

@@ -276,6 +276,12 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
     if campaign is None:
         logger.warning("campaign %s no longer exists", campaign_id)
         return None
+    if campaign.kind != Campaign.Kind.MATCH:
+        # Attribute campaigns settle per attribute on each answer (annotate.tagging); their full
+        # per-annotator EM is not built yet.
+        Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=False)
+        logger.info("campaign %s is not a match campaign: no full recompute", campaign.slug)
+        return None
     now = timezone.now()
     labels = campaign.labels()
     K = len(labels)

@@ -215,3 +215,31 @@ class TestConsensusPerAttribute:
         _submit(person, task, values)
         task.refresh_from_db()
         assert task.status == Task.Status.COMPLETE
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/catalog/attribute/",
+        "/admin/catalog/attribute/add/",
+        "/admin/annotate/team/add/",
+        "/admin/annotate/campaign/add/",
+        "/admin/annotate/exportsnapshot/",
+    ],
+)
+def test_the_schema_teams_and_snapshots_are_in_the_admin(client, schema, url):
+    client.force_login(user_with_role("admin"))
+    response = client.get(url)
+    assert response.status_code == 200
+    if url == "/admin/catalog/attribute/":
+        assert "Sleeve length" in response.content.decode()
+
+
+def test_the_full_recompute_leaves_attribute_campaigns_alone(schema):
+    from annotate.consensus.services import consensus_recompute
+
+    campaign = _campaign(schema, ["color"])
+    Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
+    assert consensus_recompute(campaign_id=campaign.pk) is None
+    campaign.refresh_from_db()
+    assert not campaign.consensus_dirty
