@@ -35,10 +35,12 @@ from .consensus import em
 from .models import Answer, AttributeAnswer, AttributeLabel, Campaign, Lease, Task, TeamMember
 from .services import (
     SHUFFLE_SPACE,
+    AnnotatorPaused,
     AnswerConflict,
     AnswerInvalid,
     _answered_by,
     _first_from_seed,
+    _stats_on_answer,
     annotator_stats_for,
     task_next_for,
 )
@@ -153,6 +155,9 @@ def tag_submit(
     previous = Answer.objects.filter(annotator=user, idempotency_key=idempotency_key).first()
     if previous is not None:
         return previous, False
+    stats = annotator_stats_for(user=user, campaign=campaign)
+    if stats is not None and stats.is_paused:
+        raise AnnotatorPaused()
     attributes = attributes_for_product(attributes=campaign_attributes(campaign), product=task.product)
     cleaned = tag_values_clean(attributes=attributes, values=values)
     suggestions = suggestions or {}
@@ -190,6 +195,9 @@ def tag_submit(
                 for attribute_id, value in cleaned.items()
             ]
         )
+        # "Your stats" and the annotators page count tagging answers too (runs of "options" are a match
+        # campaign's notion; a tagging answer counts as one run of "tags").
+        _stats_on_answer(stats=stats, user=user, campaign=campaign, label="tags", is_too_fast=answer.is_too_fast)
         Task.objects.filter(pk=locked.pk).update(answer_count=locked.answer_count + 1)
         locked.answer_count += 1
         tag_consensus_update(task=locked, attributes=attributes)

@@ -471,16 +471,17 @@ def test_answer_partial_query_count_is_pinned(client, campaign, schema, django_a
     session.save()
     fields = _hidden(client.get(tag_url(campaign)).content.decode())
     # Session, user and roles; the campaign and the task (no images: not shown again); tag_submit's
-    # key check, the campaign's attributes (3), the locked task, the answer, its values, the counter
-    # and the consensus upserts, with their savepoints; then the next product: today's count, the
+    # key check, the person's stats and pause check, the campaign's attributes (3), the locked task, the
+    # answer, its values, the stats counters (first answer: the row is created), the task counter and the
+    # consensus upserts, with their savepoints; then the next product: today's count, the
     # calibration team, routing (stats, held leases, queue) and the new lease, the product with its
     # images, the attributes again (3) and the model's suggestions. Fixed, whatever the queue size.
-    with django_assert_num_queries(38):
+    with django_assert_num_queries(44):
         response = client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert response.status_code == 200 and Answer.objects.count() == 1
     _tasks(campaign, 10)
     Task.objects.update(shuffle_key=F("id") + 1000)
     fields = _hidden(response.content.decode())
-    with django_assert_num_queries(38):
+    with django_assert_num_queries(40):  # the stats row exists now: no get_or_create
         client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert Answer.objects.count() == 2

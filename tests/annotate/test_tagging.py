@@ -243,3 +243,20 @@ def test_the_full_recompute_leaves_attribute_campaigns_alone(schema):
     assert consensus_recompute(campaign_id=campaign.pk) is None
     campaign.refresh_from_db()
     assert not campaign.consensus_dirty
+
+
+def test_tagging_answers_count_in_the_stats_and_a_paused_tagger_is_refused(schema):
+    from annotate.models import AnnotatorStats
+    from annotate.services import AnnotatorPaused, annotator_pause
+
+    campaign = _campaign(schema, ["color"])
+    products = [_product("Shoes › Sandal") for _ in range(2)]
+    tagging.tag_tasks_build(campaign=campaign, products=products)
+    first, second = Task.objects.filter(campaign=campaign).select_related("campaign", "product__master_category")
+    tagger = user_with_role("tagger")
+    _submit(tagger, first, {"color": "red"}, duration_ms=200)
+    stats = AnnotatorStats.objects.get(campaign=campaign, annotator=tagger)
+    assert (stats.answer_count, stats.too_fast_count) == (1, 1)
+    annotator_pause(campaign=campaign, annotator=tagger, paused=True)
+    with pytest.raises(AnnotatorPaused):
+        _submit(tagger, second, {"color": "red"})
