@@ -186,13 +186,19 @@ def tag(request, slug):
     """The tagging page: one product at a time, keyboard first. A person who has not opened the
     campaign's guide is sent there first."""
     campaign = tagging.get_tag_campaign_for_user(request.user, slug)
-    if not GuideRead.objects.filter(campaign=campaign, user=request.user).exists():
-        guide_url = reverse("annotate:tag-guide", args=[campaign.slug])
-        messages.info(request, "Read the guide before your first task.")
-        if request.htmx:
-            return HttpResponseClientRedirect(guide_url)
-        return redirect(guide_url)
-    return _render_tag(request, campaign)
+    unread = _guide_unread(request, campaign)
+    return unread or _render_tag(request, campaign)
+
+
+def _guide_unread(request, campaign: Campaign):
+    """A redirect to the guide when this person has not opened it yet, else None."""
+    if GuideRead.objects.filter(campaign=campaign, user=request.user).exists():
+        return None
+    guide_url = reverse("annotate:tag-guide", args=[campaign.slug])
+    messages.info(request, "Read the guide before your first task.")
+    if request.htmx:
+        return HttpResponseClientRedirect(guide_url)
+    return redirect(guide_url)
 
 
 def _parse_values(post) -> tuple[dict, dict]:
@@ -230,6 +236,10 @@ def tag_answer(request, slug):
     Invalid values re-render the same product with the reasons; a conflict (already tagged, task
     complete) says so and moves on."""
     campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    # The guide gate holds for a direct POST too, not only for the page.
+    unread = _guide_unread(request, campaign)
+    if unread:
+        return unread
     # Images only if the product is shown again (invalid values): not on the usual path.
     task = _get_tag_task(campaign, request.POST.get("task"), images=False)
     values, suggestions = _parse_values(request.POST)

@@ -137,7 +137,9 @@ def test_tag_page_permission_matrix(client, as_role, campaign, role):
 @pytest.mark.parametrize("role", ROLE_MATRIX)
 def test_answer_permission_matrix(client, as_role, campaign, role):
     (task,) = _tasks(campaign, 1)
-    as_role(role)
+    user = as_role(role)
+    if user is not None:
+        _read_guide(campaign, user)
     response = client.post(
         answer_url(campaign),
         {"task": task.uuid, "idempotency_key": "k1", **SANDAL_VALUES, "duration_ms": "2500"},
@@ -371,7 +373,9 @@ def test_a_conflict_shows_a_notice_and_the_next_product(client, campaign):
 def test_an_unknown_task_is_not_found(client, campaign):
     other = CampaignFactory(slug="other-tagging", kind=Campaign.Kind.ATTRIBUTES)
     (foreign,) = _tasks(other, 1)
-    client.force_login(_tagger())
+    tagger = _tagger()
+    _read_guide(campaign, tagger)
+    client.force_login(tagger)
     for task in (foreign.uuid, "not-a-uuid", ""):
         response = client.post(answer_url(campaign), {"task": task, "idempotency_key": "k", **SANDAL_VALUES}, **HTMX)
         assert response.status_code == 404
@@ -470,18 +474,30 @@ def test_answer_partial_query_count_is_pinned(client, campaign, schema, django_a
     session[SEED_SESSION_KEY] = 0
     session.save()
     fields = _hidden(client.get(tag_url(campaign)).content.decode())
-    # Session, user and roles; the campaign and the task (no images: not shown again); tag_submit's
-    # key check, the person's stats and pause check, the campaign's attributes (3), the locked task, the
-    # answer, its values, the stats counters (first answer: the row is created), the task counter and the
-    # consensus upserts, with their savepoints; then the next product: today's count, the
-    # calibration team, routing (stats, held leases, queue) and the new lease, the product with its
-    # images, the attributes again (3) and the model's suggestions. Fixed, whatever the queue size.
-    with django_assert_num_queries(44):
+    # Session, user and roles; the campaign, the guide-read check and the task (no images: not shown
+    # again); tag_submit's key check, the person's stats and pause check, the campaign's attributes
+    # (3), the locked task, the answer, its values, the stats counters (first answer: the row is
+    # created), the task counter and the consensus upserts, with their savepoints; then the next
+    # product: today's count, the calibration team, routing (stats, held leases, queue) and the new
+    # lease, the product with its images, the attributes again (3) and the model's suggestions.
+    with django_assert_num_queries(45):
         response = client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert response.status_code == 200 and Answer.objects.count() == 1
     _tasks(campaign, 10)
     Task.objects.update(shuffle_key=F("id") + 1000)
     fields = _hidden(response.content.decode())
-    with django_assert_num_queries(40):  # the stats row exists now: no get_or_create
+    with django_assert_num_queries(41):  # the stats row exists now: no get_or_create
         client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert Answer.objects.count() == 2
+
+
+def test_a_direct_post_before_the_guide_is_sent_to_the_guide_and_saves_nothing(client, campaign):
+    (task,) = _tasks(campaign, 1)
+    client.force_login(_tagger())
+    response = client.post(answer_url(campaign), {"task": task.uuid, "idempotency_key": "early", **SANDAL_VALUES})
+    assert response.status_code == 302 and response["Location"] == reverse("annotate:tag-guide", args=[campaign.slug])
+    response = client.post(
+        answer_url(campaign), {"task": task.uuid, "idempotency_key": "early", **SANDAL_VALUES}, **HTMX
+    )
+    assert response["HX-Redirect"] == reverse("annotate:tag-guide", args=[campaign.slug])
+    assert not Answer.objects.exists()
