@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from _common import Stopwatch, django_ready
+from _common import Stopwatch, django_ready, peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 20_000
@@ -400,11 +400,7 @@ def build_child(snapshot_id: int, *, profile: str | None = None) -> None:
     django_ready(migrate=False)
     from annotate.exports.services import export_build
 
-    def hwm_mb() -> float:
-        hwm = _proc_status_kb("VmHWM").get("VmHWM")
-        return hwm / 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    base_mb = hwm_mb()
+    base_mb = peak_rss_mb()
     profiler = cProfile.Profile() if profile else None
     with _AnonSampler() as anon, Stopwatch() as sw:
         if profiler:
@@ -416,7 +412,7 @@ def build_child(snapshot_id: int, *, profile: str | None = None) -> None:
         "snapshot_id": snapshot_id,
         "wall_s": sw.seconds,
         "base_rss_mb": base_mb,
-        "peak_rss_mb": hwm_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "peak_anon_mb": anon.peak_mb,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "status": snapshot.status if snapshot else "skipped",

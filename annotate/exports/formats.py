@@ -124,6 +124,15 @@ def _columnar(record: dict) -> dict:
     return {**record, "labels": labels}
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hex, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _dumps(value) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -368,14 +377,10 @@ class HuggingFaceWriter(Writer):
         self.items.flush()
         self._writer.finalize()
         self._writer.close()
-        digest = hashlib.sha256()
-        with open(self.folder / self.DATA_FILE, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
         # The two JSON files exactly as Dataset.save_to_disk writes them (datasets/arrow_dataset.py).
         state = {
             "_data_files": [{"filename": self.DATA_FILE}],
-            "_fingerprint": digest.hexdigest()[:16],
+            "_fingerprint": file_sha256(self.folder / self.DATA_FILE)[:16],
             "_format_columns": None,
             "_format_kwargs": {},
             "_format_type": None,

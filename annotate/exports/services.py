@@ -4,7 +4,6 @@ asked-for format, hash the files, publish them atomically), and page through raw
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from django.utils import timezone
 
 from ..models import Answer, ExportSnapshot
 from . import records
-from .formats import writers_for
+from .formats import file_sha256, writers_for
 from .records import ExportFilters, ExportInvalid
 
 logger = logging.getLogger(__name__)
@@ -191,14 +190,6 @@ class _ReadSnapshot:
         return False
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
     """Build a PENDING snapshot: read the settled items (one consistent read snapshot, chunked),
     write every format into FITCHECK_EXPORTS_ROOT/<uuid>.partial/, hash each file (sha256), then
@@ -266,7 +257,7 @@ def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
                     "path": rel,
                     "format": rel.split("/", 1)[0],
                     "size_bytes": path.stat().st_size,
-                    "sha256": _sha256(path),
+                    "sha256": file_sha256(path),
                 }
             )
         shutil.rmtree(final, ignore_errors=True)
