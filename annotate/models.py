@@ -527,3 +527,35 @@ class GuideRead(models.Model):
 
     def __str__(self):
         return f"user {self.user_id} read the guide of campaign {self.campaign_id}"
+
+
+class AttributeReliability(models.Model):
+    """One tagger's reliability on one attribute of an attribute campaign, from the last full
+    recompute (annotate.tagging.tag_consensus_recompute). Used as the person's weight (ordinal,
+    multi choice) or one-coin accuracy (single choice) by the per-answer consensus update.
+
+    accuracy is in [0, 1]: single choice, the one-coin Dawid-Skene accuracy; ordinal, the smoothed
+    share of ratings within one step of the consensus; multi choice, the smoothed share of options
+    the person got right (selected or not) against the consensus."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="attribute_reliability")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    attribute = models.ForeignKey("catalog.Attribute", on_delete=models.CASCADE, related_name="+")
+    answer_count = models.PositiveIntegerField(default=0, help_text="Counted answers (too-fast ones excluded).")
+    agreement_total = models.PositiveIntegerField(default=0, help_text="Answers on products with 2+ answers.")
+    agreement_count = models.PositiveIntegerField(default=0, help_text="Of those, answers agreeing with consensus.")
+    accuracy = models.FloatField()
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "annotator", "attribute"], name="annotate_attributereliability_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(accuracy__gte=0, accuracy__lte=1), name="annotate_attributereliability_accuracy_range"
+            ),
+        ]
+
+    def __str__(self):
+        return f"reliability of user {self.annotator_id} on attribute {self.attribute_id}: {self.accuracy:.3f}"

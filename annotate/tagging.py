@@ -17,6 +17,8 @@ overlap_max answers. The task completes when every attribute that applies has se
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -27,12 +29,21 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
-from catalog.attribute_schema import attribute_applies
+from catalog.attribute_schema import CATEGORY_SLUG, attribute_applies, category_paths
 from catalog.models import Attribute, Product
 
 from . import roles
 from .consensus import em
-from .models import Answer, AttributeAnswer, AttributeLabel, Campaign, Lease, Task, TeamMember
+from .models import (
+    Answer,
+    AttributeAnswer,
+    AttributeLabel,
+    AttributeReliability,
+    Campaign,
+    Lease,
+    Task,
+    TeamMember,
+)
 from .services import (
     SHUFFLE_SPACE,
     AnnotatorPaused,
@@ -56,6 +67,28 @@ def campaign_attributes(campaign: Campaign) -> list[Attribute]:
 def attributes_for_product(*, attributes: list[Attribute], product: Product) -> list[Attribute]:
     """Of `attributes` (campaign_attributes), those that apply to the product's master category."""
     path = product.master_category.path if product.master_category_id else None
+    return [a for a in attributes if attribute_applies(a, path)]
+
+
+def category_chosen(*, attributes: list[Attribute], value) -> str | None:
+    """The TaxonomyNode.path a tagger's category value names, when the campaign asks for the category
+    attribute and the value is one of its options (not "can't tell"); else None (one query when the
+    campaign has the category attribute)."""
+    if not isinstance(value, str) or value in ("", Attribute.CANT_TELL):
+        return None
+    category = next((a for a in attributes if a.slug == CATEGORY_SLUG), None)
+    if category is None or value not in {o.value for o in category.options.all()}:
+        return None
+    return category_paths().get(value)
+
+
+def attributes_for_answer(*, attributes: list[Attribute], product: Product, values: dict) -> list[Attribute]:
+    """The attributes a tagger's answer must hold: those that apply to the category they chose, when
+    the campaign asks for the category and they named one (a tagger may correct the catalog: a
+    "T-shirt" that is a dress gets skirt length), else to the product's master category."""
+    path = category_chosen(attributes=attributes, value=values.get(CATEGORY_SLUG))
+    if path is None:
+        return attributes_for_product(attributes=attributes, product=product)
     return [a for a in attributes if attribute_applies(a, path)]
 
 
@@ -158,7 +191,8 @@ def tag_submit(
     stats = annotator_stats_for(user=user, campaign=campaign)
     if stats is not None and stats.is_paused:
         raise AnnotatorPaused()
-    attributes = attributes_for_product(attributes=campaign_attributes(campaign), product=task.product)
+    every = campaign_attributes(campaign)
+    attributes = attributes_for_answer(attributes=every, product=task.product, values=values)
     cleaned = tag_values_clean(attributes=attributes, values=values)
     suggestions = suggestions or {}
     by_id = {a.pk: a for a in attributes}
@@ -198,22 +232,75 @@ def tag_submit(
         # "Your stats" and the annotators page count tagging answers too (runs of "options" are a match
         # campaign's notion; a tagging answer counts as one run of "tags").
         _stats_on_answer(stats=stats, user=user, campaign=campaign, label="tags", is_too_fast=answer.is_too_fast)
-        Task.objects.filter(pk=locked.pk).update(answer_count=locked.answer_count + 1)
+        Task.objects.filter(pk=locked.pk).update(
+            answer_count=locked.answer_count + 1, consensus_version=F("consensus_version") + 1
+        )
         locked.answer_count += 1
-        tag_consensus_update(task=locked, attributes=attributes)
+        locked.product = task.product
+        tag_consensus_update(task=locked, attributes=every)
+        # The next full recompute (Celery beat) refits each tagger's reliability per attribute.
+        Campaign.objects.filter(pk=campaign.pk, consensus_dirty=False).update(consensus_dirty=True)
     return answer, True
 
 
-def _aggregate(attribute: Attribute, values: list[str], weights: np.ndarray) -> tuple[str, dict, float]:
-    """(label, posterior, confidence) of one attribute from its answers' values and weights."""
+@dataclass
+class AttributeReliabilityParams:
+    """What the per-answer update of one attribute takes from the last full recompute.
+
+    Attributes:
+        accuracy: {annotator id: accuracy in [0, 1]} (AttributeReliability.accuracy).
+        pooled_accuracy: the crowd's accuracy in [0, 1] on this attribute, for people not yet
+            measured; None before any recompute (single choice then uses em.default_pooled).
+        class_prior: single choice only: (K,) probabilities over attribute.values(); None = uniform.
+    """
+
+    accuracy: dict[int, float] = field(default_factory=dict)
+    pooled_accuracy: float | None = None
+    class_prior: list[float] | None = None
+
+    def of(self, annotator_id: int) -> float | None:
+        """The person's accuracy, else the crowd's, else None."""
+        return self.accuracy.get(annotator_id, self.pooled_accuracy)
+
+
+def _one_coin(accuracy: float, n_classes: int) -> np.ndarray:
+    """(K, K) float64: accuracy on the diagonal, the rest spread evenly (the one-coin model)."""
+    accuracy = min(max(accuracy, 1e-3), 1 - 1e-3)
+    matrix = np.full((n_classes, n_classes), (1 - accuracy) / (n_classes - 1))
+    np.fill_diagonal(matrix, accuracy)
+    return matrix
+
+
+def _aggregate(
+    attribute: Attribute,
+    values: list[str],
+    weights: np.ndarray,
+    *,
+    annotators: list[int] | None = None,
+    params: AttributeReliabilityParams | None = None,
+) -> tuple[str, dict, float]:
+    """(label, posterior, confidence) of one attribute of one product from its answers.
+
+    Args:
+        values: the answers' values (AttributeAnswer.value), n of them.
+        weights: (n,) float64 in [0, 1], 0 for a too-fast answer.
+        annotators: (n,) the answering annotators' ids, to look up their reliability in `params`.
+        params: reliability from the last full recompute; None = everyone alike.
+    """
     domain = attribute.values()
+    params = params or AttributeReliabilityParams()
+    annotators = annotators if annotators is not None else [0] * len(values)
     if attribute.kind == Attribute.Kind.SINGLE:
         K = len(domain)
         index = {v: i for i, v in enumerate(domain)}
         labels = np.array([index[v] for v in values], dtype=np.int64)
-        pooled = em.default_pooled(K)
+        default = em.default_pooled(K)
+        rows = np.array([default if params.of(a) is None else _one_coin(params.of(a), K) for a in annotators]).reshape(
+            len(labels), K, K
+        )
+        prior = np.asarray(params.class_prior) if params.class_prior and len(params.class_prior) == K else None
         posterior = em.task_posterior(
-            labels, np.repeat(pooled[None], len(labels), axis=0), np.full(K, 1.0 / K), vote_weight=weights
+            labels, rows, np.full(K, 1.0 / K) if prior is None else prior, vote_weight=weights
         )
         best = int(np.argmax(posterior))
         return (
@@ -221,14 +308,14 @@ def _aggregate(attribute: Attribute, values: list[str], weights: np.ndarray) -> 
             {v: round(float(p), 6) for v, p in zip(domain, posterior, strict=True)},
             float(posterior[best]),
         )
+    # Ordinal and multi choice: the person's reliability scales their vote (Wawa-style weights).
+    weights = weights * np.array([1.0 if params.of(a) is None else params.of(a) for a in annotators])
     if attribute.kind == Attribute.Kind.ORDINAL:
         ratings = np.array([int(v) for v in values])
         total = float(weights.sum())
         if total <= 0:
             return "", {}, 0.0
-        order = np.argsort(ratings, kind="stable")
-        cumulative = np.cumsum(weights[order])
-        median = int(ratings[order][np.searchsorted(cumulative, total / 2)])
+        median = _weighted_median(ratings, weights)
         share = {v: round(float(weights[ratings == int(v)].sum() / total), 6) for v in domain}
         near = float(weights[np.abs(ratings - median) <= 1].sum() / total)
         return str(median), share, near
@@ -245,24 +332,39 @@ def _aggregate(attribute: Attribute, values: list[str], weights: np.ndarray) -> 
     return "|".join(chosen), posterior, confidence
 
 
-def tag_consensus_update(*, task: Task, attributes: list[Attribute]) -> list[AttributeLabel]:
-    """Recompute every attribute label of `task` from its live answers and write them (upserts on
-    (task, attribute)), then the task's status: complete when every attribute has settled and, for
-    a calibration task, every calibration team has given its answers. Call inside the answer's
-    transaction with the task locked."""
-    campaign = task.campaign
-    rows = list(
-        AttributeAnswer.objects.filter(answer__task=task, answer__revoked_at__isnull=True).values_list(
-            "attribute_id", "value", "answer__is_too_fast"
-        )
-    )
+def _weighted_median(ratings: np.ndarray, weights: np.ndarray) -> int:
+    """The lower weighted median of integer ratings (n,) with weights (n,) summing to more than 0."""
+    order = np.argsort(ratings, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    return int(ratings[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def _task_labels(
+    *,
+    task: Task,
+    campaign: Campaign,
+    attributes: list[Attribute],
+    rows: list[tuple[int, int, str, bool]],
+    reliability: dict[int, AttributeReliabilityParams],
+) -> list[AttributeLabel]:
+    """The AttributeLabel of each attribute of `task` (unsaved) from its live answers `rows`
+    [(annotator id, attribute id, value, is_too_fast)] and the reliability per attribute id."""
     labels = []
     for attribute in attributes:
-        mine = [(v, 0.0 if too_fast else 1.0) for a, v, too_fast in rows if a == attribute.pk]
-        values = [v for v, _ in mine]
-        weights = np.array([w for _, w in mine], dtype=np.float64)
+        mine = [(who, v, 0.0 if too_fast else 1.0) for who, a, v, too_fast in rows if a == attribute.pk]
+        weights = np.array([w for _, _, w in mine], dtype=np.float64)
         count = int((weights > 0).sum())
-        label, posterior, confidence = _aggregate(attribute, values, weights) if count else ("", {}, 0.0)
+        label, posterior, confidence = (
+            _aggregate(
+                attribute,
+                [v for _, v, _ in mine],
+                weights,
+                annotators=[who for who, _, _ in mine],
+                params=reliability.get(attribute.pk),
+            )
+            if count
+            else ("", {}, 0.0)
+        )
         settled = count >= campaign.overlap_max or (
             count >= campaign.overlap_min and confidence >= campaign.confidence_target
         )
@@ -277,20 +379,314 @@ def tag_consensus_update(*, task: Task, attributes: list[Attribute]) -> list[Att
                 is_settled=settled,
             )
         )
+    return labels
+
+
+def _labels_write(labels: list[AttributeLabel]) -> None:
     AttributeLabel.objects.bulk_create(
         labels,
         update_conflicts=True,
         unique_fields=["task", "attribute"],
         update_fields=["label", "posterior", "confidence", "answer_count", "is_settled", "updated_at"],
     )
-    complete = bool(labels) and all(label.is_settled for label in labels)
+
+
+def reliability_params(
+    *, campaign: Campaign, attributes: list[Attribute], annotator_ids
+) -> dict[int, AttributeReliabilityParams]:
+    """{attribute id: AttributeReliabilityParams} for these annotators, from the AttributeReliability
+    rows and campaign.consensus_params["attributes"] of the last full recompute (one query)."""
+    stored = (campaign.consensus_params or {}).get("attributes", {})
+    out = {
+        a.pk: AttributeReliabilityParams(
+            pooled_accuracy=stored.get(a.slug, {}).get("pooled_accuracy"),
+            class_prior=stored.get(a.slug, {}).get("class_prior"),
+        )
+        for a in attributes
+    }
+    for annotator_id, attribute_id, accuracy in AttributeReliability.objects.filter(
+        campaign=campaign, annotator_id__in=list(annotator_ids), attribute_id__in=list(out)
+    ).values_list("annotator_id", "attribute_id", "accuracy"):
+        out[attribute_id].accuracy[annotator_id] = accuracy
+    return out
+
+
+def tag_consensus_update(*, task: Task, attributes: list[Attribute]) -> list[AttributeLabel]:
+    """Recompute the attribute labels of `task` from its live answers and write them (upserts on
+    (task, attribute)), then the task's status (`_labels_plan`). Each person counts with their
+    reliability on that attribute from the last full recompute (`tag_consensus_recompute`).
+
+    Args:
+        task: locked, with campaign and product (and its master category) loaded.
+        attributes: all the campaign's attributes (campaign_attributes).
+
+    Call inside the answer's transaction with the task locked. Returns the labels written."""
+    campaign = task.campaign
+    rows = list(
+        AttributeAnswer.objects.filter(answer__task=task, answer__revoked_at__isnull=True).values_list(
+            "answer__annotator_id", "attribute_id", "value", "answer__is_too_fast"
+        )
+    )
+    reliability = reliability_params(campaign=campaign, attributes=attributes, annotator_ids={r[0] for r in rows})
+    labels, required = _labels_plan(
+        task=task, campaign=campaign, attributes=attributes, rows=rows, reliability=reliability
+    )
+    _labels_write(labels)
+    _status_write(task, required)
+    return labels
+
+
+def _labels_plan(*, task, campaign, attributes, rows, reliability) -> tuple[list[AttributeLabel], list[AttributeLabel]]:
+    """(labels to write, labels that must settle for the task to complete).
+
+    Labelled: every attribute that applies to the product's master category or that someone
+    answered (a tagger who re-categorised the product answered the new category's attributes).
+    Required: those that apply to the category consensus when the campaign asks for the category
+    and its label names a taxonomy node, else to the master category."""
+    answered = {a for _, a, _, _ in rows}
+    applicable = attributes_for_product(attributes=attributes, product=task.product)
+    wanted = {a.pk for a in applicable} | answered
+    labels = _task_labels(
+        task=task,
+        campaign=campaign,
+        attributes=[a for a in attributes if a.pk in wanted],
+        rows=rows,
+        reliability=reliability,
+    )
+    by_slug = {label.attribute.slug: label for label in labels}
+    category = by_slug.get(CATEGORY_SLUG)
+    path = category_chosen(attributes=attributes, value=category.label) if category is not None else None
+    if path is not None:
+        required_ids = {a.pk for a in attributes if attribute_applies(a, path)}
+    else:
+        required_ids = {a.pk for a in applicable}
+    return labels, [label for label in labels if label.attribute.pk in required_ids]
+
+
+def _status_write(task: Task, required: list[AttributeLabel]) -> None:
+    complete = bool(required) and all(label.is_settled for label in required)
     if complete and task.is_calibration:
         complete = calibration_done(task=task)
     status = Task.Status.COMPLETE if complete else Task.Status.OPEN
     if status != task.status:
         Task.objects.filter(pk=task.pk).update(status=status, completed_at=timezone.now() if complete else None)
         task.status = status
-    return labels
+
+
+# -- full recompute: reliability per attribute --------------------------------------------------------
+
+# Pseudo answers pulling an ordinal or multi-choice agreement rate towards the crowd's, like the
+# Beta prior of the one-coin accuracy (em.COIN_SHRINKAGE_ANSWERS).
+AGREEMENT_PRIOR_ANSWERS = 2.0
+
+
+@dataclass
+class TagRecomputeReport:
+    """What a full recompute of an attribute campaign did."""
+
+    campaign_id: int
+    answer_count: int
+    task_count: int
+    tasks_written: int
+    tasks_skipped: int
+    annotator_count: int
+    seconds: float
+
+
+def _fit_single(attribute: Attribute, answers: list[tuple[int, int, str, float]]):
+    """One-coin Dawid-Skene over one single-choice attribute's answers [(task, annotator, value,
+    weight)]. Returns ({annotator: accuracy}, pooled accuracy, class prior, {(task, annotator): agrees})."""
+    domain = attribute.values()
+    index = {v: i for i, v in enumerate(domain)}
+    tasks = sorted({t for t, _, _, _ in answers})
+    workers = sorted({w for _, w, _, _ in answers})
+    t_index = {t: i for i, t in enumerate(tasks)}
+    w_index = {w: i for i, w in enumerate(workers)}
+    data = em.AnswerArrays.build(
+        [t_index[t] for t, _, _, _ in answers],
+        [w_index[w] for _, w, _, _ in answers],
+        [index[v] for _, _, v, _ in answers],
+        weight=[w for _, _, _, w in answers],
+        n_tasks=len(tasks),
+        n_workers=len(workers),
+        n_classes=len(domain),
+    )
+    result = em.dawid_skene(data, one_coin=True)
+    reliability = result.reliability()
+    pooled = float(np.diagonal(result.pooled) @ result.class_prior)
+    agrees = {(t, w): int(result.label[t_index[t]]) == index[v] for t, w, v, _ in answers}
+    accuracy = {w: float(reliability[i]) for w, i in w_index.items()}
+    return accuracy, pooled, [round(float(p), 6) for p in result.class_prior], agrees
+
+
+def _fit_agreement(attribute: Attribute, answers: list[tuple[int, int, str, float]]):
+    """Ordinal and multi choice: each person's agreement with the unweighted consensus (a rating
+    within one step of the median; for multi choice, the share of options on which they agree with
+    the per-option vote), smoothed towards the crowd's rate by AGREEMENT_PRIOR_ANSWERS pseudo
+    answers. This is Wawa (worker agreement with aggregate; Crowd-Kit's Wawa does the categorical
+    case only, hence our own). Returns ({annotator: accuracy}, crowd rate, {(task, annotator): agrees})."""
+    by_task: dict[int, list] = {}
+    for t, w, v, weight in answers:
+        by_task.setdefault(t, []).append((w, v, weight))
+    score: dict[tuple[int, int], float] = {}
+    for t, rows in by_task.items():
+        weights = np.array([weight for _, _, weight in rows])
+        if weights.sum() <= 0:
+            continue
+        label, _, _ = _aggregate(attribute, [v for _, v, _ in rows], weights)
+        for w, v, weight in rows:
+            if weight <= 0:
+                continue
+            if attribute.kind == Attribute.Kind.ORDINAL:
+                score[(t, w)] = float(abs(int(v) - int(label)) <= 1)
+            else:
+                mine, theirs = set(filter(None, v.split("|"))), set(filter(None, label.split("|")))
+                domain = attribute.values()
+                score[(t, w)] = sum((o in mine) == (o in theirs) for o in domain) / max(len(domain), 1)
+    counted = {t for t, rows in by_task.items() if sum(weight > 0 for _, _, weight in rows) >= 2}
+    crowd = [s for (t, _), s in score.items() if t in counted]
+    rate = float(np.mean(crowd)) if crowd else 0.8
+    sums: dict[int, list[float]] = {}
+    for (t, w), s in score.items():
+        if t in counted:
+            sums.setdefault(w, []).append(s)
+    c = AGREEMENT_PRIOR_ANSWERS
+    accuracy = {w: (sum(s) + c * rate) / (len(s) + c) for w, s in sums.items()}
+    return accuracy, rate, {key: s >= 0.5 for key, s in score.items()}
+
+
+def tag_consensus_recompute(*, campaign: Campaign, chunk_size: int = 500) -> TagRecomputeReport:
+    """Full consensus of an attribute campaign: each tagger's reliability per attribute from all live
+    answers, then every answered product's labels and status with those reliabilities.
+
+    Per attribute kind: single choice, the one-coin Dawid-Skene model by EM (`em.dawid_skene`,
+    Karger, Oh & Shah 2011; K up to ~30 options with few answers per person rules out a full
+    confusion matrix per person); ordinal and multi choice, agreement with the unweighted consensus
+    (`_fit_agreement`). The reliabilities go to AttributeReliability (one row per person and
+    attribute, upserted; stale rows deleted) and the crowd's to campaign.consensus_params
+    ["attributes"][slug]; `tag_consensus_update` then weighs each answer by them.
+
+    Safe beside live tagging: task versions are read before the answers, and a chunk of tasks is
+    written with those rows locked, only where consensus_version is unchanged; a product tagged
+    meanwhile keeps its per-answer update and the campaign stays dirty.
+    """
+    import time
+
+    started = time.perf_counter()
+    now = timezone.now()
+    attributes = campaign_attributes(campaign)
+    by_id = {a.pk: a for a in attributes}
+    versions = dict(Task.objects.filter(campaign=campaign, answer_count__gt=0).values_list("pk", "consensus_version"))
+    rows = list(
+        AttributeAnswer.objects.filter(
+            answer__task__campaign=campaign, answer__revoked_at__isnull=True, attribute_id__in=list(by_id)
+        )
+        .order_by("answer__task_id", "answer_id", "attribute_id")
+        .values_list("answer__task_id", "answer__annotator_id", "attribute_id", "value", "answer__is_too_fast")
+    )
+    params: dict[str, dict] = {}
+    reliability_rows = []
+    for attribute in attributes:
+        answers = [(t, w, v, 0.0 if fast else 1.0) for t, w, a, v, fast in rows if a == attribute.pk]
+        if not any(weight > 0 for *_, weight in answers):
+            continue
+        if attribute.kind == Attribute.Kind.SINGLE:
+            accuracy, pooled, prior, agrees = _fit_single(attribute, answers)
+            params[attribute.slug] = {"pooled_accuracy": round(pooled, 6), "class_prior": prior}
+        else:
+            accuracy, pooled, agrees = _fit_agreement(attribute, answers)
+            params[attribute.slug] = {"pooled_accuracy": round(pooled, 6)}
+        counted = Counter(t for t, _, _, weight in answers if weight > 0)
+        per_person: dict[int, list[int]] = {}
+        for t, w, _, weight in answers:
+            if weight <= 0:
+                continue
+            entry = per_person.setdefault(w, [0, 0, 0])
+            entry[0] += 1
+            if counted[t] >= 2:
+                entry[1] += 1
+                entry[2] += int(agrees.get((t, w), False))
+        reliability_rows += [
+            AttributeReliability(
+                campaign=campaign,
+                annotator_id=w,
+                attribute=attribute,
+                answer_count=n,
+                agreement_total=total,
+                agreement_count=agreeing,
+                accuracy=min(max(accuracy.get(w, pooled), 0.0), 1.0),
+                computed_at=now,
+            )
+            for w, (n, total, agreeing) in per_person.items()
+        ]
+    with transaction.atomic():
+        AttributeReliability.objects.bulk_create(
+            reliability_rows,
+            update_conflicts=True,
+            unique_fields=["campaign", "annotator", "attribute"],
+            update_fields=["answer_count", "agreement_total", "agreement_count", "accuracy", "computed_at"],
+            batch_size=1000,
+        )
+        keep = {(r.annotator_id, r.attribute_id) for r in reliability_rows}
+        stale = [
+            pk
+            for pk, who, attribute_id in AttributeReliability.objects.filter(campaign=campaign).values_list(
+                "pk", "annotator_id", "attribute_id"
+            )
+            if (who, attribute_id) not in keep
+        ]
+        AttributeReliability.objects.filter(pk__in=stale).delete()
+        consensus_params = dict(campaign.consensus_params or {})
+        consensus_params["attributes"] = params
+        Campaign.objects.filter(pk=campaign.pk).update(consensus_params=consensus_params, consensus_computed_at=now)
+        campaign.consensus_params = consensus_params
+
+    reliability = {a.pk: AttributeReliabilityParams() for a in attributes}
+    for r in reliability_rows:
+        reliability[r.attribute_id].accuracy[r.annotator_id] = r.accuracy
+    for attribute in attributes:
+        stored = params.get(attribute.slug, {})
+        reliability[attribute.pk].pooled_accuracy = stored.get("pooled_accuracy")
+        reliability[attribute.pk].class_prior = stored.get("class_prior")
+    by_task: dict[int, list] = {}
+    for t, w, a, v, fast in rows:
+        by_task.setdefault(t, []).append((w, a, v, fast))
+    written = skipped = 0
+    task_ids = sorted(versions)
+    for i in range(0, len(task_ids), chunk_size):
+        chunk = task_ids[i : i + chunk_size]
+        with transaction.atomic():
+            tasks = list(
+                Task.objects.select_for_update(of=("self",))
+                .select_related("campaign", "product__master_category")
+                .filter(pk__in=chunk)
+                .order_by("pk")
+            )
+            current = [t for t in tasks if t.consensus_version == versions[t.pk]]
+            skipped += len(tasks) - len(current)
+            for task in current:
+                task.campaign = campaign
+                labels, required = _labels_plan(
+                    task=task,
+                    campaign=campaign,
+                    attributes=attributes,
+                    rows=by_task.get(task.pk, []),
+                    reliability=reliability,
+                )
+                _labels_write(labels)
+                _status_write(task, required)
+                written += 1
+        if skipped:
+            Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
+    return TagRecomputeReport(
+        campaign_id=campaign.pk,
+        answer_count=len({(t, w) for t, w, *_ in rows}),
+        task_count=len(task_ids),
+        tasks_written=written,
+        tasks_skipped=skipped,
+        annotator_count=len({w for _, w, *_ in rows}),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def calibration_done(*, task: Task) -> bool:

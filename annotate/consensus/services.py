@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.db import connection, transaction
@@ -16,6 +17,9 @@ from django.utils import timezone
 
 from ..models import AnnotatorStats, Answer, Campaign, ConsensusMethod, GoldLabel, Task, TaskCandidate
 from . import em
+
+if TYPE_CHECKING:
+    from annotate.tagging import TagRecomputeReport
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +259,7 @@ def _load_answers(campaign: Campaign):
     }
 
 
-def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
+def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeReport | None:
     """Full consensus over a campaign: EM over all live answers (the campaign's method, gold tasks
     clamped, too-fast answers weighted 0, paused and flagged people tempered, the model voter if
     enabled), then every answered or gold task's label, posterior, confidence, status and priority,
@@ -265,6 +269,9 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
     written only if its consensus_version is still the one read with its answers (one UPDATE per
     task, conditional); a task answered meanwhile keeps its per-task update and the campaign stays
     dirty for the next run. Stats rows are upserted; is_paused is never touched.
+
+    An attribute campaign goes to annotate.tagging.tag_consensus_recompute (reliability per
+    attribute) and returns its TagRecomputeReport.
 
     Returns:
         RecomputeReport, or None when the campaign no longer exists.
@@ -277,11 +284,10 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
         logger.warning("campaign %s no longer exists", campaign_id)
         return None
     if campaign.kind != Campaign.Kind.MATCH:
-        # Attribute campaigns settle per attribute on each answer (annotate.tagging); their full
-        # per-annotator EM is not built yet.
-        Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=False)
-        logger.info("campaign %s is not a match campaign: no full recompute", campaign.slug)
-        return None
+        # Attribute campaigns: each tagger's reliability per attribute, then every product's labels.
+        from annotate.tagging import tag_consensus_recompute
+
+        return tag_consensus_recompute(campaign=campaign)
     now = timezone.now()
     labels = campaign.labels()
     K = len(labels)

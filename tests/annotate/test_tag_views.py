@@ -90,7 +90,9 @@ def _hidden(html: str) -> dict:
 
 
 def _slugs_on_form(html: str) -> set[str]:
-    return set(re.findall(r'name="attr-([a-z_]+)"', html))
+    """The attributes the tagger sees: fieldsets hidden for another category are left out."""
+    shown = [part for part in html.split("<fieldset")[1:] if "hidden disabled" not in part.split(">")[0]]
+    return {slug for part in shown for slug in re.findall(r'name="attr-([a-z_]+)"', part.split("</fieldset>")[0])}
 
 
 def _checked(html: str, slug: str) -> list[str]:
@@ -242,6 +244,37 @@ def test_the_form_shows_only_the_attributes_of_the_products_category(client, cam
     assert present <= slugs and not (absent & slugs)
     for slug in absent:
         assert f'data-slug="{slug}"' not in html
+
+
+def test_with_the_category_attribute_the_other_categories_attributes_wait_hidden(client, campaign, schema):
+    """The tagger may correct the category: the page carries every attribute, those of other
+    categories hidden and disabled, each with the category values it applies to."""
+    from catalog.attribute_schema import category_value
+
+    campaign.attributes.add(schema["category"])
+    _tasks(campaign, 1, path=SANDAL)
+    tagger = _tagger()
+    _read_guide(campaign, tagger)
+    client.force_login(tagger)
+    html = client.get(tag_url(campaign)).content.decode()
+    assert _slugs_on_form(html) == {"category", "color", "pattern", "season", "persona_boho"}
+    skirt = html.split('data-slug="skirt_length"')[1].split(">")[0]
+    assert f'data-applies="{category_value(DRESS)}"' in skirt and "hidden disabled" in skirt
+    assert f'data-category="{category_value(SANDAL)}"' in html
+    # Posting a correction to "dress" needs the dress's attributes.
+    fields = _hidden(html)
+    values = {"attr-category": category_value(DRESS), "attr-color": "red", "attr-pattern": "solid"}
+    values |= {"attr-persona_boho": "3", "attr-sleeve_length": "short", "attr-neckline": "v_neck"}
+    response = client.post(answer_url(campaign), {**fields, **values, "duration_ms": "3000"}, **HTMX)
+    html = response.content.decode()
+    assert not Answer.objects.exists() and "required" in html
+    # The re-render shows the dress's attributes, skirt length with its error.
+    assert {"skirt_length", "sleeve_length", "neckline"} <= _slugs_on_form(html)
+    response = client.post(
+        answer_url(campaign), {**fields, **values, "attr-skirt_length": "midi", "duration_ms": "3000"}, **HTMX
+    )
+    stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
+    assert stored["skirt_length"] == "midi" and stored["category"] == category_value(DRESS)
 
 
 def test_the_task_shows_the_product_and_keys_per_option(client, campaign):
@@ -477,16 +510,17 @@ def test_answer_partial_query_count_is_pinned(client, campaign, schema, django_a
     # Session, user and roles; the campaign, the guide-read check and the task (no images: not shown
     # again); tag_submit's key check, the person's stats and pause check, the campaign's attributes
     # (3), the locked task, the answer, its values, the stats counters (first answer: the row is
-    # created), the task counter and the consensus upserts, with their savepoints; then the next
+    # created), the task counter, the taggers' reliability per attribute, the consensus upserts, with
+    # their savepoints, and the campaign's dirty flag; then the next
     # product: today's count, the calibration team, routing (stats, held leases, queue) and the new
     # lease, the product with its images, the attributes again (3) and the model's suggestions.
-    with django_assert_num_queries(45):
+    with django_assert_num_queries(47):
         response = client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert response.status_code == 200 and Answer.objects.count() == 1
     _tasks(campaign, 10)
     Task.objects.update(shuffle_key=F("id") + 1000)
     fields = _hidden(response.content.decode())
-    with django_assert_num_queries(41):  # the stats row exists now: no get_or_create
+    with django_assert_num_queries(43):  # the stats row exists now: no get_or_create
         client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert Answer.objects.count() == 2
 

@@ -28,9 +28,8 @@ def _product(path):
 
 
 def _campaign(schema, slugs, **fields):
-    campaign = CampaignFactory(
-        slug="tagging", kind=Campaign.Kind.ATTRIBUTES, overlap_min=2, overlap_max=3, confidence_target=0.9, **fields
-    )
+    fields = {"overlap_min": 2, "overlap_max": 3, "confidence_target": 0.9, **fields}
+    campaign = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES, **fields)
     campaign.attributes.set([schema[s] for s in slugs])
     return campaign
 
@@ -235,14 +234,145 @@ def test_the_schema_teams_and_snapshots_are_in_the_admin(client, schema, url):
         assert "Sleeve length" in response.content.decode()
 
 
-def test_the_full_recompute_leaves_attribute_campaigns_alone(schema):
-    from annotate.consensus.services import consensus_recompute
+class TestCategoryCorrection:
+    """A tagger may correct the catalog's category; the attributes then follow the chosen one."""
 
-    campaign = _campaign(schema, ["color"])
-    Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
-    assert consensus_recompute(campaign_id=campaign.pk) is None
-    campaign.refresh_from_db()
-    assert not campaign.consensus_dirty
+    @pytest.fixture
+    def task(self, schema):
+        campaign = _campaign(schema, ["category", "color", "skirt_length", "pant_length"])
+        tagging.tag_tasks_build(campaign=campaign, products=[_product("Clothing › Bottoms › Trouser")])
+        return Task.objects.select_related("campaign", "product__master_category").get(campaign=campaign)
+
+    def _value(self, path):
+        from catalog.attribute_schema import category_value
+
+        return category_value(path)
+
+    def test_the_answer_holds_the_chosen_categorys_attributes(self, task):
+        dress = self._value("Clothing › Dresses › Dress")
+        with pytest.raises(AnswerInvalid) as caught:
+            _submit(user_with_role("tagger"), task, {"category": dress, "color": "red", "pant_length": "full"})
+        assert caught.value.errors == {
+            "pant_length": ["does not apply to this product"],
+            "skirt_length": ["required"],
+        }
+        answer, _ = _submit(user_with_role("tagger"), task, {"category": dress, "color": "red", "skirt_length": "midi"})
+        stored = dict(AttributeAnswer.objects.filter(answer=answer).values_list("attribute__slug", "value"))
+        assert stored == {"category": dress, "color": "red", "skirt_length": "midi"}
+        # "Can't tell" keeps the catalog's category: a trouser's pant length is asked for.
+        answer, _ = _submit(
+            user_with_role("tagger"), task, {"category": "cant_tell", "color": "red", "pant_length": "full"}
+        )
+        assert answer.attribute_answers.count() == 3
+
+    def test_the_task_completes_on_the_consensus_categorys_attributes(self, task):
+        dress, trouser = self._value("Clothing › Dresses › Dress"), self._value("Clothing › Bottoms › Trouser")
+        _submit(user_with_role("tagger"), task, {"category": trouser, "color": "red", "pant_length": "full"})
+        for _ in range(2):
+            _submit(user_with_role("tagger"), task, {"category": dress, "color": "red", "skirt_length": "maxi"})
+        labels = {
+            label.attribute.slug: label
+            for label in AttributeLabel.objects.filter(task=task).select_related("attribute")
+        }
+        # Every answered attribute gets a label; the consensus says dress, so skirt length is what must settle.
+        assert set(labels) == {"category", "color", "skirt_length", "pant_length"}
+        assert labels["category"].label == dress and labels["skirt_length"].label == "maxi"
+        assert labels["skirt_length"].is_settled and not labels["pant_length"].is_settled
+        task.refresh_from_db()
+        assert task.status == Task.Status.COMPLETE
+
+
+class TestReliabilityPerAttribute:
+    """The full recompute fits each tagger's reliability per attribute; the per-answer update then
+    weighs their answers by it."""
+
+    COLORS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey", "brown", "beige"]
+
+    @pytest.fixture
+    def crowd(self, schema):
+        campaign = _campaign(schema, ["color", "persona_edgy"], overlap_min=4, overlap_max=5)
+        products = [_product("Clothing › Dresses › Dress") for _ in range(12)]
+        tagging.tag_tasks_build(campaign=campaign, products=products)
+        tasks = list(Task.objects.select_related("campaign", "product__master_category").filter(campaign=campaign))
+        careful = [user_with_role("tagger") for _ in range(3)]
+        careless = user_with_role("tagger")
+        for i, task in enumerate(tasks[:10]):
+            truth, wrong = self.COLORS[i], self.COLORS[(i + 5) % 10]
+            for person in careful:
+                _submit(person, task, {"color": truth, "persona_edgy": "4"})
+            _submit(careless, task, {"color": wrong, "persona_edgy": "1"})
+        return campaign, tasks, careful, careless
+
+    def _label(self, task, slug):
+        return AttributeLabel.objects.get(task=task, attribute__slug=slug)
+
+    def test_the_recompute_measures_each_tagger_per_attribute(self, crowd, schema):
+        from annotate.consensus.services import consensus_recompute
+        from annotate.models import AttributeReliability
+
+        campaign, tasks, careful, careless = crowd
+        campaign.refresh_from_db()
+        assert campaign.consensus_dirty  # tagging marks the campaign for the next full recompute
+        report = consensus_recompute(campaign_id=campaign.pk)
+        assert report.tasks_written == 10 and report.tasks_skipped == 0 and report.annotator_count == 4
+        rows = {(r.annotator_id, r.attribute.slug): r for r in AttributeReliability.objects.select_related("attribute")}
+        assert len(rows) == 8  # 4 people x 2 attributes
+        for person in careful:
+            assert rows[(person.pk, "color")].accuracy > 0.85
+            assert rows[(person.pk, "color")].agreement_count == rows[(person.pk, "color")].agreement_total == 10
+            # Ordinal: all 10 ratings within one step of the median, pulled a little towards the crowd.
+            assert rows[(person.pk, "persona_edgy")].accuracy > 0.9
+        assert rows[(careless.pk, "color")].accuracy < 0.3
+        assert rows[(careless.pk, "color")].agreement_count == 0
+        # Ordinal: 0 of 10 near the median; (0 + 2 x 0.75) / (10 + 2) with the crowd's rate 30/40.
+        assert rows[(careless.pk, "persona_edgy")].accuracy == pytest.approx(1.5 / 12, abs=1e-6)
+        campaign.refresh_from_db()
+        assert set(campaign.consensus_params["attributes"]) == {"color", "persona_edgy"}
+
+    def test_after_the_recompute_a_reliable_tagger_outweighs_an_unreliable_one(self, crowd):
+        from annotate.consensus.services import consensus_recompute
+
+        campaign, tasks, careful, careless = crowd
+        before, after = tasks[10], tasks[11]
+        _submit(careful[0], before, {"color": "red", "persona_edgy": "5"})
+        _submit(careless, before, {"color": "blue", "persona_edgy": "1"})
+        # Everyone weighs the same before a recompute: a tie, and the lower median.
+        tie = self._label(before, "color").posterior
+        assert tie["red"] == tie["blue"] == max(tie.values())
+        assert self._label(before, "persona_edgy").label == "1"
+
+        consensus_recompute(campaign_id=campaign.pk)
+        # The recompute re-settles existing products with the new reliabilities too.
+        assert self._label(before, "color").label == "red" and self._label(before, "color").confidence > 0.9
+        assert self._label(before, "persona_edgy").label == "5"
+        # And a new answer is weighed at once.
+        _submit(careless, after, {"color": "green", "persona_edgy": "1"})
+        _submit(careful[1], after, {"color": "black", "persona_edgy": "5"})
+        label = self._label(after, "color")
+        assert label.label == "black" and label.confidence > 0.9
+        assert self._label(after, "persona_edgy").label == "5"
+
+    def test_a_product_tagged_during_the_recompute_keeps_its_update(self, crowd, monkeypatch):
+        campaign, tasks, careful, careless = crowd
+        _submit(careful[1], tasks[10], {"color": "red", "persona_edgy": "4"})
+        real = tagging._fit_single
+
+        def tag_meanwhile(attribute, answers):
+            # After the versions and answers are read, before anything is written: an answer lands.
+            if not getattr(tag_meanwhile, "done", False):
+                tag_meanwhile.done = True
+                _submit(careless, tasks[10], {"color": "blue", "persona_edgy": "1"})
+            return real(attribute, answers)
+
+        monkeypatch.setattr(tagging, "_fit_single", tag_meanwhile)
+        Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=False)
+        report = tagging.tag_consensus_recompute(campaign=campaign)
+        assert report.tasks_skipped == 1 and report.tasks_written == 10
+        # The per-answer update of the late answer stands (2 answers counted), and the campaign
+        # stays dirty for the next run.
+        assert self._label(tasks[10], "color").answer_count == 2
+        campaign.refresh_from_db()
+        assert campaign.consensus_dirty
 
 
 def test_tagging_answers_count_in_the_stats_and_a_paused_tagger_is_refused(schema):
