@@ -299,3 +299,51 @@ def campaign_agreement_report(campaign: Campaign) -> dict:
         "calibration_item_count": int(frame.loc[frame["is_calibration"], "item"].nunique()) if len(frame) else 0,
         "teams": sorted(frame["group"].unique()) if len(frame) else [],
     }
+
+
+def campaign_tagger_reliability(campaign: Campaign) -> dict:
+    """Each tagger's reliability per attribute from the last full recompute (AttributeReliability).
+
+    Returns {"attributes": [slug, ...] in form order, "rows": [{"annotator", "team", "cells":
+    [{"accuracy": float in [0, 1], "answer_count": int, "agreement": float | None} | None per
+    attribute]}], "records": flat rows for CSV, "computed_at"}. Two queries.
+    """
+    from .models import AttributeReliability
+
+    reliability = list(
+        AttributeReliability.objects.filter(campaign=campaign)
+        .select_related("annotator__team_membership__team", "attribute")
+        .order_by("annotator__username", "attribute__position", "attribute__slug")
+    )
+    slugs = [a.slug for a in sorted({r.attribute for r in reliability}, key=lambda a: (a.position, a.slug))]
+    people: dict[int, dict] = {}
+    records = []
+    for r in reliability:
+        membership = getattr(r.annotator, "team_membership", None)
+        team = membership.team.name if membership else ""
+        row = people.setdefault(
+            r.annotator_id, {"annotator": r.annotator.username, "team": team, "cells": [None] * len(slugs)}
+        )
+        agreement = r.agreement_count / r.agreement_total if r.agreement_total else None
+        row["cells"][slugs.index(r.attribute.slug)] = {
+            "accuracy": r.accuracy,
+            "answer_count": r.answer_count,
+            "agreement": agreement,
+        }
+        records.append(
+            {
+                "annotator": r.annotator.username,
+                "team": team,
+                "attribute": r.attribute.slug,
+                "accuracy": round(r.accuracy, 6),
+                "answer_count": r.answer_count,
+                "agreement_total": r.agreement_total,
+                "agreement_count": r.agreement_count,
+            }
+        )
+    return {
+        "attributes": slugs,
+        "rows": list(people.values()),
+        "records": records,
+        "computed_at": max((r.computed_at for r in reliability), default=None),
+    }

@@ -246,15 +246,19 @@ def export_file_response(snapshot, path: str, full) -> FileResponse:
 @require_GET
 def agreement_report(request, slug):
     """ML team and admins: agreement per attribute, team and pair of teams, and the persona views
-    (tables and bar plots); ?format=csv and ?format=personas.csv download them."""
+    (tables and bar plots), and each tagger's reliability per attribute from the last full
+    recompute; ?format=csv, ?format=personas.csv and ?format=reliability.csv download them."""
     campaign = selectors.get_attribute_campaign_for_reporter(request.user, slug)
     report = selectors.campaign_agreement_report(campaign)
+    reliability = selectors.campaign_tagger_reliability(campaign)
     fmt = request.GET.get("format")
-    if fmt in ("csv", "personas.csv"):
+    if fmt in ("csv", "personas.csv", "reliability.csv"):
         from .agreement import rows_to_csv
 
         if fmt == "csv":
             body, name = rows_to_csv(report["rows"]), "agreement"
+        elif fmt == "reliability.csv":
+            body, name = rows_to_csv(reliability["records"]), "reliability"
         else:
             persona = report["persona"]
             body = rows_to_csv(persona.mad_rows()) + "\r\n" + rows_to_csv(persona.cosine_rows()) if persona else ""
@@ -266,5 +270,11 @@ def agreement_report(request, slug):
     return render(
         request,
         "annotate/agreement.html",
-        {"campaign": campaign, "report": report, "overall": overall, "rows": report["rows"]},
+        {
+            "campaign": campaign,
+            "report": report,
+            "overall": overall,
+            "rows": report["rows"],
+            "reliability": reliability,
+        },
     )

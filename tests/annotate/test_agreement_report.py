@@ -97,6 +97,27 @@ def test_report_downloads_as_csv(client, as_role, campaign):
     assert "group_a,group_b,persona,item_count,mean_abs_diff" in personas and "across_median" in personas
 
 
+def test_report_shows_each_taggers_reliability_after_the_recompute(client, as_role, campaign):
+    from annotate.consensus.services import consensus_recompute
+
+    as_role("ml")
+    url = reverse("annotate:agreement-report", args=[campaign.slug])
+    assert "No full recompute yet" in client.get(url).content.decode()
+    consensus_recompute(campaign_id=campaign.pk)
+    reliability = selectors.campaign_tagger_reliability(campaign)
+    assert reliability["attributes"][0] == "color" and len(reliability["rows"]) == 4
+    color = {row["annotator"]: row["cells"][0] for row in reliability["rows"]}
+    # cx-1 said black on every product while the three others agreed: the least reliable on color.
+    assert min(color, key=lambda who: color[who]["accuracy"]) == "cx-1"
+    assert color["cx-1"]["agreement"] == 0.0 and color["merch-0"]["agreement"] == 1.0
+    assert {row["team"] for row in reliability["rows"]} == {"Merchandising", "CX"}
+    body = client.get(url).content.decode()
+    assert "Tagger reliability per attribute" in body and "cx-1" in body
+    csv = client.get(url + "?format=reliability.csv").content.decode().splitlines()
+    assert csv[0] == "annotator,team,attribute,accuracy,answer_count,agreement_total,agreement_count"
+    assert len(csv) == 1 + 4 * 9  # 4 people x 9 attributes
+
+
 def test_a_tagger_reaches_no_export_and_no_one_elses_answers(client, api, campaign):
     tagger = TeamMember.objects.filter(team__slug="merch").first().user
     client.force_login(tagger)
