@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from catalog.attribute_schema import CATEGORY_SLUG, attribute_applies, category_paths, category_value
 from catalog.models import Attribute, Product, ProductImage
 from mlcore.models import AttributePrediction
 
@@ -78,6 +79,19 @@ def _suggestions(*, product: Product, attributes: list[Attribute]) -> dict[str, 
         if all(v in allowed for v in parts):
             found[attribute.slug] = (value, min(max(float(confidence), 0.0), 1.0))
     return found
+
+
+def _applies_by_category(attributes: list[Attribute]) -> dict[str, str]:
+    """{attribute slug: the category option values it applies to, space-separated} for the attributes
+    limited to some categories (the page's data-applies); attributes for every category are left out."""
+    category = next(a for a in attributes if a.slug == CATEGORY_SLUG)
+    paths = category_paths()
+    values = [o.value for o in category.options.all()]
+    return {
+        a.slug: " ".join(v for v in values if attribute_applies(a, paths.get(v)))
+        for a in attributes
+        if a.applies_to.all()
+    }
 
 
 def _option_label(value: str, labels: dict[str, str]) -> str:
@@ -149,25 +163,41 @@ def _tag_context(
             return context
         task = _get_tag_task(campaign, next_task.uuid)
     product = task.product
-    attributes = tagging.attributes_for_product(attributes=tagging.campaign_attributes(campaign), product=product)
+    every = tagging.campaign_attributes(campaign)
     errors = errors or {}
-    applicable = {a.slug for a in attributes}
+    master_value = category_value(product.master_category.path if product.master_category_id else None)
+    if any(a.slug == CATEGORY_SLUG for a in every):
+        # The tagger may correct the category: every attribute is on the page, those that do not apply
+        # to the chosen category hidden (tag.js shows them when the category changes).
+        attributes = every
+        suggestions = _suggestions(product=product, attributes=attributes)
+        chosen = (posted or {}).get(CATEGORY_SLUG) or (suggestions.get(CATEGORY_SLUG) or ("",))[0] or master_value
+        shown = tagging.attributes_for_answer(attributes=every, product=product, values={CATEGORY_SLUG: chosen})
+        applies = _applies_by_category(every)
+    else:
+        attributes = tagging.attributes_for_product(attributes=every, product=product)
+        suggestions = _suggestions(product=product, attributes=attributes)
+        shown, applies = attributes, {}
+    shown_slugs = {a.slug for a in shown}
+    fields = _fields(attributes=attributes, suggestions=suggestions, posted=posted, errors=errors)
+    for field in fields:
+        field["applies"] = applies.get(field["attribute"].slug, "")
+        field["hidden"] = field["attribute"].slug not in shown_slugs
     context.update(
         state="task",
         task=task,
         product=product,
+        master_category_value=master_value or "",
         images=list(product.images.all()),
         idempotency_key=uuid.uuid4().hex,
-        fields=_fields(
-            attributes=attributes,
-            suggestions=_suggestions(product=product, attributes=attributes),
-            posted=posted,
-            errors=errors,
-        ),
-        other_errors=[f"{slug}: {' '.join(reasons)}" for slug, reasons in errors.items() if slug not in applicable],
+        fields=fields,
+        other_errors=[f"{slug}: {' '.join(reasons)}" for slug, reasons in errors.items() if slug not in shown_slugs],
     )
     # The first attribute with an error is the active one on a re-render.
-    context["active_index"] = next((i for i, f in enumerate(context["fields"]) if f["errors"]), 0)
+    visible = [f for f in context["fields"] if not f["hidden"]]
+    context["active_index"] = next((i for i, f in enumerate(visible) if f["errors"]), 0)
+    if visible:
+        visible[context["active_index"]]["active"] = True
     return context
 
 

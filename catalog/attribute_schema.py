@@ -184,6 +184,20 @@ def attribute_schema_ensure() -> list[Attribute]:
     return attributes
 
 
+CATEGORY_SLUG = "category"  # the attribute whose options are the master taxonomy's leaves
+
+
+def category_paths() -> dict[str, str]:
+    """{category option value: TaxonomyNode.path} for every node of the master taxonomy (one query).
+    The category attribute's option values are these slugs (attribute_schema_ensure)."""
+    return {_slug(path): path for path in TaxonomyNode.objects.values_list("path", flat=True)}
+
+
+def category_value(path: str | None) -> str | None:
+    """The category attribute's option value for a TaxonomyNode.path (None for None)."""
+    return _slug(path) if path else None
+
+
 def _slug(path: str) -> str:
     from django.utils.text import slugify
 

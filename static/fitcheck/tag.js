@@ -12,7 +12,25 @@
 
   function fieldsets() {
     var section = area();
-    return section ? Array.prototype.slice.call(section.querySelectorAll("fieldset.attr")) : [];
+    return section ? Array.prototype.slice.call(section.querySelectorAll("fieldset.attr:not([hidden])")) : [];
+  }
+
+  // A tagger may correct the category: attributes limited to some categories (data-applies) show
+  // for the chosen one, or for the catalog's (data-category) while none or "can't tell" is chosen.
+  // A hidden fieldset is disabled, so its inputs are not sent.
+  function syncCategory() {
+    var section = area();
+    if (!section) return;
+    var picked = section.querySelector('fieldset.attr[data-slug="category"] input:checked');
+    var value = picked && picked.value !== "cant_tell" ? picked.value : section.dataset.category || "";
+    var active = fieldsets()[activeIndex()];
+    section.querySelectorAll("fieldset.attr[data-applies]").forEach(function (set) {
+      var show = set.dataset.applies.split(" ").indexOf(value) >= 0;
+      set.hidden = !show;
+      set.disabled = !show;
+    });
+    var index = fieldsets().indexOf(active);
+    if (index >= 0) setActive(index, false);
   }
 
   function activeIndex() {
@@ -47,6 +65,7 @@
     set.querySelectorAll("input:checked").forEach(function (input) {
       input.checked = false;
     });
+    if (set.dataset.slug === "category") syncCategory();
   }
 
   function submit() {
@@ -75,11 +94,45 @@
     var set = fieldsets()[activeIndex()];
     var label = set && set.querySelector('[data-opt-key="' + CSS.escape(key) + '"]');
     if (!label) return false;
+    return choose(label);
+  }
+
+  // Arrow up/down move a cursor through the active attribute's options and Space picks it: every
+  // option is reachable by keyboard, also past the 34 that have a key of their own.
+  function moveCursor(step) {
+    var set = fieldsets()[activeIndex()];
+    if (!set) return;
+    var labels = Array.prototype.slice.call(set.querySelectorAll("label.opt"));
+    if (!labels.length) return;
+    var at = labels.findIndex(function (l) {
+      return l.classList.contains("cursor");
+    });
+    if (at < 0)
+      at = labels.findIndex(function (l) {
+        return l.querySelector("input").checked;
+      });
+    var next = at < 0 ? (step > 0 ? 0 : labels.length - 1) : (at + step + labels.length) % labels.length;
+    labels.forEach(function (l) {
+      l.classList.remove("cursor");
+    });
+    labels[next].classList.add("cursor");
+    if (labels[next].scrollIntoView) labels[next].scrollIntoView({ block: "nearest" });
+  }
+
+  function pickCursor() {
+    var set = fieldsets()[activeIndex()];
+    var label = set && set.querySelector("label.opt.cursor");
+    return label ? choose(label) : false;
+  }
+
+  function choose(label) {
+    label.classList.remove("cursor");
     var input = label.querySelector("input");
     if (input.type === "checkbox") {
       input.checked = !input.checked;
     } else {
       input.checked = true;
+      if (input.name === "attr-category") syncCategory();
       setActive(activeIndex() + 1, true);
     }
     hint("");
@@ -126,6 +179,7 @@
     var input = event.target;
     if (input.type !== "radio" || !input.closest) return;
     var set = input.closest("#tag-task fieldset.attr");
+    if (set && set.dataset.slug === "category") syncCategory();
     if (set) setActive(fieldsets().indexOf(set) + 1, true);
   });
 
@@ -170,8 +224,11 @@
       event.preventDefault();
       setActive(activeIndex() + (key === "ArrowLeft" || event.shiftKey ? -1 : 1), true);
     } else if (key === "ArrowUp" || key === "ArrowDown") {
-      // A focused radio button would change its group's value on its own.
-      if (target.type === "radio") event.preventDefault();
+      // Also stops a focused radio button from changing its group's value on its own.
+      event.preventDefault();
+      moveCursor(key === "ArrowDown" ? 1 : -1);
+    } else if (key === " ") {
+      if (pickCursor()) event.preventDefault();
     } else if (key === "Enter") {
       if (target.closest && target.closest("a")) return;
       event.preventDefault();

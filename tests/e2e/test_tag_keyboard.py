@@ -1,20 +1,29 @@
 """The tagging page in a real browser (headless Chromium): a tagger is sent to the guide first, then
-tags 20 products by keyboard alone, each bringing the next product without a page reload."""
+tags 20 demo products (Fashion-MNIST) by keyboard alone, each bringing the next product without a page reload."""
+
+from pathlib import Path
 
 import pytest
 
 from annotate import tagging
-from annotate.models import Answer, Campaign, GuideRead
+from annotate.models import Answer, Campaign, GuideRead, Task
+from catalog import demo_data
 from catalog.attribute_schema import attribute_schema_ensure
-from catalog.services import taxonomy_path_ensure
+from catalog.fashion_mnist import fashion_mnist_load
+from catalog.models import Product
 
-from ..factories import CampaignFactory, ProductFactory, user_with_role
+from ..factories import CampaignFactory, user_with_role
 from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _wait_for, browser  # noqa: F401 (fixture)
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"),
 ]
+DATASET_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_dataset = pytest.mark.skipif(
+    not all((DATASET_DIR / name).is_file() for name in demo_data.FILES),
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
 
 PRODUCT_COUNT = 20
 OPTION_KEYS = "123456789abcdefhijklmnopqrstuvwxyz"  # as annotate.tag_views.OPTION_KEYS: no g
@@ -30,35 +39,56 @@ def _state(driver) -> tuple[str | None, str | None]:
     )
 
 
-def _keys_for(i: int, values: dict[str, list[str]]) -> tuple[list[str], dict[str, str]]:
-    """The keys a tagger presses for the i-th product, and the values they mean."""
+def _fields(driver) -> list[tuple[str, str, list[str]]]:
+    """The form's shown attributes in order: (slug, kind, option values), read from the page."""
+    return driver.execute_script(
+        """return Array.from(document.querySelectorAll('#tag-task fieldset.attr:not([hidden])')).map(f => [
+             f.dataset.slug, f.dataset.kind,
+             Array.from(f.querySelectorAll('label.opt input')).map(i => i.value)]);"""
+    )
+
+
+def _keys_for(i: int, fields) -> tuple[list[str], dict[str, str]]:
+    """The keys a tagger presses for the i-th product, given the attributes its category shows, and
+    the values they mean. Every third product picks its pattern with the arrow keys and Space."""
     from selenium.webdriver.common.keys import Keys
 
-    color, pattern, persona = i % len(values["color"]), (i * 3) % len(values["pattern"]), i % 5
-    season = sorted({i % 4, (i + 1) % 4} if i % 3 else {i % 4})
-    keys = [OPTION_KEYS[color]]  # single choice: picks, then pattern is active
-    if i == 0:
-        # A slip: back to color, clear it, pick again.
-        keys = [OPTION_KEYS[(color + 1) % 9], Keys.ARROW_LEFT, Keys.BACKSPACE, OPTION_KEYS[color]]
-    keys += [OPTION_KEYS[pattern]]  # then season (multi choice) is active
-    keys += [OPTION_KEYS[s] for s in season] + [Keys.TAB]  # toggle, then move on
-    keys += [OPTION_KEYS[persona], Keys.ENTER]
-    expected = {
-        "color": values["color"][color],
-        "pattern": values["pattern"][pattern],
-        "season": "|".join(values["season"][s] for s in season),
-        "persona_boho": values["persona_boho"][persona],
-    }
-    return keys, expected
+    keys, expected = [], {}
+    for n, (slug, kind, options) in enumerate(fields):
+        if kind == "multi":
+            chosen = sorted({i % len(options), (i + 1) % len(options)} if i % 3 else {i % len(options)})
+            keys += [OPTION_KEYS[c] for c in chosen] + [Keys.TAB]  # toggle, then move on
+            expected[slug] = "|".join(options[c] for c in chosen)
+            continue
+        pick = (i * (n + 2)) % min(len(options), 9)
+        if slug == "pattern" and i % 3 == 0:
+            keys += [Keys.ARROW_DOWN] * (pick + 1) + [" "]  # the cursor starts before the first option
+        elif slug == "color" and i == 0:
+            # A slip: pick another color, go back, clear it, pick again.
+            keys += [OPTION_KEYS[(pick + 1) % 9], Keys.ARROW_LEFT, Keys.BACKSPACE, OPTION_KEYS[pick]]
+        else:
+            keys.append(OPTION_KEYS[pick])  # single choice or rating: picks, then the next is active
+        expected[slug] = options[pick]
+    return keys + [Keys.ENTER], expected
 
 
+@needs_dataset
 @pytest.mark.django_db(transaction=True)
 def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_server, browser):  # noqa: F811
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    sandal = taxonomy_path_ensure(path="Shoes › Sandal")
+    # Demo products: Fashion-MNIST images and titles, each filed under its master category, so the
+    # form differs by product (sleeves for tops and dresses, pant length for trousers, neither for bags).
+    fashion_mnist_load(
+        directory=str(DATASET_DIR),
+        allow_download=False,
+        product_count=PRODUCT_COUNT,
+        photo_in_catalog_count=0,
+        photo_not_in_catalog_count=0,
+        photo_non_product_count=0,
+    )
     schema = {a.slug: a for a in attribute_schema_ensure()}
     campaign = CampaignFactory(
         slug="tagging",
@@ -68,12 +98,11 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
         gold_first_count=0,
         gold_rate=0,
     )
-    slugs = ["color", "pattern", "season", "persona_boho"]
+    slugs = ["color", "pattern", "sleeve_length", "pant_length", "season", "persona_boho"]
     campaign.attributes.set([schema[s] for s in slugs])
-    tagging.tag_tasks_build(
-        campaign=campaign, products=[ProductFactory(master_category=sandal) for _ in range(PRODUCT_COUNT)]
-    )
-    values = {s: schema[s].values() for s in slugs}
+    products = list(Product.objects.select_related("master_category"))
+    assert len(products) == PRODUCT_COUNT
+    tagging.tag_tasks_build(campaign=campaign, products=products)
     tagger = user_with_role("tagger", username="tara", password="tara-password-1")
 
     browser.get(f"{live_server.url}/accounts/login/?next=/tag/{campaign.slug}/")
@@ -96,16 +125,24 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
     assert "Answer every attribute first" in hint and "Color" in hint
     assert not Answer.objects.exists()
 
-    expected_by_task, seen = {}, []
+    attributes = tagging.campaign_attributes(campaign)
+    expected_by_task, seen, forms = {}, [], set()
     for i in range(PRODUCT_COUNT):
         state, task = _state(browser)
         assert state == "task" and task not in seen
         seen.append(task)
-        keys, expected_by_task[task] = _keys_for(i, values)
+        fields = _fields(browser)
+        shown = {slug for slug, _, _ in fields}
+        product = Task.objects.select_related("product__master_category").get(uuid=task).product
+        applies = {a.slug for a in tagging.attributes_for_product(attributes=attributes, product=product)}
+        assert shown == applies  # only what applies to the product's category
+        forms.add(frozenset(shown))
+        keys, expected_by_task[task] = _keys_for(i, fields)
         ActionChains(browser).send_keys(*keys).perform()
         _wait_for(lambda: (s := _state(browser)) and (s[0] == "done" or (s[1] and s[1] != seen[-1])))
 
     assert _state(browser)[0] == "done"
+    assert len(forms) >= 2  # the demo's categories gave different forms
     assert browser.execute_script("return window.__noReload;") == "still here"
     assert browser.execute_script("return document.getElementById('today-count').textContent;") == str(PRODUCT_COUNT)
     answers = list(
@@ -116,3 +153,58 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
         stored = {a.attribute.slug: a.value for a in answer.attribute_answers.all()}
         assert stored == expected_by_task[str(answer.task.uuid)]
         assert answer.duration_ms > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_correcting_the_category_by_keyboard_brings_its_attributes(live_server, browser):  # noqa: F811
+    """A product filed as a trouser is a dress: picking "Dress" shows skirt length and hides pant
+    length, without a reload; the answer holds the dress's attributes."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from catalog.attribute_schema import category_value
+    from catalog.services import taxonomy_path_ensure
+
+    from ..factories import ProductFactory
+
+    dress, trouser = "Clothing › Dresses › Dress", "Clothing › Bottoms › Trouser"
+    taxonomy_path_ensure(path=dress)
+    node = taxonomy_path_ensure(path=trouser)
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES, gold_first_count=0, gold_rate=0)
+    campaign.attributes.set([schema[s] for s in ("category", "color", "skirt_length", "pant_length")])
+    tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(master_category=node)])
+    tagger = user_with_role("tagger")
+    GuideRead.objects.create(campaign=campaign, user=tagger)
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.add_cookie(_session_cookie(tagger))
+    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
+    _wait_for(lambda: _state(browser)[0] == "task")
+    assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "pant_length"]
+    key = browser.execute_script(
+        "return document.querySelector('fieldset[data-slug=category] input[value=\"' + arguments[0] + '\"]')"
+        ".closest('label').dataset.optKey;",
+        category_value(dress),
+    )
+    ActionChains(browser).send_keys(key).perform()
+    fields = _fields(browser)
+    assert [slug for slug, _, _ in fields] == ["category", "color", "skirt_length"]
+    skirt = fields[2][2]
+    ActionChains(browser).send_keys(OPTION_KEYS[0], OPTION_KEYS[skirt.index("midi")], Keys.ENTER).perform()
+    _wait_for(lambda: _state(browser)[0] == "done")
+    stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
+    assert stored == {"category": category_value(dress), "color": schema["color"].values()[0], "skirt_length": "midi"}
+
+
+def _session_cookie(user) -> dict:
+    """A logged-in session for `user`, as a browser cookie."""
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    return {"name": settings.SESSION_COOKIE_NAME, "value": session.session_key, "path": "/"}
