@@ -173,6 +173,8 @@ FITCHECK_MAX_IMAGE_BYTES = env.int("FITCHECK_MAX_IMAGE_BYTES", default=25 * 1024
 FITCHECK_FETCH_TIMEOUT_S = env.float("FITCHECK_FETCH_TIMEOUT_S", default=20.0)
 # Gold-dataset exports (annotate.exports): built by the worker, downloaded through permission-checked
 # views only, so never under MEDIA_ROOT (which any logged-in user may read).
+# Model checkpoints of the learning loop (mlcore.training); like exports, not under MEDIA_ROOT.
+FITCHECK_MODELS_ROOT = Path(env("FITCHECK_MODELS_ROOT", default=str(VAR_DIR / "models")))
 FITCHECK_EXPORTS_ROOT = Path(env("FITCHECK_EXPORTS_ROOT", default=str(VAR_DIR / "exports")))
 # Where image URLs in exports point: the public address of this server (MEDIA_URL is appended).
 FITCHECK_PUBLIC_URL = env("FITCHECK_PUBLIC_URL", default="http://localhost:8000")

@@ -5,8 +5,8 @@ from .models import EmbeddingRun, ModelVersion
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "backbone", "image_size_px", "embedding_dim", "is_active", "created_at"]
-    list_filter = ["kind", "is_active"]
+    list_display = ["name", "kind", "backbone", "image_size_px", "embedding_dim", "status", "scope", "created_at"]
+    list_filter = ["kind", "status"]
 
 
 @admin.register(EmbeddingRun)

@@ -6,9 +6,23 @@ from django.db import models
 
 
 class ModelVersion(models.Model):
+    """A trained or pretrained network: its config, metrics, checkpoint and place in the registry.
+
+    Tagging models are trained by the learning loop (TrainingRun); at most one per scope (the
+    campaign it serves, "campaign:<slug>") is ACTIVE. A CANDIDATE becomes active only when it beats
+    the active one on the held-out set (mlcore.training.candidate_promote); the previous one is then
+    RETIRED and can be rolled back to."""
+
     class Kind(models.TextChoices):
         EMBEDDING = "embedding", "Image embedding (matching)"
         TAGGING = "tagging", "Attribute tagging"
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "Training"
+        CANDIDATE = "candidate", "Candidate"
+        ACTIVE = "active", "Active"
+        RETIRED = "retired", "Retired"
+        FAILED = "failed", "Failed"
 
     uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=200)
@@ -19,16 +33,72 @@ class ModelVersion(models.Model):
     weights_path = models.CharField(max_length=500, blank=True)
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
-    is_active = models.BooleanField(default=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    # What the model serves: "campaign:<slug>" for a tagging model; "" for a pretrained embedding.
+    scope = models.CharField(max_length=200, blank=True)
+    # The frozen dataset snapshot it was trained on (annotate.ExportSnapshot.uuid; a uuid, not a
+    # foreign key: mlcore does not depend on annotate).
+    snapshot_uuid = models.UUIDField(null=True, blank=True)
+    checkpoint_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["name"], name="mlcore_modelversion_unique_name"),
+            models.UniqueConstraint(
+                fields=["kind", "scope"],
+                condition=models.Q(status="active", kind="tagging"),
+                name="mlcore_modelversion_one_active_tagging_model_per_scope",
+            ),
         ]
 
     def __str__(self):
         return self.name
+
+
+class TrainingRun(models.Model):
+    """One retrain of the learning loop (mlcore.training.training_run_execute, Celery queue gpu):
+    reads a frozen snapshot, trains, and leaves a CANDIDATE ModelVersion that is promoted only if it
+    beats the active one. Progress per epoch is written here (history), with a checkpoint to resume
+    from after a killed worker."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    kind = models.CharField(max_length=20, choices=ModelVersion.Kind.choices, default=ModelVersion.Kind.TAGGING)
+    scope = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    reason = models.CharField(max_length=200, blank=True, help_text="What started it: new labels, daily, by hand.")
+    snapshot_uuid = models.UUIDField(null=True, blank=True)
+    snapshot_path = models.CharField(max_length=500, blank=True)
+    config = models.JSONField(default=dict, blank=True)
+    epoch = models.PositiveIntegerField(default=0)
+    epochs = models.PositiveIntegerField(default=0)
+    # [{"epoch", "train_loss", "val_loss", "val_accuracy": {attribute: accuracy}, "seconds"}]
+    history = models.JSONField(default=list, blank=True)
+    checkpoint_path = models.CharField(max_length=500, blank=True)
+    device = models.CharField(max_length=40, blank=True)
+    rows_per_s = models.FloatField(null=True, blank=True)
+    candidate = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    promoted = models.BooleanField(default=False)
+    decision = models.TextField(blank=True, help_text="Why the candidate was or was not promoted.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"training run {self.uuid} ({self.scope}, {self.status})"
 
 
 class EmbeddingRun(models.Model):

@@ -13,6 +13,7 @@ from .factories import user_with_role
 def _test_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.FITCHECK_EXPORTS_ROOT = tmp_path / "exports"
+    settings.FITCHECK_MODELS_ROOT = tmp_path / "models"
     settings.FITCHECK_DEVICE = "cpu"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     celery_app.conf.task_always_eager = True

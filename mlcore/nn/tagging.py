@@ -131,7 +131,7 @@ def temperature_fit(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 1
         return loss
 
     optimiser.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 @dataclass
@@ -458,7 +458,7 @@ def heads_log_proba(model: TaggingHeads, x: np.ndarray, *, batch_size: int = 409
     """{attribute: (N, K_a) float64 log-probabilities} of embeddings x (N, D)."""
     model.eval()
     out: dict[str, list[np.ndarray]] = {name: [] for name in model.classes}
-    x = np.asarray(x, dtype=np.float32)
+    x = np.array(x, dtype=np.float32)  # a writable copy: torch.from_numpy warns on read-only arrays
     for i in range(0, len(x), batch_size):
         logits = model(torch.from_numpy(x[i : i + batch_size]))
         for name, z in logits.items():

@@ -1,0 +1,570 @@
+"""The learning loop's training side: retrain a tagging model from a frozen snapshot, register it as a
+candidate, promote it only if it beats the active model on the held-out set, roll back.
+
+A snapshot is a JSON Lines file of settled labels, one product per line (written by annotate, which
+orchestrates the loop; mlcore never imports annotate):
+
+    {"product": "<uuid>", "split": "train" | "validation" | "test",
+     "labels": {"<attribute slug>": {"label": "<value>", "posterior": {"<value>": p, ...}}}}
+
+The run's config names the attributes and their values ({"attributes": {slug: [value, ...]}}), the
+embedding model version whose image embeddings feed the heads, and the target precision.
+
+The model: per attribute, an image head over the backbone's embedding and a text head over MiniLM
+embeddings of the product's text (mlcore.nn.tagging.TaggingHeads, one network per modality, one head
+per attribute), a learned late fusion of the two per attribute, a temperature per attribute, and an
+auto-accept threshold per attribute at the target precision, all fitted on the validation split;
+the test split measures it. Multi-choice attributes are not modelled yet (see docs/learning.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.dispatch import Signal
+from django.utils import timezone
+
+from catalog.models import Product
+
+from .models import ModelVersion, ProductEmbedding, TrainingRun
+
+logger = logging.getLogger(__name__)
+
+STALE_RUN_AFTER = timedelta(minutes=10)  # a RUNNING run without a heartbeat this long is re-claimed
+# Sent after a candidate becomes active (or a rollback): annotate re-ranks and auto-accepts.
+# Arguments: version (the new active ModelVersion), scope.
+model_activated = Signal()
+
+
+class TrainingError(RuntimeError):
+    """A run cannot train: an unreadable snapshot, no labels in a split, an unknown attribute value."""
+
+
+def checkpoints_root() -> Path:
+    """Where checkpoints live: settings.FITCHECK_MODELS_ROOT (not under MEDIA_ROOT)."""
+    return Path(settings.FITCHECK_MODELS_ROOT)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """A snapshot as arrays. image: (N, D) float32; text: (N, 384) float32; split: (N,) str;
+    targets/masks per attribute: (N, K_a) float32 soft targets and (N,) bool."""
+
+    products: list[int]
+    image: np.ndarray
+    text: np.ndarray
+    split: np.ndarray
+    targets: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    values: dict[str, list[str]]
+
+
+def snapshot_read(path: str, *, values: dict[str, list[str]]) -> list[dict]:
+    """The snapshot's records. Raises TrainingError on a missing or malformed file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"cannot read snapshot {path}: {exc}") from exc
+    for n, record in enumerate(records, 1):
+        if not {"product", "split", "labels"} <= set(record):
+            raise TrainingError(f"snapshot line {n}: needs product, split and labels")
+        for slug, label in record["labels"].items():
+            if slug in values and label.get("label") not in values[slug]:
+                raise TrainingError(f"snapshot line {n}: {slug}={label.get('label')!r} is not one of its values")
+    return records
+
+
+def product_texts(products: list[Product]) -> list[str]:
+    """The text each product is embedded from (mlcore.nn.text.product_text)."""
+    from .nn.text import product_text
+
+    return [
+        product_text(
+            title=p.title,
+            description=p.description,
+            native_category=p.native_category.path if p.native_category_id else "",
+        )
+        for p in products
+    ]
+
+
+def product_features(
+    product_ids: list[int], *, embedding_version: ModelVersion, text_encoder: str = "minilm"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image (N, D) float32, text (N, 384) float32) for products, in order. Image embeddings come from
+    ProductEmbedding of `embedding_version`, computed now for products that lack one (a product
+    without a readable image gets zeros: its text still counts). text_encoder "none" gives an
+    image-only model: text is (N, 1) zeros, and late fusion learns to ignore it."""
+    from .nn.text import embed_texts
+    from .services import _image_field, _open_image, images_embed
+
+    by_id = {
+        p.pk: p
+        for p in Product.objects.filter(pk__in=product_ids).select_related("native_category").prefetch_related("images")
+    }
+    products = [by_id[i] for i in product_ids]
+    stored = dict(
+        ProductEmbedding.objects.filter(model_version=embedding_version, product_id__in=product_ids).values_list(
+            "product_id", "vector"
+        )
+    )
+    dim = embedding_version.embedding_dim
+    image = np.zeros((len(products), dim), np.float32)
+    missing = []
+    for i, p in enumerate(products):
+        if p.pk in stored:
+            image[i] = np.frombuffer(bytes(stored[p.pk]), dtype=np.float32)
+        else:
+            missing.append(i)
+    for start in range(0, len(missing), 256):
+        rows, images = [], []
+        for i in missing[start : start + 256]:
+            try:
+                images.append(_open_image(_image_field(products[i])))
+                rows.append(i)
+            except Exception as exc:  # noqa: BLE001 (an unreadable image must not stop training)
+                logger.warning("product %s: no image embedding: %s", products[i].pk, exc)
+        if images:
+            vectors = images_embed(version=embedding_version, images=images)
+            image[rows] = vectors
+            ProductEmbedding.objects.bulk_create(
+                [
+                    ProductEmbedding(product=products[i], model_version=embedding_version, vector=v.tobytes())
+                    for i, v in zip(rows, vectors, strict=True)
+                ],
+                ignore_conflicts=True,
+            )
+    if text_encoder == "none":
+        return image, np.zeros((len(products), 1), np.float32)
+    return image, embed_texts(product_texts(products))
+
+
+def dataset_build(
+    records: list[dict], *, values: dict[str, list[str]], embedding_version: ModelVersion, text_encoder: str = "minilm"
+) -> Dataset:
+    """Arrays for training from snapshot records: soft targets from each label's posterior (one-hot
+    when the posterior is missing, as for gold), masked where a product has no label."""
+    uuids = [r["product"] for r in records]
+    ids = dict(Product.objects.filter(uuid__in=uuids).values_list("uuid", "pk"))
+    kept = [r for r in records if _uuid(r["product"]) in ids]
+    if len(kept) < len(records):
+        logger.warning("snapshot: %d products no longer exist; left out", len(records) - len(kept))
+    product_ids = [ids[_uuid(r["product"])] for r in kept]
+    targets = {slug: np.zeros((len(kept), len(v)), np.float32) for slug, v in values.items()}
+    masks = {slug: np.zeros(len(kept), bool) for slug in values}
+    for n, record in enumerate(kept):
+        for slug, label in record["labels"].items():
+            if slug not in values:
+                continue
+            index = {v: i for i, v in enumerate(values[slug])}
+            posterior = label.get("posterior") or {label["label"]: 1.0}
+            row = np.array([float(posterior.get(v, 0.0)) for v in values[slug]], np.float32)
+            if row.sum() <= 0:
+                row[index[label["label"]]] = 1.0
+            targets[slug][n] = row / row.sum()
+            masks[slug][n] = True
+    image, text = product_features(product_ids, embedding_version=embedding_version, text_encoder=text_encoder)
+    split = np.array([r["split"] for r in kept])
+    return Dataset(product_ids, image, text, split, targets, masks, values)
+
+
+def _uuid(value):
+    import uuid
+
+    return uuid.UUID(str(value))
+
+
+# -- the model ------------------------------------------------------------------------------------------
+
+
+class TaggingModel:
+    """A trained tagging model: image and text heads, and per attribute the fusion, temperature and
+    auto-accept threshold. `predict` gives calibrated probabilities."""
+
+    def __init__(self, *, image_heads, text_heads, fusion: dict, temperature: dict, thresholds: dict, values: dict):
+        self.image_heads, self.text_heads = image_heads, text_heads
+        self.fusion, self.temperature, self.thresholds, self.values = fusion, temperature, thresholds, values
+
+    def predict(self, image: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+        """{attribute: (N, K_a) float64 calibrated probabilities} for embeddings image (N, D), text (N, 384)."""
+        from .nn import tagging as nt
+
+        log_image = nt.heads_log_proba(self.image_heads, image)
+        log_text = nt.heads_log_proba(self.text_heads, text)
+        out = {}
+        for slug in self.values:
+            fused = nt.log_softmax_np(self.fusion[slug].apply(log_image[slug], log_text[slug]))
+            out[slug] = np.exp(nt.log_softmax_np(fused / self.temperature[slug]))
+        return out
+
+    def save(self, path: Path) -> str:
+        """Write the checkpoint; returns its sha256."""
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "image_heads": self.image_heads.state_dict(),
+                "text_heads": self.text_heads.state_dict(),
+                "input_dims": [self.image_heads.heads_input, self.text_heads.heads_input],
+                "hidden_dim": self.image_heads.hidden_dim,
+                "fusion": {k: vars(f) for k, f in self.fusion.items()},
+                "temperature": self.temperature,
+                "thresholds": self.thresholds,
+                "values": self.values,
+            },
+            path,
+        )
+        return file_sha256(path)
+
+    @classmethod
+    def load(cls, path: str, *, sha256: str = "") -> TaggingModel:
+        """Read a checkpoint written by `save`. Raises TrainingError when the file is missing or its
+        sha256 is not the registered one."""
+        import torch
+
+        from .nn import tagging as nt
+
+        if not Path(path).is_file():
+            raise TrainingError(f"checkpoint {path} is missing")
+        if sha256 and file_sha256(Path(path)) != sha256:
+            raise TrainingError(f"checkpoint {path} does not match its registered sha256")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        classes = {slug: len(v) for slug, v in state["values"].items()}
+        heads = []
+        for key, dim in zip(("image_heads", "text_heads"), state["input_dims"], strict=True):
+            model = nt.TaggingHeads(dim, classes, hidden_dim=state["hidden_dim"], dropout=0.0)
+            model.load_state_dict(state[key])
+            model.heads_input, model.hidden_dim = dim, state["hidden_dim"]
+            heads.append(model.eval())
+        return cls(
+            image_heads=heads[0],
+            text_heads=heads[1],
+            fusion={k: nt.Fusion(**v) for k, v in state["fusion"].items()},
+            temperature=state["temperature"],
+            thresholds=state["thresholds"],
+            values=state["values"],
+        )
+
+
+def model_metrics(model: TaggingModel, data: Dataset, rows: np.ndarray, *, target: float) -> dict:
+    """Per attribute on `rows`: accuracy, NLL, and coverage and precision at the model's threshold
+    (with a Wilson interval); plus "score", the mean accuracy over attributes (what promotion compares)."""
+    from .nn import tagging as nt
+
+    proba = model.predict(data.image[rows], data.text[rows])
+    out = {"attributes": {}, "rows": int(len(rows))}
+    accuracies = []
+    for slug, p in proba.items():
+        mask = data.masks[slug][rows]
+        if not mask.any():
+            continue
+        truth = data.targets[slug][rows][mask].argmax(1)
+        predicted, confidence = p[mask].argmax(1), p[mask].max(1)
+        right = predicted == truth
+        threshold = model.thresholds.get(slug)
+        accept = confidence >= (math.inf if threshold is None else threshold)
+        low, high = nt.wilson_interval(int(right[accept].sum()), int(accept.sum()))
+        out["attributes"][slug] = {
+            "n": int(mask.sum()),
+            "accuracy": float(right.mean()),
+            "nll": float(-np.log(np.clip(p[mask][np.arange(len(truth)), truth], 1e-12, None)).mean()),
+            "threshold": threshold,
+            "coverage": float(accept.mean()),
+            "precision": float(right[accept].mean()) if accept.any() else None,
+            "precision_low": low,
+            "precision_high": high,
+            "target_precision": target,
+        }
+        accuracies.append(float(right.mean()))
+    out["score"] = float(np.mean(accuracies)) if accuracies else 0.0
+    return out
+
+
+# -- runs ------------------------------------------------------------------------------------------------
+
+
+def training_run_create(
+    *, scope: str, snapshot_path: str, snapshot_uuid=None, config: dict, reason: str = ""
+) -> TrainingRun:
+    """A PENDING run; the caller queues mlcore.train for it after commit. A PENDING run of the same
+    scope that never started is reused (its message was lost), with the new snapshot."""
+    pending = TrainingRun.objects.filter(scope=scope, status=TrainingRun.Status.PENDING).order_by("created_at").first()
+    if pending is not None:
+        TrainingRun.objects.filter(pk=pending.pk).update(
+            snapshot_path=snapshot_path, snapshot_uuid=snapshot_uuid, config=config, reason=reason
+        )
+        pending.refresh_from_db()
+        return pending
+    return TrainingRun.objects.create(
+        scope=scope,
+        snapshot_path=snapshot_path,
+        snapshot_uuid=snapshot_uuid,
+        config=config,
+        reason=reason,
+        epochs=int(config.get("epochs", 30)),
+    )
+
+
+def training_run_execute(*, run_id: int) -> TrainingRun | None:
+    """Train the run's candidate, then try to promote it (`candidate_promote`).
+
+    Claims the run with a conditional update (PENDING, or RUNNING with a stale heartbeat: a worker
+    that was killed), so two workers never train it at once; a claimed run resumes from its last
+    per-epoch checkpoint. Until the candidate is promoted, the active model keeps serving: a failed
+    or killed run changes nothing else. On an error the run is left FAILED with the error text (and a
+    candidate row, if one was made, FAILED too) and the error is re-raised.
+
+    Returns the run, or None when it no longer exists.
+    """
+    now = timezone.now()
+    from django.db.models import Q
+
+    claimed = TrainingRun.objects.filter(
+        Q(status=TrainingRun.Status.PENDING)
+        | Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER),
+        pk=run_id,
+    ).update(status=TrainingRun.Status.RUNNING, heartbeat_at=now, error="")
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return None
+    if not claimed:
+        logger.info("training run %s is %s; nothing to do", run.uuid, run.status)
+        return run
+    if run.started_at is None:
+        TrainingRun.objects.filter(pk=run.pk).update(started_at=now)
+    try:
+        _train(run)
+    except Exception as exc:
+        TrainingRun.objects.filter(pk=run.pk).update(
+            status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+        )
+        ModelVersion.objects.filter(pk=run.candidate_id, status=ModelVersion.Status.TRAINING).update(
+            status=ModelVersion.Status.FAILED
+        )
+        raise
+    run.refresh_from_db()
+    return run
+
+
+def _train(run: TrainingRun) -> None:
+    import torch
+
+    from .nn import tagging as nt
+    from .nn.infer import device_resolve
+
+    config = run.config
+    values = {slug: list(v) for slug, v in config["attributes"].items()}
+    target = float(config.get("target_precision", 0.98))
+    embedding_version = ModelVersion.objects.get(uuid=config["embedding_version"])
+    device = device_resolve(settings.FITCHECK_DEVICE)
+    records = snapshot_read(run.snapshot_path, values=values)
+    data = dataset_build(
+        records, values=values, embedding_version=embedding_version, text_encoder=config.get("text_encoder", "minilm")
+    )
+    train, val, test = (np.flatnonzero(data.split == s) for s in ("train", "validation", "test"))
+    if not len(train) or not any(data.masks[s][train].any() for s in values):
+        raise TrainingError("the snapshot has no training labels")
+    heads_config = nt.HeadsConfig(
+        hidden_dim=int(config.get("hidden_dim", 0)),
+        epochs=run.epochs or int(config.get("epochs", 30)),
+        batch_size=int(config.get("batch_size", 256)),
+        lr=float(config.get("lr", 5e-3)),
+        dropout=float(config.get("dropout", 0.0)),
+        seed=int(config.get("seed", 0)),
+    )
+    checkpoint = Path(run.checkpoint_path) if run.checkpoint_path else checkpoints_root() / "runs" / f"{run.uuid}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    TrainingRun.objects.filter(pk=run.pk).update(checkpoint_path=str(checkpoint), device=str(device))
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False) if checkpoint.is_file() else {}
+    history = list(run.history) if saved else []
+    trained = {}
+    for stage, x in (("image", data.image), ("text", data.text)):
+        masks = {s: data.masks[s][train] for s in values}
+        targets = {s: data.targets[s][train] for s in values}
+        val_set = (x[val], {s: data.targets[s][val] for s in values}, {s: data.masks[s][val] for s in values})
+
+        def on_epoch(result, state, stage=stage):
+            saved[stage] = state
+            saved["done"] = saved.get("done", [])
+            torch.save(saved, checkpoint)
+            history.append(
+                {
+                    "stage": stage,
+                    "epoch": result.epoch,
+                    "train_loss": round(result.train_loss, 6),
+                    "val_loss": None if result.val_loss is None else round(result.val_loss, 6),
+                    "val_accuracy": {k: round(v, 6) for k, v in result.val_accuracy.items()},
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+            TrainingRun.objects.filter(pk=run.pk).update(
+                epoch=result.epoch, history=history, heartbeat_at=timezone.now(), rows_per_s=result.rows_per_s
+            )
+
+        state = saved.get(stage)
+        if state is not None and state["epoch"] >= heads_config.epochs:
+            model = _heads_from(state, x.shape[1], values, heads_config)
+        else:
+            model, _ = nt.heads_train(
+                x[train],
+                targets,
+                masks,
+                config=heads_config,
+                val=val_set if len(val) else None,
+                device=str(device),
+                state=state,
+                on_epoch=on_epoch,
+            )
+        model.heads_input, model.hidden_dim = x.shape[1], heads_config.hidden_dim
+        trained[stage] = model
+    calibrate = val if len(val) else train
+    log_image = nt.heads_log_proba(trained["image"], data.image[calibrate])
+    log_text = nt.heads_log_proba(trained["text"], data.text[calibrate])
+    fusion, temperature, thresholds = {}, {}, {}
+    for slug in values:
+        mask = data.masks[slug][calibrate]
+        y = data.targets[slug][calibrate][mask].argmax(1)
+        fusion[slug] = nt.late_fusion_fit(log_image[slug][mask], log_text[slug][mask], y)
+        fused = nt.log_softmax_np(fusion[slug].apply(log_image[slug][mask], log_text[slug][mask]))
+        temperature[slug] = nt.temperature_fit(fused, y)
+        p = np.exp(nt.log_softmax_np(fused / temperature[slug]))
+        choice = nt.threshold_for_precision(
+            p.max(1), p.argmax(1) == y, target=target, min_accepted=int(config.get("min_accepted", 30))
+        )
+        thresholds[slug] = None if math.isinf(choice.threshold) else choice.threshold
+    model = TaggingModel(
+        image_heads=trained["image"],
+        text_heads=trained["text"],
+        fusion=fusion,
+        temperature=temperature,
+        thresholds=thresholds,
+        values=values,
+    )
+    evaluate_on = test if len(test) else calibrate
+    metrics = model_metrics(model, data, evaluate_on, target=target)
+    metrics["split_sizes"] = {"train": len(train), "validation": len(val), "test": len(test)}
+    path = checkpoints_root() / run.scope.replace(":", "-") / f"{run.uuid}.pt"
+    sha256 = model.save(path)
+    candidate = ModelVersion.objects.create(
+        name=f"tagging-{run.scope}-{run.uuid.hex[:8]}",
+        kind=ModelVersion.Kind.TAGGING,
+        status=ModelVersion.Status.CANDIDATE,
+        scope=run.scope,
+        backbone=embedding_version.backbone,
+        image_size_px=embedding_version.image_size_px,
+        embedding_dim=embedding_version.embedding_dim,
+        weights_path=str(path),
+        checkpoint_sha256=sha256,
+        snapshot_uuid=run.snapshot_uuid,
+        config={**config, "heads": heads_config.to_dict()},
+        metrics=metrics,
+    )
+    TrainingRun.objects.filter(pk=run.pk).update(candidate=candidate, heartbeat_at=timezone.now())
+    promoted, decision = candidate_promote(candidate=candidate, data=data, rows=evaluate_on)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.DONE, promoted=promoted, decision=decision, finished_at=timezone.now()
+    )
+    checkpoint.unlink(missing_ok=True)  # the resume checkpoint is no longer needed
+
+
+def _heads_from(state, input_dim, values, config):
+    from .nn import tagging as nt
+
+    model = nt.TaggingHeads(input_dim, {s: len(v) for s, v in values.items()}, hidden_dim=config.hidden_dim)
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+# -- the registry ------------------------------------------------------------------------------------
+
+
+def active_model(scope: str) -> ModelVersion | None:
+    """The active tagging model of `scope`, or None."""
+    return ModelVersion.objects.filter(
+        kind=ModelVersion.Kind.TAGGING, scope=scope, status=ModelVersion.Status.ACTIVE
+    ).first()
+
+
+def candidate_promote(*, candidate: ModelVersion, data: Dataset | None = None, rows=None) -> tuple[bool, str]:
+    """Make `candidate` the active model of its scope if it beats the active one on the held-out rows
+    (`data`, `rows`: the candidate's test split; both models are scored there by `model_metrics`'s
+    score, the mean accuracy over attributes). Strictly better wins; a tie keeps the active model.
+    With no active model the candidate is promoted. The switch is atomic (the scope's rows locked):
+    the old active model becomes RETIRED. Sends `model_activated` after commit.
+
+    Returns (promoted, the decision in words).
+    """
+    active = active_model(candidate.scope)
+    decision = ""
+    if active is not None and data is not None and rows is not None and len(rows):
+        try:
+            old = TaggingModel.load(active.weights_path, sha256=active.checkpoint_sha256)
+            old_score = model_metrics(old, data, rows, target=0.98)["score"]
+        except (TrainingError, KeyError, RuntimeError) as exc:
+            old_score, decision = -1.0, f"the active model could not be scored ({exc}); "
+        new_score = candidate.metrics.get("score", 0.0)
+        if new_score <= old_score:
+            ModelVersion.objects.filter(pk=candidate.pk).update(status=ModelVersion.Status.RETIRED)
+            return False, f"kept {active.name}: held-out score {new_score:.4f} is not above {old_score:.4f}"
+        decision += f"held-out score {new_score:.4f} beats {active.name}'s {old_score:.4f}"
+    else:
+        decision = "no active model" if active is None else "no held-out rows to compare on"
+    _activate(candidate)
+    return True, decision
+
+
+def _activate(version: ModelVersion, *, reason: str = "") -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        list(
+            ModelVersion.objects.select_for_update()
+            .filter(kind=version.kind, scope=version.scope, status=ModelVersion.Status.ACTIVE)
+            .values_list("pk", flat=True)
+        )
+        ModelVersion.objects.filter(kind=version.kind, scope=version.scope, status=ModelVersion.Status.ACTIVE).update(
+            status=ModelVersion.Status.RETIRED, retired_at=now
+        )
+        ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.ACTIVE, promoted_at=now)
+        transaction.on_commit(lambda: model_activated.send(sender=ModelVersion, version=version, scope=version.scope))
+
+
+def rollback(*, scope: str) -> ModelVersion | None:
+    """Make the previously active model of `scope` active again (the RETIRED one promoted most
+    recently before the current); the current one is RETIRED. Atomic. Returns the model now active,
+    or None when there is nothing to roll back to."""
+    current = active_model(scope)
+    previous = (
+        ModelVersion.objects.filter(
+            kind=ModelVersion.Kind.TAGGING, scope=scope, status=ModelVersion.Status.RETIRED, promoted_at__isnull=False
+        )
+        .exclude(pk=getattr(current, "pk", None))
+        .order_by("-promoted_at", "-pk")
+        .first()
+    )
+    if previous is None:
+        return None
+    _activate(previous)
+    previous.refresh_from_db()
+    return previous
