@@ -95,6 +95,18 @@ class Campaign(models.Model):
     calibration_answers_per_team = models.PositiveSmallIntegerField(
         default=2, help_text="Answers each calibration team gives every calibration task."
     )
+    # The learning loop (annotate.learning, attribute campaigns): retrain a tagging model from the
+    # settled labels, auto-accept what it is sure of at the target precision, re-rank the rest.
+    learning_enabled = models.BooleanField(default=False)
+    auto_accept_precision = models.FloatField(
+        default=0.98, help_text="The precision auto-accepted labels must reach on held-out labels, in (0, 1]."
+    )
+    audit_share = models.FloatField(
+        default=0.02, help_text="Share of the items the model is sure of that still go to people, to keep measuring."
+    )
+    retrain_every_labels = models.PositiveIntegerField(
+        default=500, help_text="Retrain when this many new labels have settled (and at least daily when any have)."
+    )
     model_version = models.ForeignKey(
         "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns"
     )
@@ -154,6 +166,8 @@ class Task(models.Model):
     )
     # Part of the calibration sample: every calibration team of the campaign tags it.
     is_calibration = models.BooleanField(default=False)
+    # The model was sure of it but it went to people anyway, to measure the auto-accept precision.
+    is_audit = models.BooleanField(default=False)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.OPEN)
     answer_count = models.PositiveSmallIntegerField(default=0, help_text="Live human answers.")
     # Gold tasks are routed apart and never complete. Never serialised, never rendered: their known
@@ -501,6 +515,10 @@ class AttributeLabel(models.Model):
     confidence = models.FloatField(default=0.0)
     answer_count = models.PositiveIntegerField(default=0)
     is_settled = models.BooleanField(default=False)
+    # Set when the model, not people, settled the label (auto-accept): provenance "model".
+    model_version = models.ForeignKey(
+        "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -43,3 +43,22 @@ def demo_gold_mark_task(campaign_id: int, count: int) -> None:
 def export_build_task(snapshot_id: int) -> None:
     """Build one gold-dataset export snapshot. Idempotent (a built or running snapshot is skipped)."""
     export_services.export_build(snapshot_id=snapshot_id)
+
+
+@shared_task(name="annotate.learning_due", acks_late=True, ignore_result=True)
+def learning_due_task() -> None:
+    """Run by Celery beat: start a retrain for each learning campaign with enough new labels."""
+    from . import learning
+
+    learning.learning_due()
+
+
+@shared_task(name="annotate.learning_apply", acks_late=True, ignore_result=True)
+def learning_apply_task(campaign_id: int) -> None:
+    """After a model is activated: predict open tasks, auto-accept, re-rank (queue gpu: it runs the
+    model). Idempotent: predictions and labels are upserts, settled tasks are skipped."""
+    from . import learning
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is not None:
+        learning.predictions_apply(campaign=campaign)

@@ -150,6 +150,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "mlcore.embed": {"queue": "gpu"},
     "mlcore.train*": {"queue": "gpu"},
+    "annotate.learning_apply": {"queue": "gpu"},  # runs the model over the open tasks
 }
 CELERY_TASK_IGNORE_RESULT = True
 # Full consensus recompute of campaigns whose answers changed (annotate.consensus). Each answer
@@ -159,6 +160,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "annotate.consensus_recompute_dirty",
         "schedule": env.float("FITCHECK_CONSENSUS_RECOMPUTE_S", default=60.0),
         "options": {"expires": 55},
+    },
+    # The learning loop: retrain attribute campaigns with enough new labels (annotate.learning).
+    "learning-due": {
+        "task": "annotate.learning_due",
+        "schedule": env.float("FITCHECK_LEARNING_CHECK_S", default=600.0),
+        "options": {"expires": 550},
     },
 }
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

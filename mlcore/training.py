@@ -8,7 +8,14 @@ orchestrates the loop; mlcore never imports annotate):
      "labels": {"<attribute slug>": {"label": "<value>", "posterior": {"<value>": p, ...}}}}
 
 The run's config names the attributes and their values ({"attributes": {slug: [value, ...]}}), the
-embedding model version whose image embeddings feed the heads, and the target precision.
+embedding model version whose image embeddings feed the heads, the target precision, and optionally
+text_encoder ("minilm" or "none"), threshold_bound ("wilson", the default, or "point"),
+min_accepted, epochs, batch_size, lr, hidden_dim, dropout, seed.
+
+Fusion, temperature and thresholds are fitted on the validation split (10% of the products), so with
+the Wilson bound at 98% nothing is auto-accepted before the validation split holds ~190 labels the
+model gets right. bench/label_economy.py fits them on out-of-fold predictions of every label instead
+(cross-fitting), which starts auto-accepting much earlier; the product does not do that yet.
 
 The model: per attribute, an image head over the backbone's embedding and a text head over MiniLM
 embeddings of the product's text (mlcore.nn.tagging.TaggingHeads, one network per modality, one head
@@ -451,7 +458,11 @@ def _train(run: TrainingRun) -> None:
         temperature[slug] = nt.temperature_fit(fused, y)
         p = np.exp(nt.log_softmax_np(fused / temperature[slug]))
         choice = nt.threshold_for_precision(
-            p.max(1), p.argmax(1) == y, target=target, min_accepted=int(config.get("min_accepted", 30))
+            p.max(1),
+            p.argmax(1) == y,
+            target=target,
+            min_accepted=int(config.get("min_accepted", 30)),
+            bound=config.get("threshold_bound", "wilson"),
         )
         thresholds[slug] = None if math.isinf(choice.threshold) else choice.threshold
     model = TaggingModel(

@@ -1,0 +1,418 @@
+"""The learning loop of an attribute campaign, orchestrated from annotate (mlcore trains; it never
+imports annotate): snapshot → retrain → promote → re-rank.
+
+1. `learning_snapshot`: the settled human and gold labels, frozen in a JSON Lines file registered as
+   an ExportSnapshot (the ML team sees and downloads it on /exports/, like any export), with the
+   stable 80/10/10 split by a hash of the product uuid (exports.records.split_of).
+2. `retrain_start`: a TrainingRun over that snapshot, queued on Celery queue gpu (mlcore.train).
+   mlcore.training promotes the candidate only if it beats the active model.
+3. On promotion (signal mlcore.training.model_activated), `predictions_apply`: predict every open
+   product task with the active model; store the predictions (they pre-fill the tagging form);
+   auto-accept each attribute whose confidence clears the model's threshold for it (AttributeLabel
+   with model_version set: provenance "model"), except an audit sample (campaign.audit_share,
+   chosen by a hash of task and model) that people still answer; and set each task's routing
+   priority from the model's uncertainty, so people see the most informative products first.
+4. `learning_due` (Celery beat): start a retrain when campaign.retrain_every_labels new labels have
+   settled since the last run, or a day has passed and any have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from catalog.models import Attribute
+from mlcore import training
+from mlcore.models import AttributePrediction, ModelVersion, TrainingRun
+
+from .exports.formats import file_sha256
+from .exports.records import split_of
+from .exports.services import snapshot_folder
+from .models import AttributeLabel, Campaign, ExportSnapshot, Task
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_SCHEMA_VERSION = 1
+RETRAIN_AT_LEAST_EVERY = timedelta(days=1)
+CHUNK = 500
+
+
+def scope_of(campaign: Campaign) -> str:
+    """The model registry scope of a campaign's tagging models."""
+    return f"campaign:{campaign.slug}"
+
+
+def learned_attributes(campaign: Campaign) -> list[Attribute]:
+    """The attributes the model learns: single choice and ratings (multi choice is not modelled yet)."""
+    from .tagging import campaign_attributes
+
+    return [a for a in campaign_attributes(campaign) if a.kind in (Attribute.Kind.SINGLE, Attribute.Kind.ORDINAL)]
+
+
+def human_labels(campaign: Campaign):
+    """Settled labels people gave (model-accepted ones left out: the model must not learn from
+    itself), on non-gold tasks."""
+    return AttributeLabel.objects.filter(
+        task__campaign=campaign, is_settled=True, model_version__isnull=True, task__is_gold=False
+    )
+
+
+def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
+    """Freeze the campaign's settled human labels (and gold answers, one-hot) in items.jsonl, one
+    product per line ({"product", "sku", "split", "labels": {slug: {"label", "posterior",
+    "provenance"}}}), registered as a DONE ExportSnapshot named "training-<campaign slug>" with the
+    file's size and sha256. Reads in chunks; written to <uuid>.partial/ then renamed."""
+    attributes = {a.pk: a for a in learned_attributes(campaign)}
+    last = ExportSnapshot.objects.filter(name=f"training-{campaign.slug}").aggregate(v=Max("version"))["v"] or 0
+    snapshot = ExportSnapshot.objects.create(
+        name=f"training-{campaign.slug}"[:80],
+        version=last + 1,
+        schema_version=SNAPSHOT_SCHEMA_VERSION,
+        status=ExportSnapshot.Status.RUNNING,
+        formats=["jsonl"],
+        filters={
+            "campaigns": [campaign.slug],
+            "purpose": "training",
+            "attributes": sorted(a.slug for a in attributes.values()),
+        },
+        created_by=created_by,
+        started_at=timezone.now(),
+    )
+    folder = snapshot_folder(snapshot)
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    path = partial / "items.jsonl"
+    count = 0
+    task_ids = list(
+        human_labels(campaign).filter(attribute_id__in=list(attributes)).values_list("task_id", flat=True).distinct()
+    )
+    task_ids = sorted(set(task_ids))
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(0, len(task_ids), CHUNK):
+            chunk = task_ids[i : i + CHUNK]
+            products = dict(Task.objects.filter(pk__in=chunk).values_list("pk", "product__uuid"))
+            skus = dict(Task.objects.filter(pk__in=chunk).values_list("pk", "product__sku"))
+            labels: dict[int, dict] = {}
+            for task_id, attribute_id, label, posterior in (
+                human_labels(campaign)
+                .filter(task_id__in=chunk, attribute_id__in=list(attributes))
+                .values_list("task_id", "attribute_id", "label", "posterior")
+            ):
+                if label == Attribute.CANT_TELL or not label:
+                    continue  # "can't tell" is not a class the model should learn to predict
+                values = attributes[attribute_id].values()
+                labels.setdefault(task_id, {})[attributes[attribute_id].slug] = {
+                    "label": label,
+                    "posterior": {v: round(float(posterior.get(v, 0.0)), 6) for v in values if v in posterior},
+                    "provenance": "human",
+                }
+            for task_id in chunk:
+                if task_id not in labels:
+                    continue
+                product = str(products[task_id])
+                fh.write(
+                    json.dumps(
+                        {
+                            "product": product,
+                            "sku": skus[task_id],
+                            "split": split_of(product),
+                            "labels": labels[task_id],
+                        },
+                        sort_keys=True,
+                    )
+                    + "\n"
+                )
+                count += 1
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(folder)
+    final = folder / "items.jsonl"
+    size = final.stat().st_size
+    ExportSnapshot.objects.filter(pk=snapshot.pk).update(
+        status=ExportSnapshot.Status.DONE,
+        files=[{"path": "items.jsonl", "format": "jsonl", "size_bytes": size, "sha256": file_sha256(final)}],
+        size_bytes=size,
+        item_count=count,
+        total_count=count,
+        done_count=count,
+        finished_at=timezone.now(),
+    )
+    snapshot.refresh_from_db()
+    return snapshot
+
+
+def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None) -> TrainingRun:
+    """Snapshot the campaign's labels and queue a retrain on queue gpu (after commit).
+
+    Raises:
+        ValueError: the campaign is not an attribute campaign or has no embedding model version.
+    """
+    from mlcore.tasks import train_task
+
+    if campaign.kind != Campaign.Kind.ATTRIBUTES:
+        raise ValueError("the learning loop runs on attribute campaigns")
+    if campaign.model_version_id is None:
+        raise ValueError("the campaign needs an embedding model version (campaign.model_version)")
+    snapshot = learning_snapshot(campaign=campaign, created_by=created_by)
+    settings = {
+        "attributes": {
+            a.slug: [v for v in a.values() if v != Attribute.CANT_TELL] for a in learned_attributes(campaign)
+        },
+        "embedding_version": str(campaign.model_version.uuid),
+        "target_precision": campaign.auto_accept_precision,
+        "labels_at_snapshot": human_labels(campaign).count(),
+        "epochs": 30,
+        **(config or {}),
+    }
+    run = training.training_run_create(
+        scope=scope_of(campaign),
+        snapshot_path=str(snapshot_folder(snapshot) / "items.jsonl"),
+        snapshot_uuid=snapshot.uuid,
+        config=settings,
+        reason=reason,
+    )
+    transaction.on_commit(lambda: train_task.delay(run.pk))
+    return run
+
+
+def learning_due(*, now=None) -> list[TrainingRun]:
+    """Start a retrain for each learning campaign with enough new settled labels: at least
+    campaign.retrain_every_labels since the last run's snapshot, or any after RETRAIN_AT_LEAST_EVERY.
+    A campaign with a run pending or running is left alone. Returns the runs started."""
+    now = now or timezone.now()
+    started = []
+    for campaign in Campaign.objects.filter(
+        learning_enabled=True, kind=Campaign.Kind.ATTRIBUTES, model_version__isnull=False
+    ):
+        scope = scope_of(campaign)
+        runs = TrainingRun.objects.filter(scope=scope)
+        if runs.filter(status__in=[TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING]).exists():
+            continue
+        last = runs.order_by("-created_at").first()
+        labels = human_labels(campaign).count()
+        before = int(last.config.get("labels_at_snapshot", 0)) if last else 0
+        new = labels - before
+        due = new >= campaign.retrain_every_labels or (
+            new > 0 and (last is None or last.created_at <= now - RETRAIN_AT_LEAST_EVERY)
+        )
+        if due:
+            reason = f"{new} new labels" if new >= campaign.retrain_every_labels else "daily"
+            started.append(retrain_start(campaign=campaign, reason=reason))
+    return started
+
+
+def _audit_pick(task_uuid, version_uuid, share: float) -> bool:
+    digest = hashlib.sha256(f"audit:{version_uuid}:{task_uuid}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0xFFFFFFFF < share
+
+
+def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
+    """Predict every open product task of `campaign` with its active model (or `version`), store the
+    predictions, auto-accept what clears each attribute's threshold (not on audit tasks), complete
+    tasks whose required attributes are all settled, and set routing priorities from uncertainty.
+
+    Priority: 100 x (1 - the smallest top-1 vs top-2 margin over the task's attributes), so the
+    products the model is least sure of come first; the session's shuffle order breaks ties, which
+    keeps batches diverse. Gold and calibration tasks are left to their own routing.
+
+    Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks"}.
+    """
+    from .tagging import _status_write, attributes_for_product, campaign_attributes
+
+    version = version or training.active_model(scope_of(campaign))
+    counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0}
+    if version is None:
+        return counts
+    model = training.TaggingModel.load(version.weights_path, sha256=version.checkpoint_sha256)
+    every = campaign_attributes(campaign)
+    by_slug = {a.slug: a for a in every}
+    embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
+    text_encoder = version.config.get("text_encoder", "minilm")
+    open_ids = list(
+        Task.objects.filter(campaign=campaign, status=Task.Status.OPEN, is_gold=False, is_calibration=False)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for i in range(0, len(open_ids), CHUNK):
+        tasks = list(
+            Task.objects.filter(pk__in=open_ids[i : i + CHUNK]).select_related("product__master_category", "campaign")
+        )
+        image, text = training.product_features(
+            [t.product_id for t in tasks], embedding_version=embedding_version, text_encoder=text_encoder
+        )
+        proba = model.predict(image, text)
+        predictions, priorities = [], {}
+        accept: dict[int, list[tuple[Attribute, str, dict, float]]] = {}
+        for n, task in enumerate(tasks):
+            applicable = {a.slug for a in attributes_for_product(attributes=every, product=task.product)}
+            margins = []
+            audit = _audit_pick(task.uuid, version.uuid, campaign.audit_share)
+            for slug, p in proba.items():
+                if slug not in applicable or slug not in by_slug:
+                    continue
+                values = model.values[slug]
+                row = p[n]
+                best = int(row.argmax())
+                confidence = float(row[best])
+                predictions.append(
+                    AttributePrediction(
+                        product_id=task.product_id,
+                        attribute=by_slug[slug],
+                        model_version=version,
+                        value=values[best],
+                        confidence=confidence,
+                    )
+                )
+                top2 = np.sort(row)[-2:]
+                margins.append(float(top2[1] - top2[0]))
+                threshold = model.thresholds.get(slug)
+                if threshold is not None and confidence >= threshold and not audit:
+                    posterior = {v: round(float(x), 6) for v, x in zip(values, row, strict=True)}
+                    accept.setdefault(task.pk, []).append((by_slug[slug], values[best], posterior, confidence))
+            priorities[task.pk] = int(round(100 * (1 - min(margins)))) if margins else 0
+            if audit and margins:
+                counts["audit_tasks"] += 1
+        AttributePrediction.objects.bulk_create(
+            predictions,
+            update_conflicts=True,
+            unique_fields=["model_version", "product", "attribute"],
+            update_fields=["value", "confidence"],
+        )
+        with transaction.atomic():
+            locked = {
+                t.pk: t
+                for t in Task.objects.select_for_update(of=("self",))
+                .select_related("product__master_category", "campaign")
+                .filter(pk__in=list(priorities), status=Task.Status.OPEN)
+            }
+            settled_by_people = set(
+                AttributeLabel.objects.filter(task_id__in=list(locked), is_settled=True).values_list(
+                    "task_id", "attribute_id"
+                )
+            )
+            rows = []
+            for task_id, accepted in accept.items():
+                if task_id not in locked:
+                    continue
+                for attribute, label, posterior, confidence in accepted:
+                    if (task_id, attribute.pk) in settled_by_people:
+                        continue
+                    rows.append(
+                        AttributeLabel(
+                            task_id=task_id,
+                            attribute=attribute,
+                            label=label,
+                            posterior=posterior,
+                            confidence=min(max(confidence, 0.0), 1.0),
+                            answer_count=0,
+                            is_settled=True,
+                            model_version=version,
+                        )
+                    )
+            AttributeLabel.objects.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["task", "attribute"],
+                update_fields=["label", "posterior", "confidence", "is_settled", "model_version", "updated_at"],
+            )
+            counts["accepted_labels"] += len(rows)
+            audit_ids = [t.pk for t in tasks if _audit_pick(t.uuid, version.uuid, campaign.audit_share)]
+            Task.objects.filter(pk__in=[pk for pk in audit_ids if pk in locked]).update(is_audit=True)
+            for task_id, priority in priorities.items():
+                if task_id in locked:
+                    Task.objects.filter(pk=task_id).update(priority=min(max(priority, 0), 100))
+            for task_id in {r.task_id for r in rows}:
+                task = locked[task_id]
+                labels = list(AttributeLabel.objects.filter(task=task).select_related("attribute"))
+                required = _required_of(task, every, labels)
+                before = task.status
+                _status_write(task, required)
+                if task.status != before and task.status == Task.Status.COMPLETE:
+                    counts["completed_tasks"] += 1
+        counts["tasks"] += len(tasks)
+    return counts
+
+
+def _required_of(task, every, labels):
+    """The labels that must settle for `task` (tagging._labels_plan's rule) among its stored labels."""
+    from .tagging import CATEGORY_SLUG, attribute_applies, attributes_for_product, category_chosen
+
+    by_slug = {label.attribute.slug: label for label in labels}
+    category = by_slug.get(CATEGORY_SLUG)
+    path = category_chosen(attributes=every, value=category.label) if category is not None else None
+    if path is not None:
+        required = [a for a in every if attribute_applies(a, path)]
+    else:
+        required = attributes_for_product(attributes=every, product=task.product)
+    missing = [a for a in required if a.slug not in by_slug]
+    if missing:
+        return [AttributeLabel(task=task, attribute=a, is_settled=False) for a in missing]
+    return [by_slug[a.slug] for a in required]
+
+
+def learning_report(*, campaign: Campaign) -> dict:
+    """For the ML page: the models of this campaign's scope with their runs, labels settled by the
+    model ("humans saved": those labels times the mean answers people needed per settled label), and
+    the audit sample's measured precision (people's consensus against the model's prediction on audit
+    tasks they settled)."""
+    scope = scope_of(campaign)
+    versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.TAGGING, scope=scope).order_by("-created_at"))
+    runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
+    model_labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version__isnull=False).count()
+    people = human_labels(campaign).filter(answer_count__gt=0)
+    answers = sum(people.values_list("answer_count", flat=True))
+    per_label = answers / people.count() if people.exists() else None
+    audit_rows = list(
+        AttributeLabel.objects.filter(
+            task__campaign=campaign, task__is_audit=True, is_settled=True, model_version__isnull=True
+        ).values_list("task__product_id", "attribute_id", "label")
+    )
+    agree = total = 0
+    if audit_rows:
+        predicted = {
+            (p, a): v
+            for p, a, v in AttributePrediction.objects.filter(
+                product_id__in={r[0] for r in audit_rows}, model_version__scope=scope
+            )
+            .order_by("model_version__created_at")
+            .values_list("product_id", "attribute_id", "value")
+        }
+        for product_id, attribute_id, label in audit_rows:
+            if (product_id, attribute_id) in predicted:
+                total += 1
+                agree += predicted[(product_id, attribute_id)] == label
+    low, high = training_interval(agree, total)
+    return {
+        "scope": scope,
+        "versions": versions,
+        "active": next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None),
+        "runs": runs,
+        "model_labels": model_labels,
+        "answers_per_human_label": per_label,
+        "humans_saved": round(model_labels * per_label) if per_label else None,
+        "audit": {"n": total, "agree": agree, "precision": agree / total if total else None, "low": low, "high": high},
+    }
+
+
+def training_interval(successes: int, n: int) -> tuple[float, float]:
+    from mlcore.nn.tagging import wilson_interval
+
+    return wilson_interval(successes, n)
+
+
+def on_model_activated(sender, *, version: ModelVersion, scope: str, **kwargs) -> None:
+    """mlcore.training.model_activated → queue annotate.learning_apply for the campaign of `scope`."""
+    if not scope.startswith("campaign:"):
+        return
+    campaign = Campaign.objects.filter(slug=scope.removeprefix("campaign:")).first()
+    if campaign is None:
+        return
+    from .tasks import learning_apply_task
+
+    learning_apply_task.delay(campaign.pk)

@@ -1,0 +1,136 @@
+"""The learning loop of an attribute campaign (annotate.learning): people settle labels, a retrain
+runs from a frozen snapshot, the model is promoted, and it pre-fills, auto-accepts (except an audit
+sample) and re-ranks the open products. Synthetic 8-dimensional image embeddings and the image
+model only (text_encoder "none"), so it runs in seconds on CPU."""
+
+import json
+
+import numpy as np
+import pytest
+
+from annotate import learning, tagging
+from annotate.exports.formats import file_sha256
+from annotate.exports.services import snapshot_folder
+from annotate.models import AttributeLabel, Campaign, ExportSnapshot, Task
+from catalog.attribute_schema import attribute_schema_ensure
+from catalog.models import TaxonomyNode
+from catalog.services import taxonomy_path_ensure
+from mlcore.models import AttributePrediction, ModelVersion, ProductEmbedding, TrainingRun
+
+from ..factories import CampaignFactory, ModelVersionFactory, ProductFactory, user_with_role
+
+COLORS = ["red", "blue", "green"]
+_keys = iter(range(10**9))
+
+
+@pytest.fixture
+def loop(db):
+    taxonomy_path_ensure(path="Clothing › Dresses › Dress")
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    embedding = ModelVersionFactory(name="synthetic-8d", embedding_dim=8)
+    campaign = CampaignFactory(
+        slug="tagging",
+        kind=Campaign.Kind.ATTRIBUTES,
+        overlap_min=2,
+        overlap_max=3,
+        confidence_target=0.9,
+        model_version=embedding,
+        learning_enabled=True,
+        retrain_every_labels=50,
+        audit_share=0.1,
+    )
+    campaign.attributes.set([schema["color"]])
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    dress = TaxonomyNode.objects.get(path="Clothing › Dresses › Dress")
+    products, colours = [], []
+    for i in range(160):
+        product = ProductFactory(master_category=dress, image=False)
+        vector = (centres[i % 3] + rng.normal(size=8)).astype(np.float32)
+        ProductEmbedding.objects.create(product=product, model_version=embedding, vector=vector.tobytes())
+        products.append(product)
+        colours.append(COLORS[i % 3])
+    tagging.tag_tasks_build(campaign=campaign, products=products)
+    people = [user_with_role("tagger") for _ in range(2)]
+    tasks = {t.product_id: t for t in Task.objects.filter(campaign=campaign).select_related("campaign", "product")}
+    for product, colour in list(zip(products, colours, strict=True))[:120]:  # people settle 120 products
+        for person in people:
+            tagging.tag_submit(
+                user=person,
+                task=tasks[product.pk],
+                values={"color": colour},
+                duration_ms=4000,
+                idempotency_key=f"k{next(_keys)}",
+            )
+    return campaign, products, colours
+
+
+# A point-estimate threshold: the 12 or so validation products could never reach a 98% Wilson bound.
+CONFIG = {
+    "text_encoder": "none",
+    "epochs": 8,
+    "batch_size": 16,
+    "lr": 0.05,
+    "min_accepted": 3,
+    "threshold_bound": "point",
+}
+
+
+def test_snapshot_retrain_promote_then_auto_accept_and_rerank(loop, django_capture_on_commit_callbacks):
+    campaign, products, colours = loop
+    with django_capture_on_commit_callbacks(execute=True):
+        run = learning.retrain_start(campaign=campaign, reason="test", config=CONFIG)
+    run.refresh_from_db()
+    # The snapshot is an export the ML team can download: frozen, hashed, one product per line.
+    snapshot = ExportSnapshot.objects.get(uuid=run.snapshot_uuid)
+    assert snapshot.status == ExportSnapshot.Status.DONE and snapshot.name == "training-tagging"
+    path = snapshot_folder(snapshot) / "items.jsonl"
+    assert snapshot.files[0]["sha256"] == file_sha256(path) and snapshot.item_count == 120
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["split"] for r in records} <= {"train", "validation", "test"}
+    assert all(r["labels"]["color"]["provenance"] == "human" for r in records)
+    # Trained, promoted (no model before), and applied to the 40 open products.
+    assert run.status == TrainingRun.Status.DONE and run.promoted
+    active = ModelVersion.objects.get(scope="campaign:tagging", status=ModelVersion.Status.ACTIVE)
+    assert active.metrics["attributes"]["color"]["accuracy"] > 0.9
+    open_products = [p.pk for p in products[120:]]
+    predictions = AttributePrediction.objects.filter(model_version=active, product_id__in=open_products)
+    assert predictions.count() == 40
+    truth = {p.pk: c for p, c in zip(products, colours, strict=True)}
+    assert sum(truth[p] == v for p, v in predictions.values_list("product_id", "value")) >= 36
+    accepted = AttributeLabel.objects.filter(model_version=active)
+    assert accepted.count() > 0 and all(label.is_settled and label.answer_count == 0 for label in accepted)
+    assert Task.objects.filter(pk__in=accepted.values("task"), status=Task.Status.COMPLETE).count() == accepted.count()
+    # The audit sample is left to people, flagged, with no model label.
+    audit = Task.objects.filter(campaign=campaign, is_audit=True)
+    assert audit.exists() and not AttributeLabel.objects.filter(task__in=audit, model_version__isnull=False).exists()
+    assert all(t.status == Task.Status.OPEN for t in audit)
+    # Open tasks carry the model's uncertainty as their routing priority.
+    still_open = Task.objects.filter(campaign=campaign, status=Task.Status.OPEN, product_id__in=open_products)
+    assert still_open.exists() and all(0 <= t.priority <= 100 for t in still_open)
+    report = learning.learning_report(campaign=campaign)
+    assert report["active"] == active and report["model_labels"] == accepted.count()
+    assert report["humans_saved"] == round(accepted.count() * 2.0)  # people needed 2 answers per label
+
+
+def test_the_model_does_not_learn_from_its_own_labels(loop, django_capture_on_commit_callbacks):
+    campaign, *_ = loop
+    with django_capture_on_commit_callbacks(execute=True):
+        learning.retrain_start(campaign=campaign, config=CONFIG)
+    assert AttributeLabel.objects.filter(model_version__isnull=False).exists()
+    snapshot = learning.learning_snapshot(campaign=campaign)
+    assert snapshot.version == 2 and snapshot.item_count == 120  # still only what people settled
+
+
+def test_learning_due_waits_for_enough_new_labels(loop, django_capture_on_commit_callbacks):
+    campaign, products, colours = loop
+    with django_capture_on_commit_callbacks(execute=True):
+        assert len(learning.learning_due()) == 1  # 120 labels >= 50: the first run
+    assert learning.learning_due() == []  # nothing new since
+    Campaign.objects.filter(pk=campaign.pk).update(learning_enabled=False)
+    assert learning.learning_due() == []
+
+
+def test_retrain_refuses_a_match_campaign(db):
+    with pytest.raises(ValueError, match="attribute campaigns"):
+        learning.retrain_start(campaign=CampaignFactory(slug="match"))
