@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import tag_views, views
+from . import learning_views, tag_views, views
 
 app_name = "annotate"
 urlpatterns = [
@@ -15,6 +15,10 @@ urlpatterns = [
     path("exports/", views.exports, name="exports"),
     path("exports/<uuid:uuid>/", views.export_detail, name="export-detail"),
     path("exports/<uuid:uuid>/files/<path:path>", views.export_download, name="export-download"),
+    # The learning loop (annotate.learning_views).
+    path("learning/", learning_views.learning_page, name="learning"),
+    path("learning/<slug:slug>/retrain", learning_views.learning_retrain, name="learning-retrain"),
+    path("learning/<slug:slug>/rollback", learning_views.learning_rollback, name="learning-rollback"),
     # Attribute tagging (annotate.tag_views).
     path("tag/<slug:slug>/", tag_views.tag, name="tag"),
     path("tag/<slug:slug>/answer", tag_views.tag_answer, name="tag-answer"),

@@ -31,9 +31,9 @@ def loop(db):
     campaign = CampaignFactory(
         slug="tagging",
         kind=Campaign.Kind.ATTRIBUTES,
-        overlap_min=2,
-        overlap_max=3,
-        confidence_target=0.9,
+        overlap_min=1,
+        overlap_max=1,
+        confidence_target=0.5,
         model_version=embedding,
         learning_enabled=True,
         retrain_every_labels=50,
@@ -44,16 +44,16 @@ def loop(db):
     centres = rng.normal(size=(3, 8)) * 5
     dress = TaxonomyNode.objects.get(path="Clothing › Dresses › Dress")
     products, colours = [], []
-    for i in range(160):
+    for i in range(90):
         product = ProductFactory(master_category=dress, image=False)
         vector = (centres[i % 3] + rng.normal(size=8)).astype(np.float32)
         ProductEmbedding.objects.create(product=product, model_version=embedding, vector=vector.tobytes())
         products.append(product)
         colours.append(COLORS[i % 3])
     tagging.tag_tasks_build(campaign=campaign, products=products)
-    people = [user_with_role("tagger") for _ in range(2)]
+    people = [user_with_role("tagger")]  # one answer settles a label (overlap 1): a fast fixture
     tasks = {t.product_id: t for t in Task.objects.filter(campaign=campaign).select_related("campaign", "product")}
-    for product, colour in list(zip(products, colours, strict=True))[:120]:  # people settle 120 products
+    for product, colour in list(zip(products, colours, strict=True))[:60]:  # people settle 60 products
         for person in people:
             tagging.tag_submit(
                 user=person,
@@ -65,10 +65,10 @@ def loop(db):
     return campaign, products, colours
 
 
-# A point-estimate threshold: the 12 or so validation products could never reach a 98% Wilson bound.
+# A point-estimate threshold: the 6 or so validation products could never reach a 98% Wilson bound.
 CONFIG = {
     "text_encoder": "none",
-    "epochs": 8,
+    "epochs": 5,
     "batch_size": 16,
     "lr": 0.05,
     "min_accepted": 3,
@@ -85,19 +85,19 @@ def test_snapshot_retrain_promote_then_auto_accept_and_rerank(loop, django_captu
     snapshot = ExportSnapshot.objects.get(uuid=run.snapshot_uuid)
     assert snapshot.status == ExportSnapshot.Status.DONE and snapshot.name == "training-tagging"
     path = snapshot_folder(snapshot) / "items.jsonl"
-    assert snapshot.files[0]["sha256"] == file_sha256(path) and snapshot.item_count == 120
+    assert snapshot.files[0]["sha256"] == file_sha256(path) and snapshot.item_count == 60
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert {r["split"] for r in records} <= {"train", "validation", "test"}
     assert all(r["labels"]["color"]["provenance"] == "human" for r in records)
-    # Trained, promoted (no model before), and applied to the 40 open products.
+    # Trained, promoted (no model before), and applied to the 30 open products.
     assert run.status == TrainingRun.Status.DONE and run.promoted
     active = ModelVersion.objects.get(scope="campaign:tagging", status=ModelVersion.Status.ACTIVE)
-    assert active.metrics["attributes"]["color"]["accuracy"] > 0.9
-    open_products = [p.pk for p in products[120:]]
+    assert active.metrics["attributes"]["color"]["accuracy"] >= 0.8
+    open_products = [p.pk for p in products[60:]]
     predictions = AttributePrediction.objects.filter(model_version=active, product_id__in=open_products)
-    assert predictions.count() == 40
+    assert predictions.count() == 30
     truth = {p.pk: c for p, c in zip(products, colours, strict=True)}
-    assert sum(truth[p] == v for p, v in predictions.values_list("product_id", "value")) >= 36
+    assert sum(truth[p] == v for p, v in predictions.values_list("product_id", "value")) >= 27
     accepted = AttributeLabel.objects.filter(model_version=active)
     assert accepted.count() > 0 and all(label.is_settled and label.answer_count == 0 for label in accepted)
     assert Task.objects.filter(pk__in=accepted.values("task"), status=Task.Status.COMPLETE).count() == accepted.count()
@@ -110,7 +110,7 @@ def test_snapshot_retrain_promote_then_auto_accept_and_rerank(loop, django_captu
     assert still_open.exists() and all(0 <= t.priority <= 100 for t in still_open)
     report = learning.learning_report(campaign=campaign)
     assert report["active"] == active and report["model_labels"] == accepted.count()
-    assert report["humans_saved"] == round(accepted.count() * 2.0)  # people needed 2 answers per label
+    assert report["humans_saved"] == accepted.count()  # people needed 1 answer per label
 
 
 def test_the_model_does_not_learn_from_its_own_labels(loop, django_capture_on_commit_callbacks):
@@ -119,13 +119,13 @@ def test_the_model_does_not_learn_from_its_own_labels(loop, django_capture_on_co
         learning.retrain_start(campaign=campaign, config=CONFIG)
     assert AttributeLabel.objects.filter(model_version__isnull=False).exists()
     snapshot = learning.learning_snapshot(campaign=campaign)
-    assert snapshot.version == 2 and snapshot.item_count == 120  # still only what people settled
+    assert snapshot.version == 2 and snapshot.item_count == 60  # still only what people settled
 
 
 def test_learning_due_waits_for_enough_new_labels(loop, django_capture_on_commit_callbacks):
     campaign, products, colours = loop
     with django_capture_on_commit_callbacks(execute=True):
-        assert len(learning.learning_due()) == 1  # 120 labels >= 50: the first run
+        assert len(learning.learning_due()) == 1  # 60 labels >= 50: the first run
     assert learning.learning_due() == []  # nothing new since
     Campaign.objects.filter(pk=campaign.pk).update(learning_enabled=False)
     assert learning.learning_due() == []
@@ -134,3 +134,32 @@ def test_learning_due_waits_for_enough_new_labels(loop, django_capture_on_commit
 def test_retrain_refuses_a_match_campaign(db):
     with pytest.raises(ValueError, match="attribute campaigns"):
         learning.retrain_start(campaign=CampaignFactory(slug="match"))
+
+
+@pytest.mark.parametrize("role", ["anonymous", "employee", "tagger", "ml", "admin"])
+def test_models_page_permission_matrix_and_content(client, as_role, loop, role, django_capture_on_commit_callbacks):
+    campaign, *_ = loop
+    if role in ("ml", "admin"):
+        with django_capture_on_commit_callbacks(execute=True):
+            learning.retrain_start(campaign=campaign, config=CONFIG)
+    as_role(role)
+    response = client.get("/learning/")
+    if role in ("ml", "admin"):
+        body = response.content.decode()
+        assert response.status_code == 200 and "campaign:tagging" in body and "Active" in body
+        assert "<polyline" in body and "labels settled by the model" in body
+    else:
+        assert response.status_code == (302 if role == "anonymous" else 403)
+
+
+def test_retrain_and_rollback_buttons(client, as_role, loop, django_capture_on_commit_callbacks):
+    campaign, *_ = loop
+    as_role("employee")
+    assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 403
+    as_role("ml")
+    response = client.post(f"/learning/{campaign.slug}/rollback")
+    assert response.status_code == 302  # nothing to roll back to: a message, nothing changes
+    assert not ModelVersion.objects.filter(kind="tagging").exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 302
+    assert TrainingRun.objects.get().reason.startswith("by ")

@@ -1,0 +1,80 @@
+"""The ML team's page of the learning loop (annotate.learning): per attribute campaign, the active
+and past models with their metrics per attribute, coverage at the target precision, labels the model
+settled ("humans saved"), the audit sample's precision, and the training runs with their curves;
+retrain and roll back."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from mlcore import training
+
+from . import learning, selectors
+from .models import Campaign
+
+
+def _curve(history: list[dict], key: str, *, width: int = 320, height: int = 80) -> dict | None:
+    """SVG polyline points of `key` over a run's epochs (image stage then text stage, in order)."""
+    values = [h[key] for h in history if h.get(key) is not None]
+    if len(values) < 2:
+        return None
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - (v - low) / span * height:.1f}" for i, v in enumerate(values))
+    return {"points": points, "low": low, "high": high, "width": width, "height": height}
+
+
+@login_required
+@require_GET
+def learning_page(request):
+    """ML team and admins: the learning loop of every attribute campaign."""
+    selectors.snapshots_for_user(request.user)  # the ml/admin check
+    sections = []
+    for campaign in Campaign.objects.filter(kind=Campaign.Kind.ATTRIBUTES).order_by("name"):
+        report = learning.learning_report(campaign=campaign)
+        for run in report["runs"]:
+            history = run.history or []
+            run.loss_curve = _curve(history, "train_loss")
+            run.accuracy_curve = _curve(
+                [
+                    {"acc": sum(h["val_accuracy"].values()) / len(h["val_accuracy"])}
+                    for h in history
+                    if h["val_accuracy"]
+                ],
+                "acc",
+            )
+        sections.append({"campaign": campaign, "report": report})
+    return render(request, "annotate/learning.html", {"sections": sections})
+
+
+@login_required
+@require_POST
+def learning_retrain(request, slug):
+    """Start a retrain of the campaign now (ML team and admins)."""
+    campaign = selectors.get_campaign_for_exporter(request.user, slug)
+    try:
+        with transaction.atomic():
+            learning.retrain_start(
+                campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user
+            )
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Retraining {campaign.name}: the run shows below.")
+    return redirect("annotate:learning")
+
+
+@login_required
+@require_POST
+def learning_rollback(request, slug):
+    """Make the previously active model of the campaign active again (ML team and admins)."""
+    campaign = selectors.get_campaign_for_exporter(request.user, slug)
+    restored = training.rollback(scope=learning.scope_of(campaign))
+    if restored is None:
+        messages.error(request, "There is no earlier model to roll back to.")
+    else:
+        messages.success(request, f"{restored.name} is active again.")
+    return redirect("annotate:learning")
