@@ -71,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--modality", choices=("image", "text", "fusion"), default="fusion")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--hidden", type=int, default=0, help="hidden layer of the heads (0: linear heads)")
     parser.add_argument(
         "--bound", choices=("wilson", "point"), default="wilson", help="threshold rule (mlcore.nn.tagging)"
     )
@@ -351,7 +352,14 @@ def _train_and_predict(consensus, labelled, fold, image, text, features, args) -
     from mlcore.nn import tagging as nt
 
     posterior, labels = consensus.posterior, consensus.label
-    config = nt.HeadsConfig(hidden_dim=0, epochs=args.epochs, batch_size=512, lr=5e-3, dropout=0.0, seed=args.seed)
+    config = nt.HeadsConfig(
+        hidden_dim=args.hidden,
+        epochs=args.epochs,
+        batch_size=512,
+        lr=5e-3 if not args.hidden else 2e-3,
+        dropout=0.0 if not args.hidden else 0.2,
+        seed=args.seed,
+    )
     started = time.perf_counter()
     rates = []
 

@@ -12,10 +12,11 @@ embedding model version whose image embeddings feed the heads, the target precis
 text_encoder ("minilm" or "none"), threshold_bound ("wilson", the default, or "point"),
 min_accepted, epochs, batch_size, lr, hidden_dim, dropout, seed.
 
-Fusion, temperature and thresholds are fitted on the validation split (10% of the products), so with
-the Wilson bound at 98% nothing is auto-accepted before the validation split holds ~190 labels the
-model gets right. bench/label_economy.py fits them on out-of-fold predictions of every label instead
-(cross-fitting), which starts auto-accepting much earlier; the product does not do that yet.
+Fusion, temperature and thresholds are fitted on out-of-fold predictions of every train and
+validation label (cross-fitting, FOLDS folds by a hash of the product: `calibration: "cross_fit"`,
+the default), as bench/label_economy.py does; `calibration: "validation"` fits them on the 10%
+validation split alone (cheaper, but with the Wilson bound at 98% nothing is auto-accepted before
+that split holds ~190 labels the model gets right).
 
 The model: per attribute, an image head over the backbone's embedding and a text head over MiniLM
 embeddings of the product's text (mlcore.nn.tagging.TaggingHeads, one network per modality, one head
@@ -78,6 +79,7 @@ class Dataset:
     targets/masks per attribute: (N, K_a) float32 soft targets and (N,) bool."""
 
     products: list[int]
+    keys: list[str]  # product uuids, for folds
     image: np.ndarray
     text: np.ndarray
     split: np.ndarray
@@ -193,7 +195,8 @@ def dataset_build(
             masks[slug][n] = True
     image, text = product_features(product_ids, embedding_version=embedding_version, text_encoder=text_encoder)
     split = np.array([r["split"] for r in kept])
-    return Dataset(product_ids, image, text, split, targets, masks, values)
+    keys = [str(r["product"]) for r in kept]
+    return Dataset(product_ids, keys, image, text, split, targets, masks, values)
 
 
 def _uuid(value):
@@ -446,9 +449,15 @@ def _train(run: TrainingRun) -> None:
             )
         model.heads_input, model.hidden_dim = x.shape[1], heads_config.hidden_dim
         trained[stage] = model
-    calibrate = val if len(val) else train
-    log_image = nt.heads_log_proba(trained["image"], data.image[calibrate])
-    log_text = nt.heads_log_proba(trained["text"], data.text[calibrate])
+    if config.get("calibration", "cross_fit") == "cross_fit":
+        # Out-of-fold predictions of every train and validation label: fusion, temperature and the
+        # threshold rest on all of them, not on the 10% validation split alone.
+        calibrate = np.concatenate([train, val])
+        log_image, log_text = _out_of_fold(data, calibrate, values, heads_config, device=str(device))
+    else:
+        calibrate = val if len(val) else train
+        log_image = nt.heads_log_proba(trained["image"], data.image[calibrate])
+        log_text = nt.heads_log_proba(trained["text"], data.text[calibrate])
     fusion, temperature, thresholds = {}, {}, {}
     for slug in values:
         mask = data.masks[slug][calibrate]
@@ -498,6 +507,40 @@ def _train(run: TrainingRun) -> None:
         status=TrainingRun.Status.DONE, promoted=promoted, decision=decision, finished_at=timezone.now()
     )
     checkpoint.unlink(missing_ok=True)  # the resume checkpoint is no longer needed
+
+
+FOLDS = 3
+
+
+def fold_of(key: str) -> int:
+    """A stable cross-fitting fold in [0, FOLDS) from the sha256 of a product uuid."""
+    return int(hashlib.sha256(f"fold:{key}".encode()).hexdigest()[:8], 16) % FOLDS
+
+
+def _out_of_fold(data: Dataset, rows: np.ndarray, values: dict, config, *, device: str):
+    """({attribute: (len(rows), K) log-probabilities}, same for text): each row predicted by heads
+    trained on the other folds (cross-fitting). FOLDS extra trainings per modality; not
+    checkpointed (a resumed run redoes them)."""
+    from .nn import tagging as nt
+
+    folds = np.array([fold_of(data.keys[i]) for i in rows])
+    out = []
+    for x in (data.image, data.text):
+        log_p = {slug: np.zeros((len(rows), len(v))) for slug, v in values.items()}
+        for f in range(FOLDS):
+            fit, held = rows[folds != f], rows[folds == f]
+            if not len(held):
+                continue
+            masks = {s: data.masks[s][fit] for s in values}
+            if not len(fit) or not any(m.any() for m in masks.values()):
+                raise TrainingError("too few labels to cross-fit: add labels or set calibration to 'validation'")
+            model, _ = nt.heads_train(
+                x[fit], {s: data.targets[s][fit] for s in values}, masks, config=config, device=device
+            )
+            for slug, z in nt.heads_log_proba(model, x[held]).items():
+                log_p[slug][folds == f] = z
+        out.append(log_p)
+    return out[0], out[1]
 
 
 def _heads_from(state, input_dim, values, config):
