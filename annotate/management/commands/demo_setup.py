@@ -90,7 +90,10 @@ class Command(BaseCommand):
             marked = gold_mark_demo(campaign=campaign, count=options["gold"])
             self.stdout.write(f"Every photo already has a task; {marked} more marked gold.")
         tagging_campaign = _tagging_campaign(
-            products=options["tag_products"], calibration=options["calibration"], by=User.objects.get(username="admin")
+            products=options["tag_products"],
+            calibration=options["calibration"],
+            by=User.objects.get(username="admin"),
+            embedding_version=version,
         )
         self.stdout.write(
             f"Attribute tagging: campaign '{tagging_campaign.slug}' with "
@@ -117,9 +120,11 @@ not a failure. Fashion-MNIST images are 28 × 28 grey-scale, so colour is mostly
 """
 
 
-def _tagging_campaign(*, products: int, calibration: int, by):
+def _tagging_campaign(*, products: int, calibration: int, by, embedding_version=None):
     """The demo's attribute campaign: the default schema over the first `products` catalog products,
-    the first `calibration` of them tagged by both teams. Idempotent."""
+    the first `calibration` of them tagged by both teams. The learning loop is on, retraining every
+    150 new attribute labels, about 10 products (a small demo campaign; the product default is 500), so /learning/ shows runs after
+    a few minutes of tagging. Idempotent."""
     from annotate.models import Team, TeamMember
     from annotate.tagging import tag_tasks_build
     from catalog.attribute_schema import PERSONAS, attribute_schema_ensure
@@ -140,6 +145,9 @@ def _tagging_campaign(*, products: int, calibration: int, by):
             "gold_rate": 0,
             "calibration_answers_per_team": 1,
             "created_by": by,
+            "model_version": embedding_version,
+            "learning_enabled": embedding_version is not None,
+            "retrain_every_labels": 150,
         },
     )
     wanted = ["category", "color", "pattern", "sleeve_length", "neckline", "pant_length", "season"]
