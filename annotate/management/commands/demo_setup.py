@@ -123,8 +123,8 @@ not a failure. Fashion-MNIST images are 28 × 28 grey-scale, so colour is mostly
 def _tagging_campaign(*, products: int, calibration: int, by, embedding_version=None):
     """The demo's attribute campaign: the default schema over the first `products` catalog products,
     the first `calibration` of them tagged by both teams. The learning loop is on, retraining every
-    150 new attribute labels, about 10 products (a small demo campaign; the product default is 500), so /learning/ shows runs after
-    a few minutes of tagging. Idempotent."""
+    150 new attribute labels, about 10 products (a small demo campaign; the product default is 500),
+    so /learning/ shows runs after a few minutes of tagging. Idempotent."""
     from annotate.models import Team, TeamMember
     from annotate.tagging import tag_tasks_build
     from catalog.attribute_schema import PERSONAS, attribute_schema_ensure
