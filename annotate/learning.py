@@ -406,13 +406,30 @@ def training_interval(successes: int, n: int) -> tuple[float, float]:
     return wilson_interval(successes, n)
 
 
-def on_model_activated(sender, *, version: ModelVersion, scope: str, **kwargs) -> None:
-    """mlcore.training.model_activated → queue annotate.learning_apply for the campaign of `scope`."""
+def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=None, rollback=False, **kwargs) -> None:
+    """mlcore.training.model_activated → queue annotate.learning_apply for the campaign of `scope`.
+    On a rollback, the labels the rolled-back model settled are withdrawn first (their tasks reopen):
+    the ML team rolled it back because they do not trust it."""
     if not scope.startswith("campaign:"):
         return
     campaign = Campaign.objects.filter(slug=scope.removeprefix("campaign:")).first()
     if campaign is None:
         return
+    if rollback and replaced is not None:
+        model_labels_withdraw(campaign=campaign, version=replaced)
     from .tasks import learning_apply_task
 
     learning_apply_task.delay(campaign.pk)
+
+
+def model_labels_withdraw(*, campaign: Campaign, version: ModelVersion) -> int:
+    """Delete the labels `version` auto-accepted in `campaign` and reopen their tasks (people or the
+    next model settle them again). Returns the number of labels withdrawn."""
+    with transaction.atomic():
+        labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version=version)
+        task_ids = list(labels.values_list("task_id", flat=True).distinct())
+        count, _ = labels.delete()
+        Task.objects.filter(pk__in=task_ids, status=Task.Status.COMPLETE).update(
+            status=Task.Status.OPEN, completed_at=None
+        )
+    return count

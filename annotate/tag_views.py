@@ -17,7 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from catalog.attribute_schema import CATEGORY_SLUG, attribute_applies, category_paths, category_value
 from catalog.models import Attribute, Product, ProductImage
-from mlcore.models import AttributePrediction
+from mlcore.models import AttributePrediction, ModelVersion
 
 from . import selectors, services, tagging
 from .models import Campaign, GuideRead, Task
@@ -65,7 +65,10 @@ def _suggestions(*, product: Product, attributes: list[Attribute]) -> dict[str, 
     model version that predicted it; a value the attribute no longer allows is dropped (1 query)."""
     by_id = {a.pk: a for a in attributes}
     rows = (
-        AttributePrediction.objects.filter(product=product, attribute_id__in=list(by_id))
+        # The active model's (a retired or rolled-back model's predictions are not shown).
+        AttributePrediction.objects.filter(
+            product=product, attribute_id__in=list(by_id), model_version__status=ModelVersion.Status.ACTIVE
+        )
         .order_by("attribute_id", "-model_version__created_at", "-model_version_id")
         .values_list("attribute_id", "value", "confidence")
     )

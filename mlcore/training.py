@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 STALE_RUN_AFTER = timedelta(minutes=10)  # a RUNNING run without a heartbeat this long is re-claimed
 # Sent after a candidate becomes active (or a rollback): annotate re-ranks and auto-accepts.
-# Arguments: version (the new active ModelVersion), scope.
+# Arguments: version (the new active ModelVersion), scope, and replaced (the model that was active
+# before, or None) with rollback=True when an admin rolled `replaced` back.
 model_activated = Signal()
 
 
@@ -589,19 +590,24 @@ def candidate_promote(*, candidate: ModelVersion, data: Dataset | None = None, r
     return True, decision
 
 
-def _activate(version: ModelVersion, *, reason: str = "") -> None:
+def _activate(version: ModelVersion, *, rollback: bool = False) -> None:
     now = timezone.now()
     with transaction.atomic():
-        list(
-            ModelVersion.objects.select_for_update()
-            .filter(kind=version.kind, scope=version.scope, status=ModelVersion.Status.ACTIVE)
-            .values_list("pk", flat=True)
+        current = list(
+            ModelVersion.objects.select_for_update().filter(
+                kind=version.kind, scope=version.scope, status=ModelVersion.Status.ACTIVE
+            )
         )
-        ModelVersion.objects.filter(kind=version.kind, scope=version.scope, status=ModelVersion.Status.ACTIVE).update(
+        ModelVersion.objects.filter(pk__in=[v.pk for v in current]).update(
             status=ModelVersion.Status.RETIRED, retired_at=now
         )
         ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.ACTIVE, promoted_at=now)
-        transaction.on_commit(lambda: model_activated.send(sender=ModelVersion, version=version, scope=version.scope))
+        replaced = current[0] if current else None
+        transaction.on_commit(
+            lambda: model_activated.send(
+                sender=ModelVersion, version=version, scope=version.scope, replaced=replaced, rollback=rollback
+            )
+        )
 
 
 def rollback(*, scope: str) -> ModelVersion | None:
@@ -619,6 +625,6 @@ def rollback(*, scope: str) -> ModelVersion | None:
     )
     if previous is None:
         return None
-    _activate(previous)
+    _activate(previous, rollback=True)
     previous.refresh_from_db()
     return previous

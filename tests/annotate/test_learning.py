@@ -163,3 +163,40 @@ def test_retrain_and_rollback_buttons(client, as_role, loop, django_capture_on_c
     with django_capture_on_commit_callbacks(execute=True):
         assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 302
     assert TrainingRun.objects.get().reason.startswith("by ")
+
+
+def test_rolling_back_withdraws_the_models_labels_and_reopens_its_tasks(loop, django_capture_on_commit_callbacks):
+    from mlcore import training
+
+    campaign, *_ = loop
+    with django_capture_on_commit_callbacks(execute=True):
+        learning.retrain_start(campaign=campaign, config=CONFIG)
+    first = training.active_model("campaign:tagging")
+    first_labels = AttributeLabel.objects.filter(model_version=first).count()
+    assert first_labels > 0
+    # A second model takes over (promoted by hand here), then is rolled back.
+    second = ModelVersion.objects.create(
+        name="second",
+        kind="tagging",
+        status="candidate",
+        scope="campaign:tagging",
+        backbone=first.backbone,
+        image_size_px=first.image_size_px,
+        embedding_dim=first.embedding_dim,
+        weights_path=first.weights_path,
+        checkpoint_sha256=first.checkpoint_sha256,
+        config=first.config,
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training.candidate_promote(candidate=second)[0]
+    assert AttributeLabel.objects.filter(model_version=second).exists()
+    reopened = set(AttributeLabel.objects.filter(model_version=second).values_list("task_id", flat=True))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training.rollback(scope="campaign:tagging") == first
+    # The second model could only settle what was still open: the first model's audit sample. Rolled
+    # back, its labels are withdrawn and those products are open for people again (the first
+    # model's own audit pick); the first model's labels stand.
+    assert reopened
+    assert not AttributeLabel.objects.filter(model_version=second).exists()
+    assert all(t.status == Task.Status.OPEN for t in Task.objects.filter(pk__in=reopened))
+    assert AttributeLabel.objects.filter(model_version=first).count() == first_labels

@@ -344,7 +344,8 @@ def test_invalid_values_re_render_the_same_product_with_errors(client, campaign)
 
 def test_suggestions_pre_fill_and_are_recorded(client, campaign, schema):
     (task,) = _tasks(campaign, 1)
-    old = ModelVersionFactory(name="tagger-v1", kind="tagging")
+    # The active model's predictions pre-fill the form; a retired model's are not shown.
+    old = ModelVersionFactory(name="tagger-v1", kind="tagging", status="retired")
     new = ModelVersionFactory(name="tagger-v2", kind="tagging")
     AttributePrediction.objects.create(
         product=task.product, attribute=schema["color"], model_version=old, value="blue", confidence=0.6
