@@ -57,6 +57,8 @@ class MatchConfig:
 
     dim: output embedding size (cosine space shared by photos and products).
     hidden: 0 = one linear layer per tower; > 0 = Linear(D, hidden) → GELU → Linear(hidden, dim).
+    rank: > 0 replaces the projection by a low-rank residual x + B A x of that rank (LowRankResidual);
+        the output then has D dimensions and `dim`/`hidden` are ignored.
     towers: "two" (separate photo and product weights) or "shared" (one tower for both).
     epochs: passes over the training photos.
     batch_size: photos per optimiser step.
@@ -72,6 +74,7 @@ class MatchConfig:
 
     dim: int = 128
     hidden: int = 0
+    rank: int = 0
     towers: Literal["two", "shared"] = "two"
     epochs: int = 30
     batch_size: int = 64
@@ -83,7 +86,14 @@ class MatchConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.dim < 1 or self.hidden < 0 or self.epochs < 0 or self.batch_size < 1 or self.catalog_negatives < 0:
+        if (
+            self.dim < 1
+            or self.hidden < 0
+            or self.rank < 0
+            or self.epochs < 0
+            or self.batch_size < 1
+            or self.catalog_negatives < 0
+        ):
             raise ValueError(f"MatchConfig has a non-positive size: {self}")
         if self.towers not in ("two", "shared"):
             raise ValueError(f"towers must be 'two' or 'shared', got {self.towers!r}")
@@ -94,7 +104,27 @@ class MatchConfig:
         return asdict(self)
 
 
+class LowRankResidual(nn.Module):
+    """x ↦ x + B(A x), A: (rank, D), B: (D, rank) zero-initialised: the identity at the start.
+
+    A low-rank update of the identity map, as LoRA (Hu et al. 2021) updates a frozen weight; it
+    starts exactly at the backbone's cosine geometry and weight decay pulls it back towards it.
+    """
+
+    def __init__(self, in_dim: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(in_dim, rank, bias=False)  # A
+        self.up = nn.Linear(rank, in_dim, bias=False)  # B
+        nn.init.orthogonal_(self.down.weight)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(self.down(x))  # (B, D) → (B, rank) → (B, D)
+
+
 def _tower(in_dim: int, config: MatchConfig) -> nn.Module:
+    if config.rank:
+        return LowRankResidual(in_dim, config.rank)
     if config.hidden:
         layers = [nn.Linear(in_dim, config.hidden), nn.GELU(), nn.Linear(config.hidden, config.dim)]
     else:
@@ -121,7 +151,11 @@ class MatchHead(nn.Module):
         self.in_dim = in_dim
         self.config = config
         self.photo_tower = _tower(in_dim, config)
-        self.product_tower = self.photo_tower if config.towers == "shared" else _tower(in_dim, config)
+        if config.towers == "shared":
+            self.product_tower = self.photo_tower
+        else:  # the same starting weights, so the untrained head ranks as the shared one does
+            self.product_tower = _tower(in_dim, config)
+            self.product_tower.load_state_dict(self.photo_tower.state_dict())
         self.dustbin = nn.Parameter(torch.tensor(float(config.dustbin_init)))
 
     def photo(self, x: torch.Tensor) -> torch.Tensor:
