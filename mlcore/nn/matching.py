@@ -1,15 +1,17 @@
 """Photo → catalog product matching head, trained from verified matches, with a learned rejection.
 
 The backbone (mlcore.nn.backbones) stays frozen; its L2-normalised embeddings are the input here.
-A small head maps them to a shared, L2-normalised `dim`-dimensional space in which cosine similarity
-ranks catalog products for a customer photo:
+A small head maps them to a shared, L2-normalised space (d = D for the default residual towers,
+`dim` for the projection ones) in which cosine similarity ranks catalog products for a photo:
 
-    photo embedding (N, D) ──photo tower──▶ (N, dim) ─┐
-                                                       ├─ cosine (N, P) ─▶ top-k / "no suggestion"
-    product embedding (P, D) ─product tower─▶ (P, dim) ┘
+    photo embedding (N, D) ──photo tower──▶ (N, d) ─┐
+                                                     ├─ cosine (N, P) ─▶ top-k / "no suggestion"
+    product embedding (P, D) ─product tower─▶ (P, d) ┘
 
-- Towers: one linear layer each (or a 2-layer MLP with `hidden` > 0), initialised as a random
-  orthogonal projection so the untrained head roughly keeps the backbone's cosine geometry
+- Towers (default): a low-rank residual x + B A x of rank 64 on each side (LowRankResidual; LoRA's
+  update, Hu et al. 2021, applied to the identity), zero-initialised so the untrained head *is* the
+  pretrained cosine ranking. Alternatives kept behind the config: a linear projection to `dim`
+  (`rank=0`) or a 2-layer MLP (`rank=0, hidden>0`), initialised as a random orthogonal projection
   (Johnson & Lindenstrauss 1984). `towers="two"` gives photos and products separate weights (the
   two domains differ: studio packshots vs. phone photos); `towers="shared"` uses one.
 - Loss: InfoNCE (Oord, Li & Vinyals 2018, "Representation learning with contrastive predictive
@@ -24,10 +26,19 @@ ranks catalog products for a customer photo:
   "A gentle introduction to conformal prediction"), so that a new photo of a catalog product is
   rejected with probability at most `max_match_rejection` (exchangeability assumed).
 
-What was chosen, and why (bench/_match_economy.py, docs/matching.md): frozen features + a linear
-two-tower head. Fine-tuning the backbone is not done here: on the 2-core CPU every epoch would
-re-run the network over the photos and the sampled catalog, while the head trains on cached
-embeddings in seconds.
+What was chosen, and why (bench/_match_economy.py on the demo data, 800 verified matches + 240
+rejections, 10,000 products, EfficientNet-Lite0 at 96 px; figures in docs/matching.md): frozen
+features + two low-rank residual towers of rank 64, 5 epochs at lr 1e-3, 2,048 sampled catalog
+negatives. On 1,000 held-out photos of other catalog products recall@1 went from 0.035 to 0.090 and
+recall@3 from 0.066 to 0.153. A linear projection to 128 dimensions reached 0.072 (a first run of it
+for 30 epochs at lr 3e-3 over-fitted the 800 products: train loss 0.03, recall@1 0.021), an MLP
+0.054, shared towers 0.078, rank 16 0.063; rank 256 was no better than 64. Hard negatives made no
+measurable difference (mean recall@1 over 3 training seeds 0.086 with, 0.083 without); they stay in
+because they cost nothing and are what people actually rejected. Training on the rejected photos is
+what makes non-product photos rejectable (0.70 → 0.98 of them get no suggestion). The backbone is
+not fine-tuned: on the 2-core CPU every epoch would re-run the network over the photos and the
+sampled catalog (the embedding alone ran at 9-30 img/s there under load), while the head trains on
+cached embeddings in 10-40 s.
 
 Pure PyTorch and numpy; no Django import.
 """
@@ -74,11 +85,11 @@ class MatchConfig:
 
     dim: int = 128
     hidden: int = 0
-    rank: int = 0
+    rank: int = 64
     towers: Literal["two", "shared"] = "two"
-    epochs: int = 30
+    epochs: int = 5
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     temperature: float = 0.05
     catalog_negatives: int = 2048
