@@ -14,14 +14,16 @@ catalog.fashion_mnist.fashion_mnist_load does, but without Django:
   picks the best epoch and fits the rejection threshold;
 - test: `--test-photos` photos of catalog products *not* among the verified ones (new products, new
   photos), `--test-non-product` non-product photos and `--test-not-in-catalog` photos of products not
-  in the catalog.
+  in the catalog; with `--seen-photos`, also one new photo of each product verified in training.
 
 Embeds everything with the pretrained backbone (mlcore.nn.backbones.backbone_build +
 mlcore.nn.infer.embed_images, cached in var/bench/match_economy/ keyed by the data arguments), trains
 mlcore.nn.matching.match_head_train and prints recall@1/@3 before (pretrained cosine) and after, with
 95% Wilson intervals, the rejection figures at the fitted threshold, and training throughput.
 
-Run standalone (about 3 minutes the first time on an idle 2-core CPU, ~20 s with the cache):
+Run standalone. With the cache it took 25-70 s on the shared 2-core dev VM. The first run took
+23 min there, with the load average at 6-8 from other work: products embedded at 9 img/s. At the
+140-200 img/s of an idle machine (docs/benchmarks.md) it should take about 2-3 min.
 
     .venv/bin/python bench/_match_economy.py
     .venv/bin/python bench/_match_economy.py --train-matches 1000 --test-photos 1000 --products 10000 \\
@@ -105,6 +107,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per embedding pass")
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
+    parser.add_argument(
+        "--seen-photos", action="store_true", help="also score new photos of the products verified in training"
+    )
     parser.add_argument("--json", action="store_true", help="print the result dict as JSON at the end")
     return parser.parse_args(argv)
 
@@ -216,6 +221,36 @@ def data_load(args) -> tuple[dict[str, np.ndarray], bool]:
     np.savez(tmp, **data)
     os.replace(tmp, path)
     return data, False
+
+
+def seen_photos_load(args, match_product: np.ndarray) -> np.ndarray:
+    """Embeddings (M, D) of new photos of the verified products (one each, in `match_product` order):
+    how well the head does on products people already matched. Cached like data_load."""
+    path = CACHE_DIR / f"seen-{_data_key(args)}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["emb"]
+    import torch
+
+    from catalog import demo_data
+    from mlcore.nn.backbones import backbone_build
+    from mlcore.nn.data import eval_transform
+    from mlcore.nn.infer import embed_images, model_prepare
+
+    root = demo_data.fashion_mnist_locate(args.dataset_dir, allow_download=False)
+    train_x, _ = demo_data.fashion_mnist_read(root, "train")
+    catalog = np.sort(np.random.default_rng(args.seed).choice(len(train_x), size=args.products, replace=False))
+    rng = np.random.default_rng([args.seed, 7])  # a stream of its own: new photos, not the training ones
+    photos = [demo_data.customer_photo_render(train_x[catalog[p]], rng=rng) for p in match_product]
+    model, spec = backbone_build(args.backbone)
+    transform = eval_transform(image_size_px=args.image_size, mean=spec.mean, std=spec.std)
+    device = torch.device("cpu")
+    emb = embed_images(
+        model_prepare(model, device), photos, transform=transform, batch_size=args.batch_size, device=device
+    )
+    np.savez(path.with_suffix(".tmp.npz"), emb=emb)
+    os.replace(path.with_suffix(".tmp.npz"), path)
+    return emb
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -361,6 +396,16 @@ def matching_report(args) -> dict:
     }
     before = _evaluate(data, None, **common)
     after = _evaluate(data, head, **common)
+    if args.seen_photos:
+        # New photos of products verified in training (not validation): the case of a returning product.
+        seen = seen_photos_load(args, data["match_product"])[train_m]
+        seen_truth = data["match_product"][train_m]
+        for result, model in ((before, None), (after, head)):
+            idx, _ = topk_scores(seen, products, model, k=args.k)
+            result["seen_recall_at_1"] = _rate(int((idx[:, 0] == seen_truth).sum()), len(seen_truth))
+            result[f"seen_recall_at_{args.k}"] = _rate(
+                int((idx == seen_truth[:, None]).any(axis=1).sum()), len(seen_truth)
+            )
     return {
         "args": vars(args),
         "config": config.to_dict(),
@@ -401,8 +446,11 @@ def report_text(result: dict) -> str:
         ("test matches rejected", "test_matches_rejected"),
         ("non-product rejected", "non_product_rejected"),
         ("not-in-catalog rejected", "not_in_catalog_rejected"),
+        ("recall@1, verified products", "seen_recall_at_1"),
+        (f"recall@{k}, verified products", f"seen_recall_at_{k}"),
     ):
-        rows.append([name, _fmt(result["before"][key]), _fmt(result["after"][key])])
+        if key in result["before"]:
+            rows.append([name, _fmt(result["before"][key]), _fmt(result["after"][key])])
     rows.append(
         ["threshold (top-1 cosine)", f"{result['before']['threshold']:.3f}", f"{result['after']['threshold']:.3f}"]
     )
