@@ -148,10 +148,12 @@ def _tower(in_dim: int, config: MatchConfig) -> nn.Module:
 
 
 class MatchHead(nn.Module):
-    """Photo and product towers (D → dim, L2-normalised outputs) and the learned no-match level.
+    """Photo and product towers (D → d, L2-normalised outputs) and the learned no-match level.
+
+    d is D for the low-rank residual towers (config.rank > 0) and config.dim otherwise.
 
     Attributes:
-        photo_tower, product_tower: (B, D) float32 → (B, dim); the same module when towers="shared".
+        photo_tower, product_tower: (B, D) float32 → (B, d); the same module when towers="shared".
         dustbin: scalar parameter, the no-match column's similarity in cosine units.
     """
 
@@ -170,10 +172,10 @@ class MatchHead(nn.Module):
         self.dustbin = nn.Parameter(torch.tensor(float(config.dustbin_init)))
 
     def photo(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.photo_tower(x), dim=1)  # (B, D) → (B, dim), unit rows
+        return F.normalize(self.photo_tower(x), dim=1)  # (B, D) → (B, d), unit rows
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.product_tower(x), dim=1)  # (M, D) → (M, dim), unit rows
+        return F.normalize(self.product_tower(x), dim=1)  # (M, D) → (M, d), unit rows
 
 
 # -- input checks --------------------------------------------------------------------------------
@@ -417,7 +419,7 @@ def match_head_apply(head: MatchHead, emb: np.ndarray, *, side: Literal["photo",
         side: "photo" or "product": which tower.
 
     Returns:
-        (n, dim) float32, rows L2-normalised (cosine similarity = dot product).
+        (n, d) float32 (d: see MatchHead), rows L2-normalised (cosine similarity = dot product).
 
     Raises:
         ValueError: `emb` is not (n, head.in_dim) float, holds NaN/inf, or `side` is unknown.
