@@ -68,7 +68,7 @@ def loop(db):
 # A point-estimate threshold: the 6 or so validation products could never reach a 98% Wilson bound.
 CONFIG = {
     "text_encoder": "none",
-    "epochs": 5,
+    "epochs": 20,
     "batch_size": 16,
     "lr": 0.05,
     "min_accepted": 3,
