@@ -356,6 +356,124 @@ def _required_of(task, every, labels):
     return [by_slug[a.slug] for a in required]
 
 
+# -- matching: learning from verified matches -----------------------------------------------------------
+
+
+def matching_scope_of(campaign: Campaign) -> str:
+    """The model registry scope of a match campaign's matching heads."""
+    return f"matching:{campaign.slug}"
+
+
+def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
+    """Freeze the verified photos of a match campaign in items.jsonl, one per line: {"photo",
+    "split", "product" (the matched product's uuid, or null when people said none / not a product /
+    unfit), "hard_negatives" (the candidates turned down)}, from tasks people settled (not the
+    model) and gold tasks; registered as a DONE export "matching-<campaign slug>" with its sha256."""
+    from .models import GoldLabel, TaskCandidate
+
+    last = ExportSnapshot.objects.filter(name=f"matching-{campaign.slug}").aggregate(v=Max("version"))["v"] or 0
+    snapshot = ExportSnapshot.objects.create(
+        name=f"matching-{campaign.slug}"[:80],
+        version=last + 1,
+        schema_version=SNAPSHOT_SCHEMA_VERSION,
+        status=ExportSnapshot.Status.RUNNING,
+        formats=["jsonl"],
+        filters={"campaigns": [campaign.slug], "purpose": "matching"},
+        created_by=created_by,
+        started_at=timezone.now(),
+    )
+    gold = dict(GoldLabel.objects.filter(task__campaign=campaign).values_list("task_id", "label"))
+    settled = dict(
+        Task.objects.filter(
+            campaign=campaign, status=Task.Status.COMPLETE, is_gold=False, label_model_version__isnull=True
+        ).values_list("pk", "label")
+    )
+    labels = {**settled, **gold}
+    folder = snapshot_folder(snapshot)
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    count = 0
+    task_ids = sorted(labels)
+    with open(partial / "items.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(0, len(task_ids), CHUNK):
+            chunk = task_ids[i : i + CHUNK]
+            photos = dict(Task.objects.filter(pk__in=chunk).values_list("pk", "photo__uuid"))
+            candidates: dict[int, dict[str, str]] = {}
+            for task_id, rank, product in TaskCandidate.objects.filter(task_id__in=chunk).values_list(
+                "task_id", "rank", "product__uuid"
+            ):
+                candidates.setdefault(task_id, {})[str(rank)] = str(product)
+            for task_id in chunk:
+                label, shown = labels[task_id], candidates.get(task_id, {})
+                if not label or (label.isdigit() and label not in shown):
+                    continue
+                product = shown.get(label) if label.isdigit() else None
+                photo = str(photos[task_id])
+                record = {
+                    "photo": photo,
+                    "split": split_of(photo),
+                    "product": product,
+                    "hard_negatives": sorted(p for p in shown.values() if p != product),
+                }
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+                count += 1
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(folder)
+    final = folder / "items.jsonl"
+    size = final.stat().st_size
+    ExportSnapshot.objects.filter(pk=snapshot.pk).update(
+        status=ExportSnapshot.Status.DONE,
+        files=[{"path": "items.jsonl", "format": "jsonl", "size_bytes": size, "sha256": file_sha256(final)}],
+        size_bytes=size,
+        item_count=count,
+        total_count=count,
+        done_count=count,
+        finished_at=timezone.now(),
+    )
+    snapshot.refresh_from_db()
+    return snapshot
+
+
+def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None):
+    """Snapshot a match campaign's verified photos and queue a matching-head retrain (queue gpu). The
+    new head becomes active only if it beats the pretrained cosine and the active head on recall@1.
+
+    Not yet done: an active head does not change the suggestions of open tasks (see docs/learning.md).
+
+    Raises:
+        ValueError: not a match campaign, or no embedding model version.
+    """
+    from mlcore.tasks import train_task
+
+    if campaign.kind != Campaign.Kind.MATCH or campaign.model_version_id is None:
+        raise ValueError("matching heads learn from a match campaign with an embedding model version")
+    snapshot = matching_snapshot(campaign=campaign, created_by=created_by)
+    run = TrainingRun.objects.create(
+        kind=ModelVersion.Kind.MATCHING,
+        scope=matching_scope_of(campaign),
+        snapshot_path=str(snapshot_folder(snapshot) / "items.jsonl"),
+        snapshot_uuid=snapshot.uuid,
+        config={"embedding_version": str(campaign.model_version.uuid), "max_match_rejection": 0.05, **(config or {})},
+        reason=reason,
+        epochs=int((config or {}).get("epochs", 5)),
+    )
+    transaction.on_commit(lambda: train_task.delay(run.pk))
+    return run
+
+
+def matching_report(*, campaign: Campaign) -> dict:
+    """For the ML page: a match campaign's matching heads and their training runs."""
+    scope = matching_scope_of(campaign)
+    versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.MATCHING, scope=scope).order_by("-created_at"))
+    runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
+    return {
+        "scope": scope,
+        "versions": versions,
+        "active": next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None),
+        "runs": runs,
+    }
+
+
 def learning_report(*, campaign: Campaign) -> dict:
     """For the ML page: the models of this campaign's scope with their runs, labels settled by the
     model ("humans saved": those labels times the mean answers people needed per settled label), and

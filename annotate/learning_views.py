@@ -30,11 +30,17 @@ def _curve(history: list[dict], key: str, *, width: int = 320, height: int = 80)
 @login_required
 @require_GET
 def learning_page(request):
-    """ML team and admins: the learning loop of every attribute campaign."""
+    """ML team and admins: the learning loop of every attribute campaign, and the matching head of
+    every match campaign."""
     selectors.snapshots_for_user(request.user)  # the ml/admin check
-    sections = []
-    for campaign in Campaign.objects.filter(kind=Campaign.Kind.ATTRIBUTES).order_by("name"):
-        report = learning.learning_report(campaign=campaign)
+    sections, matching = [], []
+    for campaign in Campaign.objects.order_by("name"):
+        if campaign.kind == Campaign.Kind.ATTRIBUTES:
+            report = learning.learning_report(campaign=campaign)
+            sections.append({"campaign": campaign, "report": report})
+        else:
+            report = learning.matching_report(campaign=campaign)
+            matching.append({"campaign": campaign, "report": report})
         for run in report["runs"]:
             history = run.history or []
             run.loss_curve = _curve(history, "train_loss")
@@ -46,8 +52,7 @@ def learning_page(request):
                 ],
                 "acc",
             )
-        sections.append({"campaign": campaign, "report": report})
-    return render(request, "annotate/learning.html", {"sections": sections})
+    return render(request, "annotate/learning.html", {"sections": sections, "matching": matching})
 
 
 @login_required
@@ -64,6 +69,23 @@ def learning_retrain(request, slug):
         messages.error(request, str(exc))
     else:
         messages.success(request, f"Retraining {campaign.name}: the run shows below.")
+    return redirect("annotate:learning")
+
+
+@login_required
+@require_POST
+def matching_retrain(request, slug):
+    """Retrain the matching head of a match campaign from its verified photos (ML team and admins)."""
+    campaign = selectors.get_campaign_for_exporter(request.user, slug)
+    try:
+        with transaction.atomic():
+            learning.matching_retrain_start(
+                campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user
+            )
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Retraining the matching head of {campaign.name}: the run shows below.")
     return redirect("annotate:learning")
 
 

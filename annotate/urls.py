@@ -19,6 +19,7 @@ urlpatterns = [
     path("learning/", learning_views.learning_page, name="learning"),
     path("learning/<slug:slug>/retrain", learning_views.learning_retrain, name="learning-retrain"),
     path("learning/<slug:slug>/rollback", learning_views.learning_rollback, name="learning-rollback"),
+    path("learning/<slug:slug>/matching/retrain", learning_views.matching_retrain, name="matching-retrain"),
     # Attribute tagging (annotate.tag_views).
     path("tag/<slug:slug>/", tag_views.tag, name="tag"),
     path("tag/<slug:slug>/answer", tag_views.tag_answer, name="tag-answer"),

@@ -16,6 +16,7 @@ class ModelVersion(models.Model):
     class Kind(models.TextChoices):
         EMBEDDING = "embedding", "Image embedding (matching)"
         TAGGING = "tagging", "Attribute tagging"
+        MATCHING = "matching", "Matching head (photo to product, fine-tuned)"
 
     class Status(models.TextChoices):
         TRAINING = "training", "Training"
@@ -49,8 +50,8 @@ class ModelVersion(models.Model):
             models.UniqueConstraint(fields=["name"], name="mlcore_modelversion_unique_name"),
             models.UniqueConstraint(
                 fields=["kind", "scope"],
-                condition=models.Q(status="active", kind="tagging"),
-                name="mlcore_modelversion_one_active_tagging_model_per_scope",
+                condition=models.Q(status="active", kind__in=["tagging", "matching"]),
+                name="mlcore_modelversion_one_active_trained_model_per_scope",
             ),
         ]
 

@@ -366,7 +366,12 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     if run.started_at is None:
         TrainingRun.objects.filter(pk=run.pk).update(started_at=now)
     try:
-        _train(run)
+        if run.kind == ModelVersion.Kind.MATCHING:
+            from .matching_training import matching_run_train
+
+            matching_run_train(run)
+        else:
+            _train(run)
     except Exception as exc:
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
@@ -555,29 +560,33 @@ def _heads_from(state, input_dim, values, config):
 # -- the registry ------------------------------------------------------------------------------------
 
 
-def active_model(scope: str) -> ModelVersion | None:
-    """The active tagging model of `scope`, or None."""
-    return ModelVersion.objects.filter(
-        kind=ModelVersion.Kind.TAGGING, scope=scope, status=ModelVersion.Status.ACTIVE
-    ).first()
+def active_model(scope: str, *, kind: str = ModelVersion.Kind.TAGGING) -> ModelVersion | None:
+    """The active model of `kind` (tagging by default) in `scope`, or None."""
+    return ModelVersion.objects.filter(kind=kind, scope=scope, status=ModelVersion.Status.ACTIVE).first()
 
 
-def candidate_promote(*, candidate: ModelVersion, data: Dataset | None = None, rows=None) -> tuple[bool, str]:
-    """Make `candidate` the active model of its scope if it beats the active one on the held-out rows
-    (`data`, `rows`: the candidate's test split; both models are scored there by `model_metrics`'s
-    score, the mean accuracy over attributes). Strictly better wins; a tie keeps the active model.
-    With no active model the candidate is promoted. The switch is atomic (the scope's rows locked):
-    the old active model becomes RETIRED. Sends `model_activated` after commit.
+def candidate_promote(
+    *, candidate: ModelVersion, data: Dataset | None = None, rows=None, score_active=None
+) -> tuple[bool, str]:
+    """Make `candidate` the active model of its scope if it beats the active one on the held-out rows:
+    the candidate's test split, where both are scored (`candidate.metrics["score"]` against the
+    active model's score there: for tagging, `model_metrics`'s mean accuracy over attributes on
+    `data`, `rows`; for other kinds, `score_active(active)`). Strictly better wins; a tie keeps the
+    active model. With no active model the candidate is promoted. The switch is atomic (the scope's
+    rows locked): the old active model becomes RETIRED. Sends `model_activated` after commit.
 
     Returns (promoted, the decision in words).
     """
-    active = active_model(candidate.scope)
+    active = active_model(candidate.scope, kind=candidate.kind)
     decision = ""
-    if active is not None and data is not None and rows is not None and len(rows):
+    if active is not None and (score_active is not None or (data is not None and rows is not None and len(rows))):
         try:
-            old = TaggingModel.load(active.weights_path, sha256=active.checkpoint_sha256)
-            old_score = model_metrics(old, data, rows, target=0.98)["score"]
-        except (TrainingError, KeyError, RuntimeError) as exc:
+            if score_active is not None:
+                old_score = score_active(active)
+            else:
+                old = TaggingModel.load(active.weights_path, sha256=active.checkpoint_sha256)
+                old_score = model_metrics(old, data, rows, target=0.98)["score"]
+        except (TrainingError, KeyError, RuntimeError, OSError, ValueError) as exc:
             old_score, decision = -1.0, f"the active model could not be scored ({exc}); "
         new_score = candidate.metrics.get("score", 0.0)
         if new_score <= old_score:
@@ -614,10 +623,11 @@ def rollback(*, scope: str) -> ModelVersion | None:
     """Make the previously active model of `scope` active again (the RETIRED one promoted most
     recently before the current); the current one is RETIRED. Atomic. Returns the model now active,
     or None when there is nothing to roll back to."""
-    current = active_model(scope)
+    trained = [ModelVersion.Kind.TAGGING, ModelVersion.Kind.MATCHING]
+    current = ModelVersion.objects.filter(kind__in=trained, scope=scope, status=ModelVersion.Status.ACTIVE).first()
     previous = (
         ModelVersion.objects.filter(
-            kind=ModelVersion.Kind.TAGGING, scope=scope, status=ModelVersion.Status.RETIRED, promoted_at__isnull=False
+            kind__in=trained, scope=scope, status=ModelVersion.Status.RETIRED, promoted_at__isnull=False
         )
         .exclude(pk=getattr(current, "pk", None))
         .order_by("-promoted_at", "-pk")

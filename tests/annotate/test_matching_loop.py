@@ -1,0 +1,96 @@
+"""Learning from verified matches (annotate.learning.matching_*, mlcore.matching_training): a
+snapshot of the photos people settled, a matching head trained on it through the Celery task, and
+promotion only when it beats the pretrained cosine and the active head. Synthetic 8-dimensional
+embeddings: each photo is its product's embedding under a fixed rotation plus noise, so the
+pretrained cosine ranks badly and a head can learn the map back."""
+
+import json
+
+import numpy as np
+import pytest
+
+from annotate import learning
+from annotate.exports.services import snapshot_folder
+from annotate.models import Campaign, ExportSnapshot, Task
+from mlcore import training
+from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding, TrainingRun
+
+from ..factories import CampaignFactory, ModelVersionFactory, ProductFactory, task_with_candidates
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def verified(db):
+    rng = np.random.default_rng(0)
+    version = ModelVersionFactory(name="synthetic-8d", embedding_dim=8)
+    campaign = CampaignFactory(slug="lunch", model_version=version)
+    products = [ProductFactory(image=False) for _ in range(30)]
+    vectors = _unit(rng.normal(size=(30, 8)))
+    for product, vector in zip(products, vectors, strict=True):
+        ProductEmbedding.objects.create(product=product, model_version=version, vector=vector.tobytes())
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    for i in range(120):
+        true = i % 30
+        others = [(true + 1 + j) % 30 for j in rng.choice(29, 2, replace=False)]
+        shown = [true, *others]
+        rng.shuffle(shown)
+        task = task_with_candidates(campaign, products=[products[p] for p in shown])
+        is_rejection = i >= 100
+        vector = (
+            _unit(rng.normal(size=8)) if is_rejection else _unit(rotation @ vectors[true] + 0.05 * rng.normal(size=8))
+        )
+        PhotoEmbedding.objects.create(photo=task.photo, model_version=version, vector=vector.tobytes())
+        label = "not_a_product" if is_rejection else str(shown.index(true) + 1)
+        Task.objects.filter(pk=task.pk).update(status=Task.Status.COMPLETE, label=label, answer_count=2)
+    return campaign
+
+
+CONFIG = {"epochs": 60, "lr": 0.01, "seed": 0}
+
+
+def test_a_head_trained_on_verified_matches_beats_the_pretrained_cosine(verified, django_capture_on_commit_callbacks):
+    campaign = verified
+    with django_capture_on_commit_callbacks(execute=True):
+        run = learning.matching_retrain_start(campaign=campaign, reason="test", config=CONFIG)
+    run.refresh_from_db()
+    snapshot = ExportSnapshot.objects.get(uuid=run.snapshot_uuid)
+    records = [json.loads(x) for x in (snapshot_folder(snapshot) / "items.jsonl").read_text().splitlines()]
+    assert snapshot.name == "matching-lunch" and len(records) == 120
+    assert sum(r["product"] is None for r in records) == 20  # "not a product"
+    assert all(len(r["hard_negatives"]) == (3 if r["product"] is None else 2) for r in records)
+    assert run.status == TrainingRun.Status.DONE and run.promoted, run.decision
+    head = training.active_model("matching:lunch", kind=ModelVersion.Kind.MATCHING)
+    metrics = head.metrics
+    assert metrics["recall_at_1"] > metrics["pretrained"]["recall_at_1"] + 0.3
+    assert metrics["recall_at_3"] >= metrics["recall_at_1"]
+    trained = [h for h in run.history if h["epoch"] >= 1]  # epoch 0: the untrained head, evaluated only
+    assert len(trained) == 60 and trained[-1]["train_loss"] < trained[0]["train_loss"]
+
+
+def test_a_head_no_better_than_the_pretrained_cosine_is_not_promoted(verified, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        run = learning.matching_retrain_start(campaign=verified, config={"epochs": 1, "lr": 1e-9})
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.DONE and not run.promoted
+    assert "does not beat the pretrained cosine" in run.decision
+    assert training.active_model("matching:lunch", kind=ModelVersion.Kind.MATCHING) is None
+
+
+def test_matching_needs_a_match_campaign(db):
+    with pytest.raises(ValueError, match="match campaign"):
+        learning.matching_retrain_start(campaign=CampaignFactory(slug="t", kind=Campaign.Kind.ATTRIBUTES))
+
+
+def test_the_models_page_shows_matching_heads_and_retrains_them(
+    client, as_role, verified, django_capture_on_commit_callbacks
+):
+    as_role("tagger")
+    assert client.post("/learning/lunch/matching/retrain").status_code == 403
+    as_role("ml")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/learning/lunch/matching/retrain").status_code == 302
+    body = client.get("/learning/").content.decode()
+    assert "matching:lunch" in body and "recall@1 (pretrained)" in body and TrainingRun.objects.count() == 1
