@@ -461,6 +461,86 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
     return run
 
 
+def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
+    """Re-suggest products for the open, unanswered, unleased photos of a match campaign with its
+    active matching head (or `version`): each such task's candidates become the head's top
+    campaign.candidate_count products with their cosine scores. A photo the head rejects (top-1
+    below its threshold) keeps its current candidates and is counted: withholding suggestions from
+    it in the verify page is not built yet.
+
+    Tasks are re-checked under their row lock (still unanswered, no live lease), so a person looking
+    at a task never sees its candidates change under them. Returns {"tasks", "resuggested",
+    "rejected"}.
+    """
+    from mlcore.nn.matching import match_head_load, suggest
+
+    from .models import Lease, TaskCandidate
+
+    version = version or training.active_model(matching_scope_of(campaign), kind=ModelVersion.Kind.MATCHING)
+    counts = {"tasks": 0, "resuggested": 0, "rejected": 0}
+    if version is None:
+        return counts
+    head, extra = match_head_load(version.weights_path)
+    threshold = extra.get("threshold")
+    embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
+    from mlcore.models import PhotoEmbedding, ProductEmbedding
+
+    dim = embedding_version.embedding_dim
+    product_rows = list(
+        ProductEmbedding.objects.filter(model_version=embedding_version, product__is_active=True)
+        .order_by("product_id")
+        .values_list("product_id", "vector")
+    )
+    if not product_rows:
+        return counts
+    product_ids = [p for p, _ in product_rows]
+    products = np.stack([np.frombuffer(bytes(v), dtype=np.float32).reshape(dim) for _, v in product_rows])
+    now = timezone.now()
+    leased = Lease.objects.filter(expires_at__gt=now).values("task_id")
+    open_ids = list(
+        Task.objects.filter(campaign=campaign, status=Task.Status.OPEN, is_gold=False, answer_count=0)
+        .exclude(pk__in=leased)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for i in range(0, len(open_ids), CHUNK):
+        chunk = open_ids[i : i + CHUNK]
+        photo_of = dict(Task.objects.filter(pk__in=chunk).values_list("pk", "photo_id"))
+        vectors = dict(
+            PhotoEmbedding.objects.filter(
+                model_version=embedding_version, photo_id__in=list(photo_of.values())
+            ).values_list("photo_id", "vector")
+        )
+        tasks = [t for t in chunk if photo_of.get(t) in vectors]
+        if not tasks:
+            continue
+        photos = np.stack([np.frombuffer(bytes(vectors[photo_of[t]]), dtype=np.float32).reshape(dim) for t in tasks])
+        suggestions = suggest(photos, products, head, k=campaign.candidate_count, threshold=threshold)
+        with transaction.atomic():
+            fresh = set(
+                Task.objects.select_for_update(of=("self",))
+                .filter(pk__in=tasks, answer_count=0, status=Task.Status.OPEN)
+                .exclude(pk__in=Lease.objects.filter(expires_at__gt=timezone.now()).values("task_id"))
+                .values_list("pk", flat=True)
+            )
+            rows = []
+            for task_id, suggested in zip(tasks, suggestions, strict=True):
+                if task_id not in fresh:
+                    continue
+                counts["tasks"] += 1
+                if suggested is None:
+                    counts["rejected"] += 1
+                    continue
+                rows += [
+                    TaskCandidate(task_id=task_id, product_id=product_ids[p], rank=rank, score=round(score, 6))
+                    for rank, (p, score) in enumerate(suggested, start=1)
+                ]
+                counts["resuggested"] += 1
+            TaskCandidate.objects.filter(task_id__in={r.task_id for r in rows}).delete()
+            TaskCandidate.objects.bulk_create(rows)
+    return counts
+
+
 def matching_report(*, campaign: Campaign) -> dict:
     """For the ML page: a match campaign's matching heads and their training runs."""
     scope = matching_scope_of(campaign)
@@ -528,6 +608,13 @@ def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=No
     """mlcore.training.model_activated → queue annotate.learning_apply for the campaign of `scope`.
     On a rollback, the labels the rolled-back model settled are withdrawn first (their tasks reopen):
     the ML team rolled it back because they do not trust it."""
+    if scope.startswith("matching:"):
+        campaign = Campaign.objects.filter(slug=scope.removeprefix("matching:")).first()
+        if campaign is not None:
+            from .tasks import matching_apply_task
+
+            matching_apply_task.delay(campaign.pk)
+        return
     if not scope.startswith("campaign:"):
         return
     campaign = Campaign.objects.filter(slug=scope.removeprefix("campaign:")).first()

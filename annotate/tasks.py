@@ -62,3 +62,14 @@ def learning_apply_task(campaign_id: int) -> None:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is not None:
         learning.predictions_apply(campaign=campaign)
+
+
+@shared_task(name="annotate.matching_apply", acks_late=True, ignore_result=True)
+def matching_apply_task(campaign_id: int) -> None:
+    """After a matching head is activated: re-suggest products for open, unanswered photos (queue
+    gpu). Idempotent: the same head gives the same candidates."""
+    from . import learning
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is not None:
+        learning.matching_apply(campaign=campaign)

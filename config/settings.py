@@ -151,6 +151,7 @@ CELERY_TASK_ROUTES = {
     "mlcore.embed": {"queue": "gpu"},
     "mlcore.train*": {"queue": "gpu"},
     "annotate.learning_apply": {"queue": "gpu"},  # runs the model over the open tasks
+    "annotate.matching_apply": {"queue": "gpu"},
 }
 CELERY_TASK_IGNORE_RESULT = True
 # Full consensus recompute of campaigns whose answers changed (annotate.consensus). Each answer

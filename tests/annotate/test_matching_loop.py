@@ -11,7 +11,7 @@ import pytest
 
 from annotate import learning
 from annotate.exports.services import snapshot_folder
-from annotate.models import Campaign, ExportSnapshot, Task
+from annotate.models import Campaign, ExportSnapshot, Task, TaskCandidate
 from mlcore import training
 from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding, TrainingRun
 
@@ -45,6 +45,14 @@ def verified(db):
         PhotoEmbedding.objects.create(photo=task.photo, model_version=version, vector=vector.tobytes())
         label = "not_a_product" if is_rejection else str(shown.index(true) + 1)
         Task.objects.filter(pk=task.pk).update(status=Task.Status.COMPLETE, label=label, answer_count=2)
+    # Open photos nobody answered yet, each suggested 3 wrong products by the pretrained model.
+    campaign.open_truth = {}
+    for i in range(15):
+        true = (7 * i) % 30
+        task = task_with_candidates(campaign, products=[products[(true + d) % 30] for d in (5, 10, 15)])
+        vector = _unit(rotation @ vectors[true] + 0.05 * rng.normal(size=8))
+        PhotoEmbedding.objects.create(photo=task.photo, model_version=version, vector=vector.tobytes())
+        campaign.open_truth[task.pk] = products[true].pk
     return campaign
 
 
@@ -68,6 +76,37 @@ def test_a_head_trained_on_verified_matches_beats_the_pretrained_cosine(verified
     assert metrics["recall_at_3"] >= metrics["recall_at_1"]
     trained = [h for h in run.history if h["epoch"] >= 1]  # epoch 0: the untrained head, evaluated only
     assert len(trained) == 60 and trained[-1]["train_loss"] < trained[0]["train_loss"]
+    # On promotion the open photos were re-suggested by the head: mostly their true product first.
+    first = dict(
+        TaskCandidate.objects.filter(task_id__in=campaign.open_truth, rank=1).values_list("task_id", "product_id")
+    )
+    assert sum(first[t] == p for t, p in campaign.open_truth.items()) >= 10
+    assert all(TaskCandidate.objects.filter(task_id=t).count() == 3 for t in campaign.open_truth)
+
+
+def test_re_suggesting_leaves_answered_and_leased_photos_alone(verified, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotate.models import Lease
+
+    from ..factories import user_with_role
+
+    campaign = verified
+    leased, answered, *_ = list(campaign.open_truth)
+    Lease.objects.create(
+        task_id=leased, annotator=user_with_role("employee"), expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    Task.objects.filter(pk=answered).update(answer_count=1)
+    before = {
+        t: list(TaskCandidate.objects.filter(task_id=t).values_list("product_id", flat=True))
+        for t in (leased, answered)
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        learning.matching_retrain_start(campaign=campaign, config=CONFIG)
+    for t in (leased, answered):
+        assert list(TaskCandidate.objects.filter(task_id=t).values_list("product_id", flat=True)) == before[t]
 
 
 def test_a_head_no_better_than_the_pretrained_cosine_is_not_promoted(verified, django_capture_on_commit_callbacks):
