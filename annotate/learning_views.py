@@ -10,6 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from mlcore import training
+from mlcore.models import TrainingRun
 
 from . import learning, selectors
 from .models import Campaign
@@ -41,6 +42,10 @@ def learning_page(request):
         else:
             report = learning.matching_report(campaign=campaign)
             matching.append({"campaign": campaign, "report": report})
+        # A section with a run pending or running polls itself (htmx), so progress and curves move live.
+        (sections if campaign.kind == Campaign.Kind.ATTRIBUTES else matching)[-1]["busy"] = any(
+            run.status in (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING) for run in report["runs"]
+        )
         for run in report["runs"]:
             history = run.history or []
             run.loss_curve = _curve(history, "train_loss")

@@ -200,3 +200,14 @@ def test_rolling_back_withdraws_the_models_labels_and_reopens_its_tasks(loop, dj
     assert not AttributeLabel.objects.filter(model_version=second).exists()
     assert all(t.status == Task.Status.OPEN for t in Task.objects.filter(pk__in=reopened))
     assert AttributeLabel.objects.filter(model_version=first).count() == first_labels
+
+
+def test_a_campaign_with_a_running_run_polls_its_section(client, as_role, loop):
+    from mlcore.models import TrainingRun
+
+    campaign, *_ = loop
+    as_role("ml")
+    assert 'hx-trigger="every 2s"' not in client.get("/learning/").content.decode()
+    TrainingRun.objects.create(scope="campaign:tagging", status=TrainingRun.Status.RUNNING, epoch=3, epochs=30)
+    body = client.get("/learning/").content.decode()
+    assert 'id="learning-campaigntagging"' in body and 'hx-trigger="every 2s"' in body and "3/30" in body
