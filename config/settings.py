@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "catalog",
     "mlcore",
     "annotate",
+    "gamify",
 ]
 
 MIDDLEWARE = [

@@ -181,6 +181,9 @@ def consensus_task_update(*, task: Task, campaign: Campaign, now=None) -> Task:
     )
     # Conditional, so that a campaign already marked is not written (nor locked) by every answer.
     Campaign.objects.filter(pk=campaign.pk, consensus_dirty=False).update(consensus_dirty=True)
+    from gamify.services import points_settle  # answers' points follow the label (gamify.rules)
+
+    points_settle(task_ids=[task.pk], now=now)
     return task
 
 
@@ -354,6 +357,9 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | None:
     _stats_write(
         campaign, labels, data, user_ids, worker_idx, answer_task_idx, label_idx, gold, result, stats_rows, now=now
     )
+    from gamify.services import points_recompute_after  # gold answers, changed flags
+
+    points_recompute_after(campaign_id=campaign.pk)
     params = {
         "labels": labels,
         "method": campaign.consensus_method,
@@ -398,6 +404,8 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
     )
     from django.db.models import JSONField
 
+    from gamify import services as gamify
+
     encode = JSONField().get_db_prep_value
     written = 0
     complete, open_ = Task.Status.COMPLETE.value, Task.Status.OPEN.value
@@ -421,9 +429,11 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
                 )
             )
         with transaction.atomic(), connection.cursor() as cursor:
+            before = gamify.tasks_label_status(task_ids[start:stop].tolist())
             cursor.executemany(sql, params)
             # executemany's rowcount is the total on both backends we run (sqlite3, psycopg 3).
             written += max(cursor.rowcount, 0)
+            gamify.points_settle_changed(before=before, now=now)  # one batch per batch of tasks
     return written, len(task_ids) - written
 
 
