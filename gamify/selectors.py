@@ -94,7 +94,7 @@ def leaderboard(*, viewer, period: str, team: Team | None = None, limit: int = B
     answers (tests/gamify/test_views.py pins it).
 
     Returns:
-        {"rows": [BoardRow], "you": BoardRow | None (only when outside the top), "total": int}.
+        {"rows": [BoardRow], "you": BoardRow | None (only when outside the top), "your_rank": int | None}.
     """
     start = period_start(period, today)
     rows = Tally.objects.filter(period=period, period_start=start)
@@ -107,12 +107,12 @@ def leaderboard(*, viewer, period: str, team: Team | None = None, limit: int = B
         # than the number of rows before it with more points.
         rank = board[-1].rank if board and board[-1].points == tally.points else i + 1
         board.append(_row(tally, rank, viewer))
-    you = None
-    if not any(r.is_you for r in board):
-        mine = rows.filter(user=viewer).select_related("user", "user__gamify_profile").first()
-        if mine is not None:
-            you = _row(mine, rows.filter(points__gt=mine.points).count() + 1, viewer)
-    return {"rows": board, "you": you}
+    # The viewer's own row and rank, always (two indexed queries): the count stays the same whether or
+    # not they are in the top.
+    mine = rows.filter(user=viewer).select_related("user", "user__gamify_profile").first()
+    you = _row(mine, rows.filter(points__gt=mine.points).count() + 1, viewer) if mine is not None else None
+    in_top = any(r.is_you for r in board)
+    return {"rows": board, "you": None if in_top else you, "your_rank": you.rank if you else None}
 
 
 def teams_board(*, period: str, today=None) -> list[dict]:
@@ -198,8 +198,8 @@ def _sprint_answers(sprint: Sprint):
 
 
 def sprint_state(sprint: Sprint, *, now=None) -> dict:
-    """The sprint bar: {"uuid", "remaining_ms", "duration_ms", "elapsed_pct" (0..100),
-    "answer_count", "is_over"}."""
+    """The sprint bar: {"uuid", "remaining_ms", "duration_ms", "elapsed_pct" (0..100), "clock"
+    ("m:ss" left), "answer_count", "is_over"}."""
     now = now or timezone.now()
     remaining_ms = max(0, int((sprint.ends_at - now).total_seconds() * 1000))
     duration_ms = sprint.duration_s * 1000
@@ -208,6 +208,7 @@ def sprint_state(sprint: Sprint, *, now=None) -> dict:
         "remaining_ms": remaining_ms,
         "duration_ms": duration_ms,
         "elapsed_pct": round(100 * (duration_ms - remaining_ms) / duration_ms),
+        "clock": f"{remaining_ms // 60000}:{remaining_ms // 1000 % 60:02d}",
         "answer_count": _sprint_answers(sprint).count(),
         "is_over": remaining_ms == 0,
     }
