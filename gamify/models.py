@@ -44,7 +44,9 @@ class AnswerPoints(models.Model):
         SPAM = "spam", "The annotator is flagged or paused"
         REVOKED = "revoked", "Undone"
 
-    answer = models.OneToOneField("annotate.Answer", primary_key=True, on_delete=models.CASCADE, related_name="+")
+    answer = models.OneToOneField(
+        "annotate.Answer", primary_key=True, on_delete=models.CASCADE, related_name="gamify_points"
+    )
     task = models.ForeignKey("annotate.Task", on_delete=models.CASCADE, related_name="+")
     campaign = models.ForeignKey("annotate.Campaign", on_delete=models.CASCADE, related_name="+")
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import date, timedelta
 
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, transaction
 from django.utils import timezone
 
-from annotate.models import AnnotatorStats, Answer, Campaign, GoldLabel, Task, TeamMember
+from annotate.models import AnnotatorStats, Answer, Campaign, GoldLabel, Task
 
 from . import rules
 from .models import ALL_TIME, AnswerPoints, Badge, BadgeAward, Profile, Sprint, Tally
@@ -36,7 +36,24 @@ def local_today():
 # -- settling points --------------------------------------------------------------------------------
 
 
-def points_settle(*, task_ids, include_gold: bool = False, now=None) -> int:
+def points_settle_task(*, task: Task, campaign: Campaign, now=None) -> int:
+    """`points_settle` for one task whose new consensus is already in memory (consensus_task_update
+    after an answer or undo): saves reading the task again."""
+    if campaign.kind != Campaign.Kind.MATCH:
+        return 0
+    row = {
+        "pk": task.pk,
+        "campaign_id": campaign.pk,
+        "status": task.status,
+        "label": task.label,
+        "confidence": task.confidence,
+        "is_gold": task.is_gold,
+        "campaign__confidence_target": campaign.confidence_target,
+    }
+    return points_settle(task_ids=[task.pk], now=now, _tasks={task.pk: row})
+
+
+def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None) -> int:
     """(Re)settle the points of every answer on `task_ids` (match campaigns only) by gamify.rules,
     and apply each change as a delta to the authors' tallies (day and ISO week of the answer, all
     time), then streaks and badges. Answers without an AnswerPoints row (a new answer, or answers
@@ -59,7 +76,7 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None) -> int:
     if not task_ids:
         return 0
     now = now or timezone.now()
-    tasks = {
+    tasks = _tasks or {
         row["pk"]: row
         for row in Task.objects.filter(pk__in=task_ids, campaign__kind=Campaign.Kind.MATCH).values(
             "pk", "campaign_id", "status", "label", "confidence", "is_gold", "campaign__confidence_target"
@@ -74,22 +91,55 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None) -> int:
                 "task_id", "label"
             )
         )
+    # One query: the answers, their points rows (a left join) and their authors' teams.
     answers = list(
         Answer.objects.filter(task_id__in=list(tasks))
         .order_by("created_at", "pk")
-        .values("pk", "task_id", "annotator_id", "label", "is_too_fast", "revoked_at", "created_at")
+        .values(
+            "pk",
+            "task_id",
+            "annotator_id",
+            "label",
+            "is_too_fast",
+            "revoked_at",
+            "created_at",
+            "gamify_points__answered_on",
+            "gamify_points__week_of",
+            "gamify_points__outcome",
+            "gamify_points__points",
+            "gamify_points__is_match",
+            "annotator__team_membership__team_id",
+        )
     )
     if not answers:
         return 0
-    rows = {p.pk: p for p in AnswerPoints.objects.filter(task_id__in=list(tasks))}
-    campaign_ids = {t["campaign_id"] for t in tasks.values()}
-    spam = {
-        (campaign_id, annotator_id)
-        for campaign_id, annotator_id, flags, paused in AnnotatorStats.objects.filter(
-            campaign_id__in=campaign_ids, annotator_id__in={a["annotator_id"] for a in answers}
-        ).values_list("campaign_id", "annotator_id", "flags", "is_paused")
-        if flags or paused
+    rows = {
+        a["pk"]: _Row(
+            a["pk"],
+            a["gamify_points__answered_on"],
+            a["gamify_points__week_of"],
+            a["gamify_points__outcome"],
+            a["gamify_points__points"],
+            a["gamify_points__is_match"],
+        )
+        for a in answers
+        if a["gamify_points__outcome"] is not None
     }
+    teams = {a["annotator_id"]: a["annotator__team_membership__team_id"] for a in answers}
+    campaign_ids = {t["campaign_id"] for t in tasks.values()}
+    any_settled = any(t["status"] == Task.Status.COMPLETE or (t["is_gold"] and include_gold) for t in tasks.values())
+    # Spam only matters once a task has settled (pending answers earn nothing anyway).
+    spam = (
+        {
+            (campaign_id, annotator_id)
+            for campaign_id, annotator_id, flags, paused in AnnotatorStats.objects.filter(
+                campaign_id__in=campaign_ids, annotator_id__in={a["annotator_id"] for a in answers}
+            ).values_list("campaign_id", "annotator_id", "flags", "is_paused")
+            if flags or paused
+        }
+        if any_settled
+        else set()
+    )
     by_task = defaultdict(list)
     for a in answers:
         by_task[a["task_id"]].append(a)
@@ -129,24 +179,16 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None) -> int:
             is_match = outcome == Outcome.AGREE and reference.isdigit()
             if row is None:
                 day = timezone.localdate(a["created_at"])
-                row = AnswerPoints(
-                    answer_id=a["pk"],
-                    task_id=task_id,
-                    campaign_id=task["campaign_id"],
-                    annotator_id=a["annotator_id"],
-                    answered_on=day,
-                    week_of=rules.week_of(day),
-                )
+                row = _Row(a["pk"], day, rules.week_of(day), None, 0, False)
                 old = (0, 0, 0, 0, 0)
-                created.append(row)
+                created.append((row, task_id, task["campaign_id"], a["annotator_id"]))
             else:
                 if (row.outcome, row.points, row.is_match) == (outcome, points, is_match):
                     continue
                 old = rules.tally_contribution(outcome=row.outcome, points=row.points, is_match=row.is_match)
                 changed.append(row)
-            previous = row.outcome if row.pk in rows else None
+            previous = row.outcome
             row.outcome, row.points, row.is_match = outcome, points, is_match
-            row.settled_at = now if outcome in (Outcome.AGREE, Outcome.DISAGREE, Outcome.SPAM) else None
             new = rules.tally_contribution(outcome=outcome, points=points, is_match=is_match)
             delta = deltas[(a["annotator_id"], row.answered_on, row.week_of)]
             for i in range(5):
@@ -156,16 +198,63 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None) -> int:
             if task["is_gold"] and include_gold and previous in (None, Outcome.PENDING):
                 if outcome in (Outcome.AGREE, Outcome.DISAGREE):
                     gold_settled.append((a, outcome))
-    if created:
-        AnswerPoints.objects.bulk_create(created, batch_size=1000)
-    if changed:
-        AnswerPoints.objects.bulk_update(changed, ["outcome", "points", "is_match", "settled_at"], batch_size=1000)
-    _tallies_apply(deltas)
+    _rows_write(created, changed, now=now)
+    _tallies_apply(deltas, teams=teams)
     _badges_on_settle(agreed, gold_settled)
     return len(created) + len(changed)
 
 
-def _tallies_apply(deltas: dict) -> None:
+@dataclass(slots=True)
+class _Row:
+    """An AnswerPoints row while it is settled (plain values: the bulk path settles a million)."""
+
+    answer_id: int
+    answered_on: date
+    week_of: date
+    outcome: str | None  # None: not stored yet
+    points: int
+    is_match: bool
+
+
+def _rows_write(created, changed, *, now) -> None:
+    """Insert the new AnswerPoints rows and update the changed ones, with raw executemany (the ORM's
+    per-object cost dominated the full recompute's first run, bench/leaderboard.py)."""
+    ops = connection.ops
+    settled = (Outcome.AGREE, Outcome.DISAGREE, Outcome.SPAM)
+
+    def stamp(outcome):
+        return ops.adapt_datetimefield_value(now) if outcome in settled else None
+
+    with connection.cursor() as cursor:
+        if created:
+            cursor.executemany(
+                "INSERT INTO gamify_answerpoints (answer_id, task_id, campaign_id, annotator_id, answered_on, "
+                "week_of, outcome, points, is_match, settled_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        row.answer_id,
+                        task_id,
+                        campaign_id,
+                        annotator_id,
+                        ops.adapt_datefield_value(row.answered_on),
+                        ops.adapt_datefield_value(row.week_of),
+                        row.outcome,
+                        row.points,
+                        row.is_match,
+                        stamp(row.outcome),
+                    )
+                    for row, task_id, campaign_id, annotator_id in created
+                ],
+            )
+        if changed:
+            cursor.executemany(
+                "UPDATE gamify_answerpoints SET outcome = %s, points = %s, is_match = %s, settled_at = %s "
+                "WHERE answer_id = %s",
+                [(r.outcome, r.points, r.is_match, stamp(r.outcome), r.answer_id) for r in changed],
+            )
+
+
+def _tallies_apply(deltas: dict, *, teams: dict[int, int | None]) -> None:
     """Add each (user, answered_on, week_of) delta (points, answer_count, settled_count, agree_count,
     match_count) to the user's day, week and all-time tallies, creating missing rows. Rows are
     locked in id order before they are written. Then streaks and answer-count badges for people whose
@@ -186,7 +275,6 @@ def _tallies_apply(deltas: dict) -> None:
         return
     users = sorted({k[0] for k in keyed})
     starts = {k[2] for k in keyed}
-    teams = dict(TeamMember.objects.filter(user_id__in=users).values_list("user_id", "team_id"))
 
     def existing():
         return {
@@ -206,17 +294,12 @@ def _tallies_apply(deltas: dict) -> None:
             ignore_conflicts=True,
         )
         have = existing()
-    groups = defaultdict(list)
-    for key, delta in keyed.items():
-        groups[(tuple(delta), teams.get(key[0]))].append(have[key].pk)
-    for (delta, team_id), ids in groups.items():
-        Tally.objects.filter(pk__in=ids).update(
-            points=F("points") + delta[0],
-            answer_count=F("answer_count") + delta[1],
-            settled_count=F("settled_count") + delta[2],
-            agree_count=F("agree_count") + delta[3],
-            match_count=F("match_count") + delta[4],
-            team_id=team_id,
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE gamify_tally SET points = points + %s, answer_count = answer_count + %s, "
+            "settled_count = settled_count + %s, agree_count = agree_count + %s, match_count = match_count + %s, "
+            "team_id = %s WHERE id = %s",
+            sorted(((*delta, teams.get(key[0]), have[key].pk) for key, delta in keyed.items()), key=lambda r: r[-1]),
         )
     today = local_today()
     grew = {u for (u, p, s), d in keyed.items() if p == Tally.Period.DAY and s == today and d[1] > 0}
@@ -232,7 +315,7 @@ def _streaks_and_counts(users, have, keyed, today) -> None:
     for user_id in users:
         day = have[(user_id, Tally.Period.DAY, today)]
         day_after = day.answer_count + keyed[(user_id, Tally.Period.DAY, today)][1]
-        if day_after >= rules.STREAK_MIN_ANSWERS:
+        if day.answer_count < rules.STREAK_MIN_ANSWERS <= day_after:  # today just started to count
             profile, _ = Profile.objects.select_for_update().get_or_create(user_id=user_id)
             if profile.streak_last_on != today:
                 profile.streak_days = rules.streak_after(

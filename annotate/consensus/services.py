@@ -181,9 +181,9 @@ def consensus_task_update(*, task: Task, campaign: Campaign, now=None) -> Task:
     )
     # Conditional, so that a campaign already marked is not written (nor locked) by every answer.
     Campaign.objects.filter(pk=campaign.pk, consensus_dirty=False).update(consensus_dirty=True)
-    from gamify.services import points_settle  # answers' points follow the label (gamify.rules)
+    from gamify.services import points_settle_task  # answers' points follow the label (gamify.rules)
 
-    points_settle(task_ids=[task.pk], now=now)
+    points_settle_task(task=task, campaign=campaign, now=now)
     return task
 
 
