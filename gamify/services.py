@@ -140,6 +140,7 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
         if any_settled
         else set()
     )
+    zone = timezone.get_current_timezone()  # settings.TIME_ZONE: the day an answer counts for
     by_task = defaultdict(list)
     for a in answers:
         by_task[a["task_id"]].append(a)
@@ -178,7 +179,7 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
             )
             is_match = outcome == Outcome.AGREE and reference.isdigit()
             if row is None:
-                day = timezone.localdate(a["created_at"])
+                day = a["created_at"].astimezone(zone).date()
                 row = _Row(a["pk"], day, rules.week_of(day), None, 0, False)
                 old = (0, 0, 0, 0, 0)
                 created.append((row, task_id, task["campaign_id"], a["annotator_id"]))
@@ -356,7 +357,8 @@ def _badges_on_settle(agreed, gold_settled) -> None:
         if run != profile.gold_run_length:
             Profile.objects.filter(pk=user_id).update(gold_run_length=run)
     if awards:
-        BadgeAward.objects.bulk_create(awards, ignore_conflicts=True)
+        unique = {(a.user_id, a.badge): a for a in awards}  # a million-answer backfill repeats them
+        BadgeAward.objects.bulk_create(list(unique.values()), ignore_conflicts=True)
 
 
 def points_recompute_after(*, campaign_id: int) -> int:
