@@ -284,3 +284,19 @@ def test_verify_page_loads_the_sprint_bar_and_its_keys(client, campaign):
     assert f'hx-get="/verify/{campaign.slug}/sprint"' in html and "sprint.js" in html
     bar = client.get(reverse("gamify:sprint", args=[campaign.slug]), **HTMX).content.decode()
     assert 'data-key="s"' in bar and 'data-key="l"' in bar
+
+
+@pytest.mark.parametrize(
+    "url", ["/admin/gamify/tally/", "/admin/gamify/answerpoints/", "/admin/gamify/badgeaward/", "/admin/gamify/sprint/"]
+)
+def test_admin_lists_load_for_an_admin_only(client, as_role, campaign, url):
+    ann, ben, cat = (user_with_role("employee", username=n) for n in ("ann", "ben", "cat"))
+    task = task_with_candidates(campaign)
+    for person in (ann, ben, cat):
+        answer(person, task, "1")
+    services.sprint_start(user=ann, campaign=campaign, duration_s=600)
+    as_role("employee")
+    assert client.get(url).status_code == 302
+    as_role("admin")
+    response = client.get(url)
+    assert response.status_code == 200 and "ann" in response.content.decode()
