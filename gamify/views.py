@@ -46,7 +46,8 @@ def leaderboard(request):
         "board": selectors.leaderboard(viewer=request.user, period=period, team=team),
         "teams_board": selectors.teams_board(period=period) if team is None else None,
     }
-    template = "gamify/_board.html" if request.htmx else "gamify/leaderboard.html"
+    partial = request.htmx and not request.htmx.history_restore_request
+    template = "gamify/_board.html" if partial else "gamify/leaderboard.html"
     return render(request, template, context)
 
 

@@ -153,6 +153,10 @@ def test_team_board_lists_only_the_team(db, client):
     client.force_login(viewer)
     html = client.get(reverse("gamify:leaderboard") + "?period=week&team=cx").content.decode()
     assert html.count("<tr>") == 3 + 1  # three team members, plus the header row
+    partial = client.get(reverse("gamify:leaderboard") + "?period=day", **HTMX).content.decode()
+    assert partial.startswith('<div id="board">')
+    restore = client.get(reverse("gamify:leaderboard"), HTTP_HX_HISTORY_RESTORE_REQUEST="true", **HTMX)
+    assert "<html" in restore.content.decode()  # back button: the whole page
     assert client.get(reverse("gamify:leaderboard") + "?team=nope").status_code == 404
     assert client.get(reverse("gamify:leaderboard") + "?period=year").status_code == 404
 
