@@ -220,3 +220,18 @@ def test_tallies_carry_the_team_for_team_boards(campaign, people):
         answer(person, task, "1")
     assert set(Tally.objects.filter(user=ann).values_list("team_id", flat=True)) == {team.pk}
     assert set(Tally.objects.filter(user=ben).values_list("team_id", flat=True)) == {None}
+
+
+def test_attribute_campaigns_earn_no_points(db, people):
+    from annotate.models import Campaign
+
+    tagging = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES)
+    task = task_with_candidates(tagging)
+    Answer.objects.create(
+        task=task, annotator=people[0], choice="none", label="none", duration_ms=2000, idempotency_key="t1"
+    )
+    Task.objects.filter(pk=task.pk).update(status=Task.Status.COMPLETE, label="none")
+    task.refresh_from_db()
+    assert services.points_settle_task(task=task, campaign=tagging) == 0
+    assert services.points_settle(task_ids=[task.pk]) == 0
+    assert not AnswerPoints.objects.exists() and not Tally.objects.exists()
