@@ -63,9 +63,9 @@ class AnswerPoints(models.Model):
         indexes = [
             # points_settle: every answer of the tasks being settled.
             models.Index(fields=["task"], name="gamify_answerpoints_task"),
-            # The full recompute's hook: a campaign's flagged/paused people's paid answers and the
-            # spam answers of people no longer flagged.
-            models.Index(fields=["campaign", "annotator", "outcome"], name="gamify_answerpoints_person"),
+            # points_recompute_after: a campaign's pending gold answers, flagged or paused people's
+            # paid answers, and the spam answers of people no longer flagged.
+            models.Index(fields=["campaign", "outcome", "annotator"], name="gamify_answerpoints_outcome"),
         ]
 
     def __str__(self):

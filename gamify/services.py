@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.models import AnnotatorStats, Answer, Campaign, GoldLabel, Task
@@ -274,33 +275,36 @@ def _tallies_apply(deltas: dict, *, teams: dict[int, int | None]) -> None:
                 total[i] += delta[i]
     if not keyed:
         return
-    users = sorted({k[0] for k in keyed})
-    starts = {k[2] for k in keyed}
 
-    def existing():
+    def existing(keys):
+        """{key: (id, answer_count)} of the tally rows of `keys`, locked, read as plain tuples (the
+        bulk path reads tens of thousands per batch)."""
+        users = sorted({k[0] for k in keys})
+        starts = {k[2] for k in keys}
         return {
-            (t.user_id, t.period, t.period_start): t
-            for t in Tally.objects.select_for_update()
+            (user_id, period, start): (pk, answer_count)
+            for pk, user_id, period, start, answer_count in Tally.objects.select_for_update()
             .filter(user_id__in=users, period_start__in=starts)
             .order_by("pk")
-            .only("pk", "user_id", "period", "period_start", "team_id", "answer_count")
-            if (t.user_id, t.period, t.period_start) in keyed
+            .values_list("pk", "user_id", "period", "period_start", "answer_count")
+            if (user_id, period, start) in keyed
         }
 
-    have = existing()
+    have = existing(keyed)
     missing = [k for k in keyed if k not in have]
     if missing:
         Tally.objects.bulk_create(
             [Tally(user_id=u, period=p, period_start=s, team_id=teams.get(u)) for u, p, s in sorted(missing)],
+            batch_size=1000,
             ignore_conflicts=True,
         )
-        have = existing()
+        have.update(existing(missing))
     with connection.cursor() as cursor:
         cursor.executemany(
             "UPDATE gamify_tally SET points = points + %s, answer_count = answer_count + %s, "
             "settled_count = settled_count + %s, agree_count = agree_count + %s, match_count = match_count + %s, "
             "team_id = %s WHERE id = %s",
-            sorted(((*delta, teams.get(key[0]), have[key].pk) for key, delta in keyed.items()), key=lambda r: r[-1]),
+            sorted(((*delta, teams.get(key[0]), have[key][0]) for key, delta in keyed.items()), key=lambda r: r[-1]),
         )
     today = local_today()
     grew = {u for (u, p, s), d in keyed.items() if p == Tally.Period.DAY and s == today and d[1] > 0}
@@ -314,9 +318,9 @@ def _streaks_and_counts(users, have, keyed, today) -> None:
     crossed."""
     awards = []
     for user_id in users:
-        day = have[(user_id, Tally.Period.DAY, today)]
-        day_after = day.answer_count + keyed[(user_id, Tally.Period.DAY, today)][1]
-        if day.answer_count < rules.STREAK_MIN_ANSWERS <= day_after:  # today just started to count
+        day_before = have[(user_id, Tally.Period.DAY, today)][1]
+        day_after = day_before + keyed[(user_id, Tally.Period.DAY, today)][1]
+        if day_before < rules.STREAK_MIN_ANSWERS <= day_after:  # today just started to count
             profile, _ = Profile.objects.select_for_update().get_or_create(user_id=user_id)
             if profile.streak_last_on != today:
                 profile.streak_days = rules.streak_after(
@@ -327,7 +331,7 @@ def _streaks_and_counts(users, have, keyed, today) -> None:
                 profile.save(update_fields=["streak_days", "streak_best_days", "streak_last_on"])
         total = have.get((user_id, Tally.Period.ALL, ALL_TIME))
         if total is not None:
-            before = total.answer_count
+            before = total[1]
             after = before + keyed[(user_id, Tally.Period.ALL, ALL_TIME)][1]
             awards += [BadgeAward(user_id=user_id, badge=b) for n, b in rules.VERIFIED_BADGES if before < n <= after]
     if awards:
@@ -374,14 +378,23 @@ def points_recompute_after(*, campaign_id: int) -> int:
         )
         if flags or paused
     ]
-    task_ids = set(Task.objects.filter(campaign_id=campaign_id, is_gold=True).values_list("pk", flat=True))
-    if spam_users:
+    # Gold tasks with answers to settle: new (pending) ones, or settled ones that no longer match the
+    # known answer (it was changed with gold_set). One query, not every gold answer every minute.
+    gold = AnswerPoints.objects.filter(campaign_id=campaign_id, task__is_gold=True)
+    task_ids = set(
+        gold.filter(
+            Q(outcome=Outcome.PENDING)
+            | Q(outcome=Outcome.AGREE) & ~Q(answer__label=F("task__gold__label"))
+            | Q(outcome=Outcome.DISAGREE, answer__label=F("task__gold__label"))
+        ).values_list("task_id", flat=True)
+    )
+    if spam_users:  # flagged or paused people still paid (index gamify_answerpoints_outcome)
         task_ids |= set(
-            AnswerPoints.objects.filter(campaign_id=campaign_id, annotator_id__in=spam_users, points__gt=0).values_list(
-                "task_id", flat=True
-            )
+            AnswerPoints.objects.filter(
+                campaign_id=campaign_id, outcome=Outcome.AGREE, annotator_id__in=spam_users
+            ).values_list("task_id", flat=True)
         )
-    task_ids |= set(
+    task_ids |= set(  # people no longer flagged or paused, with spam answers
         AnswerPoints.objects.filter(campaign_id=campaign_id, outcome=Outcome.SPAM)
         .exclude(annotator_id__in=spam_users)
         .values_list("task_id", flat=True)
@@ -395,18 +408,27 @@ def points_recompute_after(*, campaign_id: int) -> int:
 
 
 def tasks_label_status(task_ids) -> dict[int, tuple[str, str]]:
-    """{task id: (label, status)} now, for `points_settle_changed` after a bulk write."""
-    return {
-        pk: (label, status)
-        for pk, label, status in Task.objects.filter(pk__in=list(task_ids)).values_list("pk", "label", "status")
-    }
+    """{task id: (label, status)} now, for `points_settle_changed` after a bulk write. Plain SQL:
+    the full recompute reads every task of the campaign through this."""
+    task_ids = [int(pk) for pk in task_ids]
+    if not task_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, label, status FROM annotate_task WHERE id IN ({', '.join(['%s'] * len(task_ids))})",
+            task_ids,
+        )
+        return {pk: (label, status) for pk, label, status in cursor.fetchall()}
 
 
-def points_settle_changed(*, before: dict[int, tuple[str, str]], now=None) -> int:
-    """Re-settle, in one batch, the tasks whose label or status differs from `before` (from
-    `tasks_label_status` taken before a bulk write: the full recompute's `_tasks_write`). Call in the
-    same transaction as the write. Returns the number of AnswerPoints rows changed."""
-    changed = [pk for pk, now_values in tasks_label_status(before).items() if now_values != before[pk]]
+def points_settle_changed(*, before: dict[int, tuple[str, str]], after: dict[int, tuple[str, str]], now=None) -> int:
+    """Re-settle, in one batch, the tasks whose (label, status) in `after` (what a bulk write just
+    wrote: the full recompute's `_tasks_write`) differs from `before` (`tasks_label_status`, read
+    before it). A task the write skipped (answered meanwhile) may be among them: settling reads the
+    task's current state, so that is harmless. Call in the same transaction as the write.
+
+    Returns the number of AnswerPoints rows changed."""
+    changed = [pk for pk, values in after.items() if pk in before and values != before[pk]]
     return points_settle(task_ids=changed, now=now) if changed else 0
 
 

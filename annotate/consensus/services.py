@@ -433,7 +433,8 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
             cursor.executemany(sql, params)
             # executemany's rowcount is the total on both backends we run (sqlite3, psycopg 3).
             written += max(cursor.rowcount, 0)
-            gamify.points_settle_changed(before=before, now=now)  # one batch per batch of tasks
+            # Points follow the labels that changed, one batch per batch of tasks.
+            gamify.points_settle_changed(before=before, after={p[8]: (p[1], p[4]) for p in params}, now=now)
     return written, len(task_ids) - written
 
 

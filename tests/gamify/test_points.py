@@ -149,8 +149,9 @@ def test_bulk_path_resettles_only_changed_tasks_in_one_batch(campaign, people, d
     with transaction.atomic():
         before = services.tasks_label_status(ids)
         Task.objects.filter(pk__in=ids[:2]).update(label="2")  # the EM now believes cat on two tasks
+        after = {pk: ("2" if pk in ids[:2] else "1", "complete") for pk in ids}
         with django_assert_max_num_queries(14):  # one batch, whatever the number of tasks
-            changed = services.points_settle_changed(before=before)
+            changed = services.points_settle_changed(before=before, after=after)
     assert changed == 6  # three answers on each of the two flipped tasks
     assert points_of(cat) == 2 * 15 and points_of(ann) == points_of(ben) == 2 * 15
     assert_tallies_match_answers()
@@ -169,6 +170,10 @@ def test_gold_answers_settle_at_the_full_recompute_not_on_answer(campaign, peopl
     assert AnswerPoints.objects.get(annotator=ben).outcome == "disagree"
     consensus_recompute(campaign_id=campaign.pk)  # idempotent
     assert points_of(ann) == 10
+    gold_set(task=gold_task, label="none")  # the ML team corrects the known answer
+    assert points_of(ann) == 10  # still nothing moves on screen until the recompute
+    consensus_recompute(campaign_id=campaign.pk)
+    assert points_of(ann) == 0 and points_of(ben) == 10
     assert_tallies_match_answers()
 
 
