@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.db import connection, transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from annotate.models import AnnotatorStats, Answer, Campaign, GoldLabel, Task
@@ -342,12 +341,12 @@ def _badges_on_settle(agreed, gold_settled) -> None:
     """First match (the first live answer on a task that settled to a product, agreeing), rescued (an
     agreeing answer other than the model's top suggestion "1"), and the perfect gold run
     (rules.GOLD_RUN_LENGTH correct gold answers in a row, in answer order)."""
-    awards = []
+    awards = set()  # (user id, badge): a million-answer backfill repeats them
     for a, row, is_first in agreed:
         if row.is_match and is_first:
-            awards.append(BadgeAward(user_id=a["annotator_id"], badge=Badge.FIRST_MATCH))
+            awards.add((a["annotator_id"], Badge.FIRST_MATCH))
         if a["label"] != "1":
-            awards.append(BadgeAward(user_id=a["annotator_id"], badge=Badge.RESCUED))
+            awards.add((a["annotator_id"], Badge.RESCUED))
     by_user = defaultdict(list)
     for a, outcome in gold_settled:
         by_user[a["annotator_id"]].append((a["created_at"], a["pk"], outcome))
@@ -357,12 +356,13 @@ def _badges_on_settle(agreed, gold_settled) -> None:
         for _, _, outcome in sorted(by_user[user_id]):
             run = run + 1 if outcome == Outcome.AGREE else 0
             if run >= rules.GOLD_RUN_LENGTH:
-                awards.append(BadgeAward(user_id=user_id, badge=Badge.GOLD_RUN))
+                awards.add((user_id, Badge.GOLD_RUN))
         if run != profile.gold_run_length:
             Profile.objects.filter(pk=user_id).update(gold_run_length=run)
     if awards:
-        unique = {(a.user_id, a.badge): a for a in awards}  # a million-answer backfill repeats them
-        BadgeAward.objects.bulk_create(list(unique.values()), ignore_conflicts=True)
+        BadgeAward.objects.bulk_create(
+            [BadgeAward(user_id=user_id, badge=badge) for user_id, badge in sorted(awards)], ignore_conflicts=True
+        )
 
 
 def points_recompute_after(*, campaign_id: int) -> int:
@@ -379,15 +379,18 @@ def points_recompute_after(*, campaign_id: int) -> int:
         if flags or paused
     ]
     # Gold tasks with answers to settle: new (pending) ones, or settled ones that no longer match the
-    # known answer (it was changed with gold_set). One query, not every gold answer every minute.
-    gold = AnswerPoints.objects.filter(campaign_id=campaign_id, task__is_gold=True)
-    task_ids = set(
-        gold.filter(
-            Q(outcome=Outcome.PENDING)
-            | Q(outcome=Outcome.AGREE) & ~Q(answer__label=F("task__gold__label"))
-            | Q(outcome=Outcome.DISAGREE, answer__label=F("task__gold__label"))
-        ).values_list("task_id", flat=True)
-    )
+    # known answer (changed with gold_set). Read from the gold labels (index gamify_answerpoints_task),
+    # so every minute costs the gold answers, not a scan of the campaign's points.
+    known = dict(GoldLabel.objects.filter(task__campaign_id=campaign_id).values_list("task_id", "label"))
+    task_ids = {
+        task_id
+        for task_id, outcome, label in AnswerPoints.objects.filter(task_id__in=list(known)).values_list(
+            "task_id", "outcome", "answer__label"
+        )
+        if outcome == Outcome.PENDING
+        or (outcome == Outcome.AGREE and label != known[task_id])
+        or (outcome == Outcome.DISAGREE and label == known[task_id])
+    }
     if spam_users:  # flagged or paused people still paid (index gamify_answerpoints_outcome)
         task_ids |= set(
             AnswerPoints.objects.filter(
