@@ -54,6 +54,11 @@ def display_name(user, *, viewer=None) -> str:
     return user.get_username()
 
 
+def _is_hidden(user) -> bool:
+    profile = getattr(user, "gamify_profile", None)
+    return bool(profile and profile.is_name_hidden)
+
+
 @dataclass
 class BoardRow:
     rank: int
@@ -296,6 +301,6 @@ def campaign_announcement(campaign: Campaign, *, now=None) -> dict:
         "recent_people_count": recent["people"],
         "answer_count": totals["answers"] or 0,
         "people_count": totals["people"],
-        "top": [{"name": display_name(t.user), "points": t.points} for t in top],
+        "top": [{"name": display_name(t.user), "points": t.points, "is_hidden": _is_hidden(t.user)} for t in top],
         "at": now,
     }

@@ -275,6 +275,7 @@ def test_announce_page_has_live_numbers_and_a_draft(client, campaign):
     html = client.get(reverse("gamify:announce")).content.decode()
     assert "2 of 3 customer photos (67%)" in html and "3 of you gave 6 verifications" in html
     assert "anonymous" in html and "ben" not in html.split("Email draft")[1]
+    assert "This week's top verifiers: ann, cat, a colleague who prefers to stay anonymous, thank you!" in html
     partial = client.get(reverse("gamify:announce") + f"?campaign={campaign.slug}", **HTMX).content.decode()
     assert partial.startswith('<div id="announce-numbers"') and "<b>2</b> of 3" in partial
     assert client.get(reverse("gamify:announce") + "?campaign=nope").status_code == 404
