@@ -5,9 +5,10 @@ over 10 teams) and --answers answers (default 1,000,000, over --tasks tasks) wit
 (bench/_consensus_db.py's builder: a one-coin crowd, 1% gold tasks), their answer times spread
 over the last 28 days. Then:
 
-1. the full consensus recompute, twice (annotate.consensus.services.consensus_recompute). The first
-   run settles every answer's points through gamify's bulk hook (AnswerPoints rows created, tallies
-   per day, ISO week and all time built by deltas), the second is the steady state (nothing changed);
+1. the full consensus recompute, four times (annotate.consensus.services.consensus_recompute): the
+   first settles every answer's points through gamify's bulk hook (AnswerPoints rows created,
+   tallies per day, ISO week and all time built by deltas), the second re-settles what the first
+   run's flags changed, the third is the steady state, the fourth runs with gamify's hooks as no-ops;
 2. each leaderboard page (today, this week, all time; overall and for one team) through the Django
    test client as a logged-in employee, --requests times each (default 200): p50/p95 in ms and the
    queries per page;
@@ -63,19 +64,44 @@ def _teams(n_teams: int) -> None:
 
 
 def _recompute(campaign_id: int) -> list[list]:
-    """Three full recomputes: the first settles every answer, the second finds nothing changed, the
-    third runs with gamify's recompute hooks replaced by no-ops (the recompute as it was before)."""
+    """Four full recomputes: the first settles every answer (AnswerPoints rows created); the second
+    re-settles what the first's flags changed (flagged people's votes weigh less, so labels move,
+    and flagged people lose their points); the third is the steady state; the fourth runs with
+    gamify's recompute hooks replaced by no-ops (the recompute as it was before gamify). Prints the
+    time spent in gamify's hooks and the number of tasks they re-settled."""
     import gamify.services as hooks
     from annotate.consensus.services import consensus_recompute
     from gamify.models import AnswerPoints, Tally
 
-    real = hooks.tasks_label_status, hooks.points_settle_changed, hooks.points_recompute_after
+    real = hooks.tasks_label_status, hooks.points_settle_changed, hooks.points_recompute_after, hooks.points_settle
+    spent = {"s": 0.0, "tasks": 0}
+
+    def timed(fn):
+        def run(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["s"] += time.perf_counter() - started
+
+        return run
+
+    def counting(*args, **kwargs):
+        spent["tasks"] += len(kwargs.get("task_ids", ()))
+        return real[3](*args, **kwargs)
+
     rows = []
-    for run in ("1: settles all", "2: nothing changed", "3: hooks as no-ops"):
-        if run.startswith("3"):
+    for run in ("1: settles every answer", "2: after the first flags", "3: steady state", "4: hooks as no-ops"):
+        spent.update(s=0.0, tasks=0)
+        if run.startswith("4"):
             hooks.tasks_label_status = lambda task_ids: {}
             hooks.points_settle_changed = lambda **kwargs: 0
             hooks.points_recompute_after = lambda **kwargs: 0
+        else:
+            hooks.tasks_label_status = timed(real[0])
+            hooks.points_settle_changed = timed(real[1])
+            hooks.points_recompute_after = timed(real[2])
+            hooks.points_settle = counting
         with Stopwatch() as sw:
             report = consensus_recompute(campaign_id=campaign_id)
         rows.append(
@@ -83,12 +109,13 @@ def _recompute(campaign_id: int) -> list[list]:
                 run,
                 f"{sw.seconds:.1f}",
                 f"{report.write_s:.1f}",
-                f"{report.tasks_written:,}",
+                f"{spent['s']:.1f}",
+                f"{spent['tasks']:,}",
                 f"{AnswerPoints.objects.count():,}",
                 f"{Tally.objects.count():,}",
             ]
         )
-    hooks.tasks_label_status, hooks.points_settle_changed, hooks.points_recompute_after = real
+    hooks.tasks_label_status, hooks.points_settle_changed, hooks.points_recompute_after, hooks.points_settle = real
     return rows
 
 
@@ -212,9 +239,8 @@ def main() -> None:
     _teams(args.teams)
 
     print("\n-- full consensus recompute (the first run settles every answer's points) --")
-    print(
-        table(["run", "total s", "write s", "tasks written", "AnswerPoints rows", "tallies"], _recompute(campaign_id))
-    )
+    headers = ["run", "total s", "write s", "gamify s", "tasks re-settled", "AnswerPoints rows", "tallies"]
+    print(table(headers, _recompute(campaign_id)))
     from django.db import connection
 
     with connection.cursor() as cursor:
