@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from annotate.models import AnnotatorStats, Answer, Campaign, GoldLabel, Task
@@ -513,3 +514,25 @@ def sprint_start(*, user, campaign: Campaign, duration_s: int, now=None) -> Spri
         )
         sprint.save()
     return sprint
+
+
+def points_backfill(*, campaign: Campaign, batch_size: int = 2000) -> int:
+    """Give every answer of `campaign` (a match campaign) that has no AnswerPoints row one, settled
+    by the rules, with its tallies: for answers given before gamify was installed, whose tasks may
+    never change again. Gold tasks are settled against their known answer. One transaction per
+    batch of tasks; idempotent (a second run finds nothing to do).
+
+    Returns the number of AnswerPoints rows created or changed."""
+    if campaign.kind != Campaign.Kind.MATCH:
+        return 0
+    has_points = AnswerPoints.objects.filter(answer_id=OuterRef("pk"))
+    task_ids = sorted(
+        set(
+            Answer.objects.filter(task__campaign=campaign).exclude(Exists(has_points)).values_list("task_id", flat=True)
+        )
+    )
+    done = 0
+    for start in range(0, len(task_ids), batch_size):
+        with transaction.atomic():
+            done += points_settle(task_ids=task_ids[start : start + batch_size], include_gold=True)
+    return done

@@ -1,6 +1,7 @@
 """Points settled through the real answer path (annotate.services.answer_submit / answer_undo_last and
 the consensus hooks): hand-made crowds with known outcomes, tallies kept equal to the answers' points."""
 
+import io
 from collections import Counter
 
 import pytest
@@ -240,3 +241,27 @@ def test_attribute_campaigns_earn_no_points(db, people):
     assert services.points_settle_task(task=task, campaign=tagging) == 0
     assert services.points_settle(task_ids=[task.pk]) == 0
     assert not AnswerPoints.objects.exists() and not Tally.objects.exists()
+
+
+def test_backfill_settles_answers_given_before_gamify(campaign, people, monkeypatch):
+    from django.core.management import call_command
+
+    ann, ben, cat, _ = people
+    # Answers recorded while gamify was not installed: its hook did nothing.
+    monkeypatch.setattr(services, "points_settle", lambda **kwargs: 0)
+    tasks = [task_with_candidates(campaign) for _ in range(2)]
+    for task in tasks:
+        for person in (ann, ben, cat):
+            answer(person, task, "1")
+    gold_task = task_with_candidates(campaign)
+    gold_set(task=gold_task, label="none")
+    answer(ann, gold_task, "none")
+    monkeypatch.undo()
+    assert not AnswerPoints.objects.exists()
+    call_command("gamify_backfill", stdout=io.StringIO())
+    assert points_of(ann) == 2 * 10 + 10 and points_of(ben) == 20
+    assert tally(ann).answer_count == 3
+    out = io.StringIO()
+    call_command("gamify_backfill", "--campaign", campaign.slug, stdout=out)
+    assert "0 answers settled" in out.getvalue()  # idempotent
+    assert_tallies_match_answers()
