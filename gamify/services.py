@@ -418,10 +418,12 @@ def tasks_label_status(task_ids) -> dict[int, tuple[str, str]]:
     if not task_ids:
         return {}
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, label, status FROM annotate_task WHERE id IN ({', '.join(['%s'] * len(task_ids))})",
-            task_ids,
-        )
+        if connection.vendor == "postgresql":
+            # One array parameter: 5,000 bound parameters took 55 ms a batch to plan (bench/leaderboard.py).
+            cursor.execute("SELECT id, label, status FROM annotate_task WHERE id = ANY(%s)", [task_ids])
+        else:
+            placeholders = ", ".join(["%s"] * len(task_ids))
+            cursor.execute(f"SELECT id, label, status FROM annotate_task WHERE id IN ({placeholders})", task_ids)
         return {pk: (label, status) for pk, label, status in cursor.fetchall()}
 
 
