@@ -115,7 +115,15 @@ def verify_answer(request, slug):
     response = _render_task(request, campaign, **notice)
     if not notice:
         response["HX-Trigger"] = "answer-saved"
+        response["HX-Trigger-After-Settle"] = _gamify_events(request.user, campaign)
     return response
+
+
+def _gamify_events(user, campaign) -> str:
+    """Sprint count and celebrations for the verify page (gamify.views.answer_events_header)."""
+    from gamify.views import answer_events_header
+
+    return answer_events_header(user=user, campaign=campaign)
 
 
 @login_required
@@ -130,7 +138,9 @@ def verify_undo(request, slug):
     )
     if not request.htmx:
         return redirect("annotate:verify", slug=campaign.slug)
-    return _render_task(request, campaign, **notice)
+    response = _render_task(request, campaign, **notice)
+    response["HX-Trigger-After-Settle"] = _gamify_events(request.user, campaign)
+    return response
 
 
 @login_required

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "catalog",
     "mlcore",
     "annotate",
+    "gamify",
 ]
 
 MIDDLEWARE = [
@@ -65,6 +66,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "annotate.context_processors.user_roles",
+                "gamify.context_processors.nav",
             ],
         },
     },

@@ -185,6 +185,9 @@ def consensus_task_update(*, task: Task, campaign: Campaign, now=None) -> Task:
     )
     # Conditional, so that a campaign already marked is not written (nor locked) by every answer.
     Campaign.objects.filter(pk=campaign.pk, consensus_dirty=False).update(consensus_dirty=True)
+    from gamify.services import points_settle_task  # answers' points follow the label (gamify.rules)
+
+    points_settle_task(task=task, campaign=campaign, now=now)
     return task
 
 
@@ -360,6 +363,9 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeRe
     _stats_write(
         campaign, labels, data, user_ids, worker_idx, answer_task_idx, label_idx, gold, result, stats_rows, now=now
     )
+    from gamify.services import points_recompute_after  # gold answers, changed flags
+
+    points_recompute_after(campaign_id=campaign.pk)
     params = {
         "labels": labels,
         "method": campaign.consensus_method,
@@ -404,6 +410,8 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
     )
     from django.db.models import JSONField
 
+    from gamify import services as gamify
+
     encode = JSONField().get_db_prep_value
     written = 0
     complete, open_ = Task.Status.COMPLETE.value, Task.Status.OPEN.value
@@ -427,9 +435,12 @@ def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, re
                 )
             )
         with transaction.atomic(), connection.cursor() as cursor:
+            before = gamify.tasks_label_status(task_ids[start:stop].tolist())
             cursor.executemany(sql, params)
             # executemany's rowcount is the total on both backends we run (sqlite3, psycopg 3).
             written += max(cursor.rowcount, 0)
+            # Points follow the labels that changed, one batch per batch of tasks.
+            gamify.points_settle_changed(before=before, after={p[8]: (p[1], p[4]) for p in params}, now=now)
     return written, len(task_ids) - written
 
 
