@@ -130,6 +130,13 @@ def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
                     + "\n"
                 )
                 count += 1
+    return _snapshot_finish(snapshot, partial=partial, count=count)
+
+
+def _snapshot_finish(snapshot: ExportSnapshot, *, partial, count: int) -> ExportSnapshot:
+    """Move a training snapshot's items.jsonl from `partial` into place and mark the export DONE with
+    the file's size and sha256 and `count` items."""
+    folder = snapshot_folder(snapshot)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(folder)
     final = folder / "items.jsonl"
@@ -223,7 +230,7 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
 
     Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks"}.
     """
-    from .tagging import _status_write, attributes_for_product, campaign_attributes
+    from .tagging import _status_write, attributes_for_product, campaign_attributes, required_labels
 
     version = version or training.active_model(scope_of(campaign))
     counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0}
@@ -330,30 +337,13 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
             for task_id in {r.task_id for r in rows}:
                 task = locked[task_id]
                 labels = list(AttributeLabel.objects.filter(task=task).select_related("attribute"))
-                required = _required_of(task, every, labels)
+                required = required_labels(task=task, attributes=every, labels=labels)
                 before = task.status
                 _status_write(task, required)
                 if task.status != before and task.status == Task.Status.COMPLETE:
                     counts["completed_tasks"] += 1
         counts["tasks"] += len(tasks)
     return counts
-
-
-def _required_of(task, every, labels):
-    """The labels that must settle for `task` (tagging._labels_plan's rule) among its stored labels."""
-    from .tagging import CATEGORY_SLUG, attribute_applies, attributes_for_product, category_chosen
-
-    by_slug = {label.attribute.slug: label for label in labels}
-    category = by_slug.get(CATEGORY_SLUG)
-    path = category_chosen(attributes=every, value=category.label) if category is not None else None
-    if path is not None:
-        required = [a for a in every if attribute_applies(a, path)]
-    else:
-        required = attributes_for_product(attributes=every, product=task.product)
-    missing = [a for a in required if a.slug not in by_slug]
-    if missing:
-        return [AttributeLabel(task=task, attribute=a, is_settled=False) for a in missing]
-    return [by_slug[a.slug] for a in required]
 
 
 # -- matching: learning from verified matches -----------------------------------------------------------
@@ -417,21 +407,7 @@ def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
                 }
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
                 count += 1
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(folder)
-    final = folder / "items.jsonl"
-    size = final.stat().st_size
-    ExportSnapshot.objects.filter(pk=snapshot.pk).update(
-        status=ExportSnapshot.Status.DONE,
-        files=[{"path": "items.jsonl", "format": "jsonl", "size_bytes": size, "sha256": file_sha256(final)}],
-        size_bytes=size,
-        item_count=count,
-        total_count=count,
-        done_count=count,
-        finished_at=timezone.now(),
-    )
-    snapshot.refresh_from_db()
-    return snapshot
+    return _snapshot_finish(snapshot, partial=partial, count=count)
 
 
 def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None):
@@ -585,7 +561,9 @@ def learning_report(*, campaign: Campaign) -> dict:
             if (product_id, attribute_id) in predicted:
                 total += 1
                 agree += predicted[(product_id, attribute_id)] == label
-    low, high = training_interval(agree, total)
+    from mlcore.nn.tagging import wilson_interval
+
+    low, high = wilson_interval(agree, total)
     return {
         "scope": scope,
         "versions": versions,
@@ -596,12 +574,6 @@ def learning_report(*, campaign: Campaign) -> dict:
         "humans_saved": round(model_labels * per_label) if per_label else None,
         "audit": {"n": total, "agree": agree, "precision": agree / total if total else None, "low": low, "high": high},
     }
-
-
-def training_interval(successes: int, n: int) -> tuple[float, float]:
-    from mlcore.nn.tagging import wilson_interval
-
-    return wilson_interval(successes, n)
 
 
 def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=None, rollback=False, **kwargs) -> None:

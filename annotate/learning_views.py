@@ -64,33 +64,28 @@ def learning_page(request):
 @require_POST
 def learning_retrain(request, slug):
     """Start a retrain of the campaign now (ML team and admins)."""
-    campaign = selectors.get_campaign_for_exporter(request.user, slug)
-    try:
-        with transaction.atomic():
-            learning.retrain_start(
-                campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user
-            )
-    except ValueError as exc:
-        messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Retraining {campaign.name}: the run shows below.")
-    return redirect("annotate:learning")
+    return _retrain(request, slug, learning.retrain_start, "Retraining {name}: the run shows below.")
 
 
 @login_required
 @require_POST
 def matching_retrain(request, slug):
     """Retrain the matching head of a match campaign from its verified photos (ML team and admins)."""
+    return _retrain(
+        request, slug, learning.matching_retrain_start, "Retraining the matching head of {name}: the run shows below."
+    )
+
+
+def _retrain(request, slug, start, success: str):
+    """Run `start` (a learning.*_start service) for campaign `slug`; a refusal becomes a message."""
     campaign = selectors.get_campaign_for_exporter(request.user, slug)
     try:
         with transaction.atomic():
-            learning.matching_retrain_start(
-                campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user
-            )
+            start(campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user)
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, f"Retraining the matching head of {campaign.name}: the run shows below.")
+        messages.success(request, success.format(name=campaign.name))
     return redirect("annotate:learning")
 
 

@@ -453,14 +453,22 @@ def _labels_plan(*, task, campaign, attributes, rows, reliability) -> tuple[list
         rows=rows,
         reliability=reliability,
     )
+    return labels, required_labels(task=task, attributes=attributes, labels=labels)
+
+
+def required_labels(*, task, attributes: list[Attribute], labels: list[AttributeLabel]) -> list[AttributeLabel]:
+    """The labels that must settle for `task` to complete, among `labels` (its labels, any subset of
+    `attributes`): those of the attributes that apply to the category consensus when the campaign
+    asks for the category and its label names a taxonomy node, else to the product's master
+    category. A required attribute without a label counts as an unsettled one."""
     by_slug = {label.attribute.slug: label for label in labels}
     category = by_slug.get(CATEGORY_SLUG)
     path = category_chosen(attributes=attributes, value=category.label) if category is not None else None
     if path is not None:
-        required_ids = {a.pk for a in attributes if attribute_applies(a, path)}
+        required = [a for a in attributes if attribute_applies(a, path)]
     else:
-        required_ids = {a.pk for a in applicable}
-    return labels, [label for label in labels if label.attribute.pk in required_ids]
+        required = attributes_for_product(attributes=attributes, product=task.product)
+    return [by_slug.get(a.slug) or AttributeLabel(task=task, attribute=a, is_settled=False) for a in required]
 
 
 def _status_write(task: Task, required: list[AttributeLabel]) -> None:
