@@ -37,7 +37,7 @@ def loop(db):
         model_version=embedding,
         learning_enabled=True,
         retrain_every_labels=50,
-        audit_share=0.1,
+        audit_share=0.3,  # 30 open products: an audit sample of none would be a 1-in-25 draw at 0.1
     )
     campaign.attributes.set([schema["color"]])
     rng = np.random.default_rng(0)
@@ -154,8 +154,21 @@ def test_models_page_permission_matrix_and_content(client, as_role, loop, role, 
 
 def test_retrain_and_rollback_buttons(client, as_role, loop, django_capture_on_commit_callbacks):
     campaign, *_ = loop
-    as_role("employee")
-    assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 403
+    as_role("anonymous")
+    assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 302
+    assert client.post(f"/learning/{campaign.slug}/rollback").status_code == 302
+    for role in ("employee", "tagger"):
+        as_role(role)
+        assert client.post(f"/learning/{campaign.slug}/retrain").status_code == 403
+        assert client.post(f"/learning/{campaign.slug}/rollback").status_code == 403
+    assert not TrainingRun.objects.exists()
+    as_role("admin")
+    assert client.get(f"/learning/{campaign.slug}/retrain").status_code == 405  # POST only
+    assert client.post("/learning/no-such-campaign/retrain").status_code == 404
+    # A match campaign has no tagging loop: a message, no run.
+    CampaignFactory(slug="match-only")
+    response = client.post("/learning/match-only/retrain", follow=True)
+    assert "attribute campaigns" in response.content.decode() and not TrainingRun.objects.exists()
     as_role("ml")
     response = client.post(f"/learning/{campaign.slug}/rollback")
     assert response.status_code == 302  # nothing to roll back to: a message, nothing changes
