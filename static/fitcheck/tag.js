@@ -142,7 +142,8 @@
   function stamp() {
     var section = area();
     if (section) {
-      section.dataset.shownAt = String(performance.now());
+      // A section already stamped is the same product: another swap must not restart its clock.
+      if (!section.dataset.shownAt) section.dataset.shownAt = String(performance.now());
       setActive(activeIndex(), false);
     }
   }

@@ -3,12 +3,15 @@
 (function () {
   "use strict";
 
+  // Only a task node that has no stamp yet is new: other swaps on the page (the sprint bar loading,
+  // the points toast) must not restart the clock of the task on screen.
   function stamp() {
     var task = document.getElementById("task");
-    if (task) task.dataset.shownAt = String(performance.now());
+    if (task && !task.dataset.shownAt) task.dataset.shownAt = String(performance.now());
   }
 
   document.addEventListener("DOMContentLoaded", stamp);
+  document.addEventListener("htmx:afterSwap", stamp);
   document.addEventListener("htmx:afterSettle", stamp);
 
   document.addEventListener("htmx:configRequest", function (event) {
