@@ -157,7 +157,9 @@ def embeddings(data: dict, args) -> tuple[np.ndarray, np.ndarray, dict]:
 
     assert BACKBONES["efficientnet_lite0"]
     image = _cached(f"image-{args.image_size}px-{key}", image_build)
-    text = _cached(f"text-{key}", text_build)
+    # The text cache is keyed by the texts themselves: a change to the demo loader's titles recomputes it.
+    text_key = hashlib.sha256("\n".join(data["texts"]).encode()).hexdigest()[:12]
+    text = _cached(f"text-{text_key}", text_build)
     return image.astype(np.float32), text.astype(np.float32), figures
 
 

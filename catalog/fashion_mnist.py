@@ -36,25 +36,60 @@ MASTER_PATHS = (
 )
 RETAILERS = (
     {
+        # Files tops and shoes coarsely: its "Tops" and "Shoes" map to inner master nodes, so the
+        # category campaign has to find the leaf (and the catalog tells it only the branch).
         "slug": "northwind",
         "name": "Northwind Apparel",
         "sku_prefix": "NW",
-        "native": ("Tees", "Trousers", "Jumpers", "Dresses", "Coats & Jackets", "Sandals", "Shirts", "Trainers",
-                   "Bags", "Boots"),
+        "native": ("Tops", "Trousers", "Tops", "Dresses", "Coats & Jackets", "Shoes", "Tops", "Shoes", "Bags", "Shoes"),
     },
     {
         "slug": "harbor-pine",
         "name": "Harbor & Pine",
         "sku_prefix": "HP",
-        "native": ("T-Shirts & Tops", "Pants", "Knitwear > Pullovers", "Dresses > Day Dresses", "Outerwear",
-                   "Shoes > Sandals", "Tops > Shirts & Blouses", "Shoes > Sneakers", "Accessories > Bags",
-                   "Shoes > Ankle Boots"),
+        "native": (
+            "T-Shirts & Tops",
+            "Pants",
+            "Knitwear > Pullovers",
+            "Dresses > Day Dresses",
+            "Outerwear",
+            "Shoes > Sandals",
+            "Tops > Shirts & Blouses",
+            "Shoes > Sneakers",
+            "Accessories > Bags",
+            "Shoes > Ankle Boots",
+        ),
     },
 )
+
+
+def native_master_path(retailer: dict, native_path: str) -> str:
+    """The master taxonomy path a demo native category maps to: the deepest node shared by the
+    Fashion-MNIST classes the retailer files under it ("Shoes" for sandals, sneakers and boots).
+
+    Raises:
+        KeyError: the retailer has no such native category.
+    """
+    paths = [MASTER_PATHS[label] for label, path in enumerate(retailer["native"]) if path == native_path]
+    if not paths:
+        raise KeyError(native_path)
+    parts = [path.split(" › ") for path in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return " › ".join(common)
+
+
 # Native categories that say nothing about the product; mapped to no master node.
 UNINFORMATIVE_NATIVE = ("New In", "Summer Sale", "Last Chance")
 UNINFORMATIVE_SHARE = 0.12
 
+# Titles are as specific as real catalogs' are, i.e. not always: a title names the product's own
+# kind (TITLE_SHARES[0]), a word shared by several kinds (a "top", "shoes"), or nothing at all (a
+# collection name). The description repeats the title and says nothing more about the kind, so the
+# text model knows the class only as well as a shopper reading the page would.
 _NOUNS = (
     ("tee", "T-shirt", "crew-neck top", "vest top"),
     ("trousers", "chinos", "straight-leg pants", "joggers"),
@@ -67,8 +102,48 @@ _NOUNS = (
     ("bag", "tote bag", "shoulder bag", "crossbody bag"),
     ("ankle boots", "chelsea boots", "lace-up boots", "heeled ankle boots"),
 )
-_ADJECTIVES = ("Classic", "Relaxed", "Everyday", "Essential", "Soft", "Structured", "Organic cotton", "Light",
-               "Recycled", "Slim", "Oversized", "Textured", "Washed", "Premium", "Easy")
+# Words that fit several classes: tops (T-shirt, pullover, shirt), layers (pullover, coat, shirt),
+# shoes (sandal, sneaker, ankle boot), and one for anything.
+_SHARED_NOUNS = (
+    ("top", "essential top", "layering piece"),
+    ("bottoms", "piece"),
+    ("top", "layer", "knit"),
+    ("piece", "summer piece"),
+    ("layer", "outer layer", "piece"),
+    ("shoes", "summer shoes", "footwear"),
+    ("top", "layer", "layering piece"),
+    ("shoes", "footwear", "everyday shoes"),
+    ("accessory", "piece"),
+    ("shoes", "footwear", "winter shoes"),
+)
+_COLLECTIONS = (
+    "The Harper",
+    "The Marlow",
+    "Essential No. 7",
+    "Studio Edit",
+    "Weekend Edit",
+    "Core Piece",
+    "The Ellis",
+    "Archive Edit",
+)
+TITLE_SHARES = (0.45, 0.30, 0.25)  # own noun, shared noun, no noun
+_ADJECTIVES = (
+    "Classic",
+    "Relaxed",
+    "Everyday",
+    "Essential",
+    "Soft",
+    "Structured",
+    "Organic cotton",
+    "Light",
+    "Recycled",
+    "Slim",
+    "Oversized",
+    "Textured",
+    "Washed",
+    "Premium",
+    "Easy",
+)
 POSTED_BASE = datetime(2026, 10, 1, tzinfo=UTC)
 
 
@@ -83,10 +158,16 @@ class LoadReport:
 
 
 def _title(label: int, rng: np.random.Generator) -> tuple[str, str]:
-    noun = _NOUNS[label][int(rng.integers(len(_NOUNS[label])))]
+    """A demo product's (title, description) for Fashion-MNIST class `label`; see TITLE_SHARES."""
     adjective = _ADJECTIVES[int(rng.integers(len(_ADJECTIVES)))]
-    title = f"{adjective} {noun}"
-    description = f"{title}. {demo_data.FASHION_MNIST_CLASSES[label]} from our core range; true to size."
+    kind = rng.choice(3, p=TITLE_SHARES)
+    if kind == 0:
+        title = f"{adjective} {_NOUNS[label][int(rng.integers(len(_NOUNS[label])))]}"
+    elif kind == 1:
+        title = f"{adjective} {_SHARED_NOUNS[label][int(rng.integers(len(_SHARED_NOUNS[label])))]}"
+    else:
+        title = f"{_COLLECTIONS[int(rng.integers(len(_COLLECTIONS)))]}, {adjective.lower()}"
+    description = f"{title}. From our core range; true to size."
     return title, description
 
 
@@ -137,15 +218,18 @@ def fashion_mnist_load(
     test_x, test_y = demo_data.fashion_mnist_read(root, "test")
     rng = np.random.default_rng(seed)
 
-    nodes = [taxonomy_path_ensure(path=path) for path in MASTER_PATHS]
+    for path in MASTER_PATHS:
+        taxonomy_path_ensure(path=path)
     retailers, natives = [], []
     for spec in RETAILERS:
         retailer, _ = Retailer.objects.get_or_create(slug=spec["slug"], defaults={"name": spec["name"]})
         retailers.append(retailer)
         per_label = []
-        for label, path in enumerate(spec["native"]):
+        for path in spec["native"]:
             native, _ = NativeCategory.objects.get_or_create(
-                retailer=retailer, path=path, defaults={"master_node": nodes[label]}
+                retailer=retailer,
+                path=path,
+                defaults={"master_node": taxonomy_path_ensure(path=native_master_path(spec, path))},
             )
             per_label.append(native)
         uninformative = [
@@ -170,12 +254,19 @@ def fashion_mnist_load(
                 native = uninformative[int(rng.integers(len(uninformative)))]
                 master = None
             else:
-                native, master = per_label[label], nodes[label]
+                native = per_label[label]
+                master = native.master_node
             title, description = _title(label, rng)
             sku = f"{RETAILERS[which]['sku_prefix']}-{index:05d}"
             rows.append(
-                Product(retailer=retailer, sku=sku, title=title, description=description,
-                        native_category=native, master_category=master)
+                Product(
+                    retailer=retailer,
+                    sku=sku,
+                    title=title,
+                    description=description,
+                    native_category=native,
+                    master_category=master,
+                )
             )
             data = demo_data.png_bytes(train_x[index])
             info = image_inspect(data)
@@ -192,8 +283,14 @@ def fashion_mnist_load(
                 index, name, info = images[(retailer_id, sku)]
                 product_by_index[index] = pk
                 image_rows.append(
-                    ProductImage(product_id=pk, image=name, sha256=info.sha256, width_px=info.width_px,
-                                 height_px=info.height_px, position=0)
+                    ProductImage(
+                        product_id=pk,
+                        image=name,
+                        sha256=info.sha256,
+                        width_px=info.width_px,
+                        height_px=info.height_px,
+                        position=0,
+                    )
                 )
             ProductImage.objects.bulk_create(image_rows, ignore_conflicts=True)
         progress("products", min(start + batch, product_count), product_count)
@@ -214,13 +311,15 @@ def fashion_mnist_load(
         if kind == "in":
             image = demo_data.customer_photo_render(train_x[index], rng=rng)
             caption = demo_data.photo_caption(rng, brand=RETAILERS[index % 2]["slug"])
-            truth = {"kind": DemoPhotoTruth.Kind.IN_CATALOG, "product_id": product_by_index[index],
-                     "source_label": int(train_y[index])}
+            truth = {
+                "kind": DemoPhotoTruth.Kind.IN_CATALOG,
+                "product_id": product_by_index[index],
+                "source_label": int(train_y[index]),
+            }
         elif kind == "out":
             image = demo_data.customer_photo_render(test_x[index], rng=rng)
             caption = demo_data.photo_caption(rng)
-            truth = {"kind": DemoPhotoTruth.Kind.NOT_IN_CATALOG, "product_id": None,
-                     "source_label": int(test_y[index])}
+            truth = {"kind": DemoPhotoTruth.Kind.NOT_IN_CATALOG, "product_id": None, "source_label": int(test_y[index])}
         else:
             caption, image = non_products[index]
             truth = {"kind": DemoPhotoTruth.Kind.NOT_A_PRODUCT, "product_id": None, "source_label": None}
