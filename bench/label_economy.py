@@ -221,12 +221,11 @@ def run_dynamic(truth: np.ndarray, args) -> dict:
     }
 
 
-FOLDS = 3
-
-
 def _fold_of(item: int) -> int:
-    """A stable fold from a hash of the item id (sha256, as the product's splits)."""
-    return int(hashlib.sha256(f"product-{item}".encode()).hexdigest()[:8], 16) % FOLDS
+    """The item's cross-fitting fold, by the product's own rule (mlcore.training.fold_of)."""
+    from mlcore.training import fold_of
+
+    return fold_of(f"product-{item}")
 
 
 def run_loop(truth: np.ndarray, image: np.ndarray, text: np.ndarray, args) -> dict:
@@ -352,6 +351,7 @@ def _train_and_predict(consensus, labelled, fold, image, text, features, args) -
     them against the consensus labels; the model that predicts the unlabelled items is then trained
     on all the labels."""
     from mlcore.nn import tagging as nt
+    from mlcore.training import FOLDS
 
     posterior, labels = consensus.posterior, consensus.label
     config = nt.HeadsConfig(
