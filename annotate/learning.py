@@ -12,6 +12,8 @@ imports annotate): snapshot → retrain → promote → re-rank.
    with model_version set: provenance "model"), except an audit sample (campaign.audit_share,
    chosen by a hash of task and model) that people still answer; and set each task's routing
    priority from the model's uncertainty, so people see the most informative products first.
+   The category's prediction backs off to the deepest confident taxonomy node when its leaf is
+   unsure (`category_backoff`): "Shoes", not a wrong "Shoes › Sandal".
 4. `learning_due` (Celery beat): start a retrain when campaign.retrain_every_labels new labels have
    settled since the last run, or a day has passed and any have.
 """
@@ -28,7 +30,9 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from catalog.attribute_schema import CATEGORY_SLUG, category_paths
 from catalog.models import Attribute
+from catalog.services import TAXONOMY_SEPARATOR
 from mlcore import training
 from mlcore.models import AttributePrediction, ModelVersion, TrainingRun
 
@@ -219,6 +223,39 @@ def _audit_pick(task_uuid, version_uuid, share: float) -> bool:
     return int(digest[:8], 16) / 0xFFFFFFFF < share
 
 
+def category_backoff(probabilities: np.ndarray, leaf_paths: list[str], *, threshold: float) -> tuple[str, float | None]:
+    """The back-off of one category prediction: ("", None) when the most probable leaf reaches
+    `threshold` (it stands), else the deepest taxonomy node whose leaves together reach it, with that
+    probability (mlcore.nn.tagging.hierarchical_backoff: a node's probability is the sum of its
+    leaves'). The node need not be an ancestor of the most probable leaf (Sandal 0.4, Tote 0.3 and
+    Clutch 0.3 back off to "Bags" at 0.6 for a threshold of 0.55). When no node reaches the
+    threshold, the most probable root, below it. ("", None) too when that is the leaf itself (a leaf
+    at the top of the taxonomy has nowhere to back off to).
+
+    Args:
+        probabilities: (K,) float, the model's distribution over the category's values.
+        leaf_paths: the K values' TaxonomyNode.path, " › "-joined, in the same order.
+        threshold: in (0, 1], the category's auto-accept threshold.
+
+    Returns:
+        (node path or "", its probability in [0, 1] or None).
+
+    Raises:
+        ValueError: lengths differ.
+    """
+    from mlcore.nn.tagging import hierarchical_backoff
+
+    if len(probabilities) != len(leaf_paths):
+        raise ValueError("probabilities and leaf_paths must have the same length")
+    best = int(np.argmax(probabilities))
+    if float(probabilities[best]) >= threshold:
+        return "", None
+    node, mass = hierarchical_backoff(probabilities, leaf_paths, threshold=threshold, separator=TAXONOMY_SEPARATOR)
+    if node == leaf_paths[best]:
+        return "", None
+    return node, min(max(float(mass), 0.0), 1.0)
+
+
 def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
     """Predict every open product task of `campaign` with its active model (or `version`), store the
     predictions, auto-accept what clears each attribute's threshold (not on audit tasks), complete
@@ -228,17 +265,30 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
     products the model is least sure of come first; the session's shuffle order breaks ties, which
     keeps batches diverse. Gold and calibration tasks are left to their own routing.
 
-    Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks"}.
+    The category attribute's prediction also stores its back-off (`category_backoff` over the
+    values' taxonomy paths, AttributePrediction.backoff_path and backoff_confidence) when its leaf
+    is below the threshold: the model's auto-accept threshold for the category, or the campaign's
+    auto_accept_precision when the model has none (too few validation labels to fit one). A leaf
+    that clears the threshold stores no back-off. Predictions are upserts on (model version,
+    product, attribute): applying a model again is idempotent.
+
+    Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks", "backed_off"} (the last:
+    category predictions stored with a back-off).
     """
     from .tagging import _status_write, attributes_for_product, campaign_attributes, required_labels
 
     version = version or training.active_model(scope_of(campaign))
-    counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0}
+    counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0, "backed_off": 0}
     if version is None:
         return counts
     model = training.TaggingModel.load(version.weights_path, sha256=version.checkpoint_sha256)
     every = campaign_attributes(campaign)
     by_slug = {a.slug: a for a in every}
+    leaf_paths = None
+    if CATEGORY_SLUG in model.values and CATEGORY_SLUG in by_slug:
+        paths = category_paths()
+        # A value whose taxonomy node is gone stands alone, as a root: it has no ancestor to back off to.
+        leaf_paths = [paths.get(value, value) for value in model.values[CATEGORY_SLUG]]
     embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
     text_encoder = version.config.get("text_encoder", "minilm")
     open_ids = list(
@@ -267,6 +317,15 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
                 row = p[n]
                 best = int(row.argmax())
                 confidence = float(row[best])
+                threshold = model.thresholds.get(slug)
+                backoff_path, backoff_confidence = "", None
+                if slug == CATEGORY_SLUG and leaf_paths is not None:
+                    backoff_path, backoff_confidence = category_backoff(
+                        row,
+                        leaf_paths,
+                        threshold=threshold if threshold is not None else campaign.auto_accept_precision,
+                    )
+                    counts["backed_off"] += bool(backoff_path)
                 predictions.append(
                     AttributePrediction(
                         product_id=task.product_id,
@@ -274,11 +333,12 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
                         model_version=version,
                         value=values[best],
                         confidence=confidence,
+                        backoff_path=backoff_path,
+                        backoff_confidence=backoff_confidence,
                     )
                 )
                 top2 = np.sort(row)[-2:]
                 margins.append(float(top2[1] - top2[0]))
-                threshold = model.thresholds.get(slug)
                 if threshold is not None and confidence >= threshold and not audit:
                     posterior = {v: round(float(x), 6) for v, x in zip(values, row, strict=True)}
                     accept.setdefault(task.pk, []).append((by_slug[slug], values[best], posterior, confidence))
@@ -289,7 +349,7 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
             predictions,
             update_conflicts=True,
             unique_fields=["model_version", "product", "attribute"],
-            update_fields=["value", "confidence"],
+            update_fields=["value", "confidence", "backoff_path", "backoff_confidence"],
         )
         with transaction.atomic():
             locked = {
