@@ -27,7 +27,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
 from catalog.attribute_schema import CATEGORY_SLUG, category_paths
@@ -590,13 +590,54 @@ def matching_report(*, campaign: Campaign) -> dict:
     }
 
 
+def category_backoff_report(*, campaign: Campaign, version: ModelVersion | None) -> dict:
+    """How many of `version`'s category predictions for the campaign's open products backed off to a
+    taxonomy node above the leaf (AttributePrediction.backoff_path set by `predictions_apply`): the
+    products people are asked "which kind?" rather than shown a guess (1 query; none without a
+    version).
+
+    Returns {"open": predictions, "backed_off": of them backed off, "share": backed_off / open in
+    [0, 1] or None when open is 0, "by_depth": [(depth, count)] by TaxonomyNode.depth (0: top level),
+    "nodes": [(path, count)] most frequent first, at most 5}.
+    """
+    out = {"open": 0, "backed_off": 0, "share": None, "by_depth": [], "nodes": []}
+    if version is None:
+        return out
+    open_products = Task.objects.filter(
+        campaign=campaign, status=Task.Status.OPEN, is_gold=False, is_calibration=False
+    ).values("product_id")
+    rows = (
+        AttributePrediction.objects.filter(
+            model_version=version, attribute__slug=CATEGORY_SLUG, product_id__in=open_products
+        )
+        .values_list("backoff_path")
+        .annotate(n=Count("pk"))
+        .order_by("backoff_path")
+    )
+    depths: dict[int, int] = {}
+    nodes = []
+    for path, n in rows:
+        out["open"] += n
+        if path:
+            out["backed_off"] += n
+            depth = path.count(TAXONOMY_SEPARATOR)
+            depths[depth] = depths.get(depth, 0) + n
+            nodes.append((path, n))
+    out["share"] = out["backed_off"] / out["open"] if out["open"] else None
+    out["by_depth"] = sorted(depths.items())
+    out["nodes"] = sorted(nodes, key=lambda item: (-item[1], item[0]))[:5]
+    return out
+
+
 def learning_report(*, campaign: Campaign) -> dict:
     """For the ML page: the models of this campaign's scope with their runs, labels settled by the
-    model ("humans saved": those labels times the mean answers people needed per settled label), and
-    the audit sample's measured precision (people's consensus against the model's prediction on audit
-    tasks they settled)."""
+    model ("humans saved": those labels times the mean answers people needed per settled label), the
+    audit sample's measured precision (people's consensus against the model's prediction on audit
+    tasks they settled), and the active model's category back-offs on open products
+    (`category_backoff_report`)."""
     scope = scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.TAGGING, scope=scope).order_by("-created_at"))
+    active = next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None)
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
     model_labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version__isnull=False).count()
     people = human_labels(campaign).filter(answer_count__gt=0)
@@ -627,12 +668,13 @@ def learning_report(*, campaign: Campaign) -> dict:
     return {
         "scope": scope,
         "versions": versions,
-        "active": next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None),
+        "active": active,
         "runs": runs,
         "model_labels": model_labels,
         "answers_per_human_label": per_label,
         "humans_saved": round(model_labels * per_label) if per_label else None,
         "audit": {"n": total, "agree": agree, "precision": agree / total if total else None, "low": low, "high": high},
+        "category_backoff": category_backoff_report(campaign=campaign, version=active),
     }
 
 

@@ -358,3 +358,49 @@ def test_category_backoff_keeps_a_confident_leaf_and_a_top_level_leaf():
     assert (path, p) == ("B", pytest.approx(0.6))
     with pytest.raises(ValueError):
         learning.category_backoff(np.array([0.95, 0.05]), leaves, threshold=0.9)  # even a sure leaf
+
+
+def test_the_models_page_counts_the_open_category_predictions_that_backed_off(client, as_role, shoes):
+    from catalog.attribute_schema import category_value
+
+    campaign, products, _ = shoes
+    category = campaign.attributes.get(slug="category")
+    active = ModelVersionFactory(name="tagger-v2", kind="tagging", scope="campaign:shoes", status="active")
+    retired = ModelVersionFactory(name="tagger-v1", kind="tagging", scope="campaign:shoes", status="retired")
+    done = ProductFactory(master_category=TaxonomyNode.objects.get(path=SANDAL), image=False)
+    tagging.tag_tasks_build(campaign=campaign, products=[done])
+    Task.objects.filter(product=done).update(status=Task.Status.COMPLETE)
+    sandal = category_value(SANDAL)
+    rows = [
+        (active, products[0], "Shoes", 0.97),
+        (active, products[1], "", None),
+        (active, products[2], "Clothing › Dresses", 0.93),
+        (active, done, "Shoes", 0.95),  # not open: people or the model settled it
+        (retired, products[1], "Shoes", 0.91),  # not the active model's
+    ]
+    for version, product, path, confidence in rows:
+        AttributePrediction.objects.create(
+            product=product,
+            attribute=category,
+            model_version=version,
+            value=sandal,
+            confidence=0.5,
+            backoff_path=path,
+            backoff_confidence=confidence,
+        )
+    report = learning.learning_report(campaign=campaign)["category_backoff"]
+    assert report == {
+        "open": 3,
+        "backed_off": 2,
+        "share": pytest.approx(2 / 3),
+        "by_depth": [(0, 1), (1, 1)],
+        "nodes": [("Clothing › Dresses", 1), ("Shoes", 1)],
+    }
+    as_role("ml")
+    body = client.get("/learning/").content.decode()
+    line = body.split('id="category-backoff-shoes"')[1].split("</p>")[0]
+    assert "<b>2</b> of 3 open predictions" in line and "(67%)" in line and "top level: 1 · depth 1: 1" in line
+    # No active model: nothing to count, and no line.
+    ModelVersion.objects.filter(pk=active.pk).update(status="retired")
+    assert learning.learning_report(campaign=campaign)["category_backoff"]["open"] == 0
+    assert 'id="category-backoff-shoes"' not in client.get("/learning/").content.decode()
