@@ -230,7 +230,8 @@ def category_backoff(probabilities: np.ndarray, leaf_paths: list[str], *, thresh
     leaves'). The node need not be an ancestor of the most probable leaf (Sandal 0.4, Tote 0.3 and
     Clutch 0.3 back off to "Bags" at 0.6 for a threshold of 0.55). When no node reaches the
     threshold, the most probable root, below it. ("", None) too when that is the leaf itself (a leaf
-    at the top of the taxonomy has nowhere to back off to).
+    at the top of the taxonomy has nowhere to back off to). Method: hierarchical back-off with a
+    fixed threshold, the simplest form of Deng et al. 2012 ("Hedging your bets").
 
     Args:
         probabilities: (K,) float, the model's distribution over the category's values.
