@@ -12,6 +12,8 @@ imports annotate): snapshot → retrain → promote → re-rank.
    with model_version set: provenance "model"), except an audit sample (campaign.audit_share,
    chosen by a hash of task and model) that people still answer; and set each task's routing
    priority from the model's uncertainty, so people see the most informative products first.
+   The category's prediction backs off to the deepest confident taxonomy node when its leaf is
+   unsure (`category_backoff`): "Shoes", not a wrong "Shoes › Sandal".
 4. `learning_due` (Celery beat): start a retrain when campaign.retrain_every_labels new labels have
    settled since the last run, or a day has passed and any have.
 """
@@ -25,10 +27,12 @@ from datetime import timedelta
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Count, Max
 from django.utils import timezone
 
+from catalog.attribute_schema import CATEGORY_SLUG, category_paths
 from catalog.models import Attribute
+from catalog.services import TAXONOMY_SEPARATOR
 from mlcore import training
 from mlcore.models import AttributePrediction, ModelVersion, TrainingRun
 
@@ -219,6 +223,40 @@ def _audit_pick(task_uuid, version_uuid, share: float) -> bool:
     return int(digest[:8], 16) / 0xFFFFFFFF < share
 
 
+def category_backoff(probabilities: np.ndarray, leaf_paths: list[str], *, threshold: float) -> tuple[str, float | None]:
+    """The back-off of one category prediction: ("", None) when the most probable leaf reaches
+    `threshold` (it stands), else the deepest taxonomy node whose leaves together reach it, with that
+    probability (mlcore.nn.tagging.hierarchical_backoff: a node's probability is the sum of its
+    leaves'). The node need not be an ancestor of the most probable leaf (Sandal 0.4, Tote 0.3 and
+    Clutch 0.3 back off to "Bags" at 0.6 for a threshold of 0.55). When no node reaches the
+    threshold, the most probable root, below it. ("", None) too when that is the leaf itself (a leaf
+    at the top of the taxonomy has nowhere to back off to). Method: hierarchical back-off with a
+    fixed threshold, the simplest form of Deng et al. 2012 ("Hedging your bets").
+
+    Args:
+        probabilities: (K,) float, the model's distribution over the category's values.
+        leaf_paths: the K values' TaxonomyNode.path, " › "-joined, in the same order.
+        threshold: in (0, 1], the category's auto-accept threshold.
+
+    Returns:
+        (node path or "", its probability in [0, 1] or None).
+
+    Raises:
+        ValueError: lengths differ.
+    """
+    from mlcore.nn.tagging import hierarchical_backoff
+
+    if len(probabilities) != len(leaf_paths):
+        raise ValueError("probabilities and leaf_paths must have the same length")
+    best = int(np.argmax(probabilities))
+    if float(probabilities[best]) >= threshold:
+        return "", None
+    node, mass = hierarchical_backoff(probabilities, leaf_paths, threshold=threshold, separator=TAXONOMY_SEPARATOR)
+    if node == leaf_paths[best]:
+        return "", None
+    return node, min(max(float(mass), 0.0), 1.0)
+
+
 def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
     """Predict every open product task of `campaign` with its active model (or `version`), store the
     predictions, auto-accept what clears each attribute's threshold (not on audit tasks), complete
@@ -228,17 +266,30 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
     products the model is least sure of come first; the session's shuffle order breaks ties, which
     keeps batches diverse. Gold and calibration tasks are left to their own routing.
 
-    Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks"}.
+    The category attribute's prediction also stores its back-off (`category_backoff` over the
+    values' taxonomy paths, AttributePrediction.backoff_path and backoff_confidence) when its leaf
+    is below the threshold: the model's auto-accept threshold for the category, or the campaign's
+    auto_accept_precision when the model has none (too few validation labels to fit one). A leaf
+    that clears the threshold stores no back-off. Predictions are upserts on (model version,
+    product, attribute): applying a model again is idempotent.
+
+    Returns {"tasks", "accepted_labels", "completed_tasks", "audit_tasks", "backed_off"} (the last:
+    category predictions stored with a back-off).
     """
     from .tagging import _status_write, attributes_for_product, campaign_attributes, required_labels
 
     version = version or training.active_model(scope_of(campaign))
-    counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0}
+    counts = {"tasks": 0, "accepted_labels": 0, "completed_tasks": 0, "audit_tasks": 0, "backed_off": 0}
     if version is None:
         return counts
     model = training.TaggingModel.load(version.weights_path, sha256=version.checkpoint_sha256)
     every = campaign_attributes(campaign)
     by_slug = {a.slug: a for a in every}
+    leaf_paths = None
+    if CATEGORY_SLUG in model.values and CATEGORY_SLUG in by_slug:
+        paths = category_paths()
+        # A value whose taxonomy node is gone stands alone, as a root: it has no ancestor to back off to.
+        leaf_paths = [paths.get(value, value) for value in model.values[CATEGORY_SLUG]]
     embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
     text_encoder = version.config.get("text_encoder", "minilm")
     open_ids = list(
@@ -267,6 +318,15 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
                 row = p[n]
                 best = int(row.argmax())
                 confidence = float(row[best])
+                threshold = model.thresholds.get(slug)
+                backoff_path, backoff_confidence = "", None
+                if slug == CATEGORY_SLUG and leaf_paths is not None:
+                    backoff_path, backoff_confidence = category_backoff(
+                        row,
+                        leaf_paths,
+                        threshold=threshold if threshold is not None else campaign.auto_accept_precision,
+                    )
+                    counts["backed_off"] += bool(backoff_path)
                 predictions.append(
                     AttributePrediction(
                         product_id=task.product_id,
@@ -274,11 +334,12 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
                         model_version=version,
                         value=values[best],
                         confidence=confidence,
+                        backoff_path=backoff_path,
+                        backoff_confidence=backoff_confidence,
                     )
                 )
                 top2 = np.sort(row)[-2:]
                 margins.append(float(top2[1] - top2[0]))
-                threshold = model.thresholds.get(slug)
                 if threshold is not None and confidence >= threshold and not audit:
                     posterior = {v: round(float(x), 6) for v, x in zip(values, row, strict=True)}
                     accept.setdefault(task.pk, []).append((by_slug[slug], values[best], posterior, confidence))
@@ -289,7 +350,7 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
             predictions,
             update_conflicts=True,
             unique_fields=["model_version", "product", "attribute"],
-            update_fields=["value", "confidence"],
+            update_fields=["value", "confidence", "backoff_path", "backoff_confidence"],
         )
         with transaction.atomic():
             locked = {
@@ -530,13 +591,54 @@ def matching_report(*, campaign: Campaign) -> dict:
     }
 
 
+def category_backoff_report(*, campaign: Campaign, version: ModelVersion | None) -> dict:
+    """How many of `version`'s category predictions for the campaign's open products backed off to a
+    taxonomy node above the leaf (AttributePrediction.backoff_path set by `predictions_apply`): the
+    products people are asked "which kind?" rather than shown a guess (1 query; none without a
+    version).
+
+    Returns {"open": predictions, "backed_off": of them backed off, "share": backed_off / open in
+    [0, 1] or None when open is 0, "by_depth": [(depth, count)] by TaxonomyNode.depth (0: top level),
+    "nodes": [(path, count)] most frequent first, at most 5}.
+    """
+    out = {"open": 0, "backed_off": 0, "share": None, "by_depth": [], "nodes": []}
+    if version is None:
+        return out
+    open_products = Task.objects.filter(
+        campaign=campaign, status=Task.Status.OPEN, is_gold=False, is_calibration=False
+    ).values("product_id")
+    rows = (
+        AttributePrediction.objects.filter(
+            model_version=version, attribute__slug=CATEGORY_SLUG, product_id__in=open_products
+        )
+        .values_list("backoff_path")
+        .annotate(n=Count("pk"))
+        .order_by("backoff_path")
+    )
+    depths: dict[int, int] = {}
+    nodes = []
+    for path, n in rows:
+        out["open"] += n
+        if path:
+            out["backed_off"] += n
+            depth = path.count(TAXONOMY_SEPARATOR)
+            depths[depth] = depths.get(depth, 0) + n
+            nodes.append((path, n))
+    out["share"] = out["backed_off"] / out["open"] if out["open"] else None
+    out["by_depth"] = sorted(depths.items())
+    out["nodes"] = sorted(nodes, key=lambda item: (-item[1], item[0]))[:5]
+    return out
+
+
 def learning_report(*, campaign: Campaign) -> dict:
     """For the ML page: the models of this campaign's scope with their runs, labels settled by the
-    model ("humans saved": those labels times the mean answers people needed per settled label), and
-    the audit sample's measured precision (people's consensus against the model's prediction on audit
-    tasks they settled)."""
+    model ("humans saved": those labels times the mean answers people needed per settled label), the
+    audit sample's measured precision (people's consensus against the model's prediction on audit
+    tasks they settled), and the active model's category back-offs on open products
+    (`category_backoff_report`)."""
     scope = scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.TAGGING, scope=scope).order_by("-created_at"))
+    active = next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None)
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
     model_labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version__isnull=False).count()
     people = human_labels(campaign).filter(answer_count__gt=0)
@@ -567,12 +669,13 @@ def learning_report(*, campaign: Campaign) -> dict:
     return {
         "scope": scope,
         "versions": versions,
-        "active": next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None),
+        "active": active,
         "runs": runs,
         "model_labels": model_labels,
         "answers_per_human_label": per_label,
         "humans_saved": round(model_labels * per_label) if per_label else None,
         "audit": {"n": total, "agree": agree, "precision": agree / total if total else None, "low": low, "high": high},
+        "category_backoff": category_backoff_report(campaign=campaign, version=active),
     }
 
 

@@ -60,9 +60,17 @@ def _get_tag_task(campaign: Campaign, task_uuid, *, images: bool = True) -> Task
     return task
 
 
-def _suggestions(*, product: Product, attributes: list[Attribute]) -> dict[str, tuple[str, float]]:
-    """The model's suggestion per attribute slug, (value, confidence in [0, 1]), from the most recent
-    model version that predicted it; a value the attribute no longer allows is dropped (1 query)."""
+def _suggestions(
+    *, product: Product, attributes: list[Attribute]
+) -> tuple[dict[str, tuple[str, float]], dict[str, tuple[str, float]]]:
+    """The active model's predictions for the form, from the most recent model version that
+    predicted each attribute (1 query): (suggestions, back-offs).
+
+    suggestions: {attribute slug: (value, confidence in [0, 1])}, the values that pre-fill the form;
+        a value the attribute no longer allows is dropped.
+    back-offs: {attribute slug: (TaxonomyNode.path, confidence in [0, 1])} for a category prediction
+        whose leaf was unsure (AttributePrediction.backoff_path): its leaf is not a suggestion, so
+        the form asks for the leaf instead of pre-selecting a guess."""
     by_id = {a.pk: a for a in attributes}
     rows = (
         # The active model's (a retired or rolled-back model's predictions are not shown).
@@ -70,31 +78,56 @@ def _suggestions(*, product: Product, attributes: list[Attribute]) -> dict[str, 
             product=product, attribute_id__in=list(by_id), model_version__status=ModelVersion.Status.ACTIVE
         )
         .order_by("attribute_id", "-model_version__created_at", "-model_version_id")
-        .values_list("attribute_id", "value", "confidence")
+        .values_list("attribute_id", "value", "confidence", "backoff_path", "backoff_confidence")
     )
     found: dict[str, tuple[str, float]] = {}
-    for attribute_id, value, confidence in rows:
+    backoffs: dict[str, tuple[str, float]] = {}
+    for attribute_id, value, confidence, backoff_path, backoff_confidence in rows:
         attribute = by_id[attribute_id]
-        if attribute.slug in found:
+        if attribute.slug in found or attribute.slug in backoffs:
+            continue
+        if backoff_path:
+            backoffs[attribute.slug] = (backoff_path, min(max(float(backoff_confidence or 0.0), 0.0), 1.0))
             continue
         allowed = attribute.values()
         parts = [v for v in value.split("|") if v] if attribute.kind == Attribute.Kind.MULTI else [value]
         if all(v in allowed for v in parts):
             found[attribute.slug] = (value, min(max(float(confidence), 0.0), 1.0))
-    return found
+    return found, backoffs
 
 
-def _applies_by_category(attributes: list[Attribute]) -> dict[str, str]:
+def _applies_by_category(attributes: list[Attribute], *, catalog_value: str | None = None) -> dict[str, str]:
     """{attribute slug: the category option values it applies to, space-separated} for the attributes
-    limited to some categories (the page's data-applies); attributes for every category are left out."""
+    limited to some categories (the page's data-applies); attributes for every category are left out.
+    `catalog_value`, the category value of the product's master category, is listed too when it is
+    not an option (an inner node, "Shoes"): tag.js falls back to it while no leaf is chosen (1 query)."""
     category = next(a for a in attributes if a.slug == CATEGORY_SLUG)
     paths = category_paths()
     values = [o.value for o in category.options.all()]
+    if catalog_value and catalog_value not in values:
+        values.append(catalog_value)
     return {
         a.slug: " ".join(v for v in values if attribute_applies(a, paths.get(v)))
         for a in attributes
         if a.applies_to.all()
     }
+
+
+def _category_hint(*, product: Product, backoff: tuple[str, float] | None, options: set[str], asks: bool) -> str:
+    """The line beside the category field when it is not simply pre-filled: the model's back-off
+    ("Model: Shoes (0.97)", the node's path and probability) and the catalog's category when it is
+    an inner node of the taxonomy, not one of the leaves offered ("Catalog: Shoes"); with `asks` (no
+    leaf pre-selected), "— which kind?" after them. "" when there is neither."""
+    parts = []
+    if backoff is not None:
+        path, confidence = backoff
+        parts.append(f"Model: {path} ({confidence:.2f})")
+    master = product.master_category if product.master_category_id else None
+    if master is not None and category_value(master.path) not in options:
+        parts.append(f"Catalog: {master.path}")
+    if not parts:
+        return ""
+    return " · ".join(parts) + (" — which kind?" if asks else "")
 
 
 def _option_label(value: str, labels: dict[str, str]) -> str:
@@ -169,23 +202,34 @@ def _tag_context(
     every = tagging.campaign_attributes(campaign)
     errors = errors or {}
     master_value = category_value(product.master_category.path if product.master_category_id else None)
+    hint = ""
     if any(a.slug == CATEGORY_SLUG for a in every):
         # The tagger may correct the category: every attribute is on the page, those that do not apply
-        # to the chosen category hidden (tag.js shows them when the category changes).
+        # to the chosen category hidden (tag.js shows them when the category changes). Until a leaf is
+        # chosen, the catalog's category rules, also when it is an inner node ("Shoes": no option, so
+        # nothing is pre-selected; attribute_applies covers its ancestors).
         attributes = every
-        suggestions = _suggestions(product=product, attributes=attributes)
+        suggestions, backoffs = _suggestions(product=product, attributes=attributes)
         chosen = (posted or {}).get(CATEGORY_SLUG) or (suggestions.get(CATEGORY_SLUG) or ("",))[0] or master_value
         shown = tagging.attributes_for_answer(attributes=every, product=product, values={CATEGORY_SLUG: chosen})
-        applies = _applies_by_category(every)
+        applies = _applies_by_category(every, catalog_value=master_value)
+        category = next(a for a in every if a.slug == CATEGORY_SLUG)
+        hint = _category_hint(
+            product=product,
+            backoff=backoffs.get(CATEGORY_SLUG),
+            options={o.value for o in category.options.all()},
+            asks=not ((posted or {}).get(CATEGORY_SLUG) or CATEGORY_SLUG in suggestions),
+        )
     else:
         attributes = tagging.attributes_for_product(attributes=every, product=product)
-        suggestions = _suggestions(product=product, attributes=attributes)
+        suggestions, _ = _suggestions(product=product, attributes=attributes)
         shown, applies = attributes, {}
     shown_slugs = {a.slug for a in shown}
     fields = _fields(attributes=attributes, suggestions=suggestions, posted=posted, errors=errors)
     for field in fields:
         field["applies"] = applies.get(field["attribute"].slug, "")
         field["hidden"] = field["attribute"].slug not in shown_slugs
+        field["hint"] = hint if field["attribute"].slug == CATEGORY_SLUG else ""
     context.update(
         state="task",
         task=task,

@@ -168,19 +168,38 @@ class PhotoEmbedding(models.Model):
 
 class AttributePrediction(models.Model):
     """A tagging model's prediction of one attribute of one product: pre-fills the tagging form
-    (the tagger confirms or corrects it). `value` as in annotate.AttributeAnswer; confidence in [0, 1]."""
+    (the tagger confirms or corrects it). `value` as in annotate.AttributeAnswer; confidence in [0, 1].
+
+    The category attribute (a distribution over the master taxonomy's leaves) also gets a back-off
+    when its leaf is below the auto-accept threshold (mlcore.nn.tagging.hierarchical_backoff):
+    `backoff_path` is the deepest taxonomy node that reaches it (a TaxonomyNode.path, "Shoes") and
+    `backoff_confidence` its probability in [0, 1]. Both are empty when the leaf stands (confident,
+    another attribute, or no node better than the leaf): a non-empty `backoff_path` means "backed
+    off"; the tagging page then asks for the leaf instead of pre-selecting `value`."""
 
     product = models.ForeignKey("catalog.Product", on_delete=models.CASCADE, related_name="attribute_predictions")
     attribute = models.ForeignKey("catalog.Attribute", on_delete=models.CASCADE, related_name="+")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
     value = models.CharField(max_length=500, blank=True)
     confidence = models.FloatField()
+    backoff_path = models.CharField(max_length=500, blank=True)
+    backoff_confidence = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["model_version", "product", "attribute"], name="mlcore_attributeprediction_unique"
+            ),
+            # A back-off has both its node and its probability, or neither.
+            models.CheckConstraint(
+                condition=(models.Q(backoff_path="") & models.Q(backoff_confidence__isnull=True))
+                | (
+                    ~models.Q(backoff_path="")
+                    & models.Q(backoff_confidence__gte=0.0)
+                    & models.Q(backoff_confidence__lte=1.0)
+                ),
+                name="mlcore_attributeprediction_backoff_complete",
             ),
         ]
 

@@ -17,7 +17,8 @@
 
   // A tagger may correct the category: attributes limited to some categories (data-applies) show
   // for the chosen one, or for the catalog's (data-category) while none or "can't tell" is chosen.
-  // A hidden fieldset is disabled, so its inputs are not sent.
+  // The catalog's may be an inner node of the taxonomy ("Shoes"), not an option: data-applies lists
+  // it too. A hidden fieldset is disabled, so its inputs are not sent.
   function syncCategory() {
     var section = area();
     if (!section) return;

@@ -224,3 +224,183 @@ def test_a_campaign_with_a_running_run_polls_its_section(client, as_role, loop):
     TrainingRun.objects.create(scope="campaign:tagging", status=TrainingRun.Status.RUNNING, epoch=3, epochs=30)
     body = client.get("/learning/").content.decode()
     assert 'id="learning-campaigntagging"' in body and 'hx-trigger="every 2s"' in body and "3/30" in body
+
+
+# -- the category backs off to the deepest confident taxonomy node ----------------------------------------
+
+SANDAL, SNEAKER, DRESS = "Shoes › Sandal", "Shoes › Sneaker", "Clothing › Dresses › Dress"
+
+
+def _handmade_model(path, distributions: list[list[float]], *, values: list[str], thresholds: dict):
+    """A real TaggingModel (saved, loaded and run by predictions_apply) whose category head gives
+    product j, embedded as the one-hot vector e_j (8 dimensions), exactly distributions[j].
+
+    The heads have no hidden layer: LayerNorm, then a linear layer. LayerNorm maps e_j to
+    s * e_j - s / 8 (s = 1 / its standard deviation, the same for every j), so with column j of the
+    weights log(p_j) / s and a bias cancelling the constant, the logits are log(p_j)."""
+    import torch
+
+    from mlcore import training
+    from mlcore.nn import tagging as nt
+
+    dim, k = 8, len(values)
+    s = 1.0 / np.sqrt((1 / dim) * (1 - 1 / dim) + 1e-5)  # LayerNorm's eps
+    weight = np.zeros((k, dim))
+    weight[:, : len(distributions)] = np.log(np.array(distributions)).T / s
+    image = nt.TaggingHeads(dim, {"category": k}, hidden_dim=0, dropout=0.0)
+    text = nt.TaggingHeads(1, {"category": k}, hidden_dim=0, dropout=0.0)
+    with torch.no_grad():
+        image.heads["category"].weight.copy_(torch.from_numpy(weight))
+        image.heads["category"].bias.copy_(torch.from_numpy(s / dim * weight.sum(axis=1)))
+    image.heads_input, image.hidden_dim = dim, 0
+    text.heads_input, text.hidden_dim = 1, 0
+    model = training.TaggingModel(
+        image_heads=image,
+        text_heads=text,
+        fusion={"category": nt.Fusion(w_image=1.0, w_text=0.0)},
+        temperature={"category": 1.0},
+        thresholds=thresholds,
+        values={"category": values},
+    )
+    return model.save(path)
+
+
+@pytest.fixture
+def shoes(db):
+    for path in (SANDAL, SNEAKER, DRESS):
+        taxonomy_path_ensure(path=path)
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    embedding = ModelVersionFactory(name="one-hot-8d", embedding_dim=8)
+    campaign = CampaignFactory(
+        slug="shoes", kind=Campaign.Kind.ATTRIBUTES, model_version=embedding, audit_share=0.0, overlap_min=1
+    )
+    campaign.attributes.set([schema["category"]])
+    sandal = TaxonomyNode.objects.get(path=SANDAL)
+    products = []
+    for j in range(3):
+        product = ProductFactory(master_category=sandal, image=False)
+        ProductEmbedding.objects.create(
+            product=product, model_version=embedding, vector=np.eye(8, dtype=np.float32)[j].tobytes()
+        )
+        products.append(product)
+    tagging.tag_tasks_build(campaign=campaign, products=products)
+    return campaign, products, embedding
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "campaign_precision"),
+    [
+        ({"category": 0.9}, 0.5),  # the model's threshold for the category rules, not the campaign's
+        ({}, 0.9),  # the model has none (too few validation labels): the campaign's target precision
+    ],
+)
+def test_an_unsure_category_leaf_backs_off_to_the_deepest_confident_node(
+    shoes, tmp_path, thresholds, campaign_precision
+):
+    from catalog.attribute_schema import category_value
+
+    campaign, products, embedding = shoes
+    Campaign.objects.filter(pk=campaign.pk).update(auto_accept_precision=campaign_precision)
+    campaign.refresh_from_db()
+    values = [category_value(SANDAL), category_value(SNEAKER), category_value(DRESS)]
+    distributions = [
+        [0.55, 0.42, 0.03],  # a sandal? Unsure; a shoe at 0.97: back off to "Shoes"
+        [0.02, 0.96, 0.02],  # a sneaker at 0.96: the leaf stands
+        [0.40, 0.30, 0.30],  # nothing reaches 0.9, not even "Shoes" (0.7): the most probable root
+    ]
+    path = tmp_path / "tagger.pt"
+    sha256 = _handmade_model(path, distributions, values=values, thresholds=thresholds)
+    version = ModelVersion.objects.create(
+        name="handmade",
+        kind=ModelVersion.Kind.TAGGING,
+        status=ModelVersion.Status.ACTIVE,
+        scope="campaign:shoes",
+        backbone="none",
+        image_size_px=32,
+        embedding_dim=8,
+        weights_path=str(path),
+        checkpoint_sha256=sha256,
+        config={"embedding_version": str(embedding.uuid), "text_encoder": "none"},
+    )
+    counts = learning.predictions_apply(campaign=campaign)
+    assert counts["tasks"] == 3 and counts["backed_off"] == 2
+    stored = {
+        p.product_id: p for p in AttributePrediction.objects.filter(model_version=version, attribute__slug="category")
+    }
+    unsure, sure, lost = (stored[p.pk] for p in products)
+    # The leaf is kept as the prediction; the back-off rides beside it.
+    assert unsure.value == values[0] and unsure.confidence == pytest.approx(0.55, abs=1e-4)
+    assert unsure.backoff_path == "Shoes" and unsure.backoff_confidence == pytest.approx(0.97, abs=1e-4)
+    assert sure.value == values[1] and sure.backoff_path == "" and sure.backoff_confidence is None
+    assert lost.value == values[0] and lost.backoff_path == "Shoes"
+    assert lost.backoff_confidence == pytest.approx(0.70, abs=1e-4)
+    # Only a model threshold auto-accepts (the campaign's target is not a fitted threshold).
+    accepted = AttributeLabel.objects.filter(model_version=version)
+    if thresholds:
+        assert list(accepted.values_list("task__product_id", "label")) == [(products[1].pk, values[1])]
+    else:
+        assert not accepted.exists()
+    # Applying again is idempotent: the same rows, the same back-offs.
+    learning.predictions_apply(campaign=campaign)
+    again = AttributePrediction.objects.filter(model_version=version).order_by("product_id")
+    assert [(p.backoff_path, p.value) for p in again] == [("Shoes", values[0]), ("", values[1]), ("Shoes", values[0])]
+
+
+def test_category_backoff_keeps_a_confident_leaf_and_a_top_level_leaf():
+    leaves = ["Shoes › Sandal", "Shoes › Sneaker", "Bags"]
+    assert learning.category_backoff(np.array([0.95, 0.03, 0.02]), leaves, threshold=0.9) == ("", None)
+    path, p = learning.category_backoff(np.array([0.5, 0.45, 0.05]), leaves, threshold=0.9)
+    assert path == "Shoes" and p == pytest.approx(0.95)
+    # A leaf at the top of the taxonomy has nowhere to go: it stands, even unsure.
+    assert learning.category_backoff(np.array([0.2, 0.2, 0.6]), leaves, threshold=0.9) == ("", None)
+    # The sure node need not hold the most probable leaf.
+    path, p = learning.category_backoff(np.array([0.4, 0.3, 0.3]), ["A › x", "B › y", "B › z"], threshold=0.55)
+    assert (path, p) == ("B", pytest.approx(0.6))
+    with pytest.raises(ValueError):
+        learning.category_backoff(np.array([0.95, 0.05]), leaves, threshold=0.9)  # even a sure leaf
+
+
+def test_the_models_page_counts_the_open_category_predictions_that_backed_off(client, as_role, shoes):
+    from catalog.attribute_schema import category_value
+
+    campaign, products, _ = shoes
+    category = campaign.attributes.get(slug="category")
+    active = ModelVersionFactory(name="tagger-v2", kind="tagging", scope="campaign:shoes", status="active")
+    retired = ModelVersionFactory(name="tagger-v1", kind="tagging", scope="campaign:shoes", status="retired")
+    done = ProductFactory(master_category=TaxonomyNode.objects.get(path=SANDAL), image=False)
+    tagging.tag_tasks_build(campaign=campaign, products=[done])
+    Task.objects.filter(product=done).update(status=Task.Status.COMPLETE)
+    sandal = category_value(SANDAL)
+    rows = [
+        (active, products[0], "Shoes", 0.97),
+        (active, products[1], "", None),
+        (active, products[2], "Clothing › Dresses", 0.93),
+        (active, done, "Shoes", 0.95),  # not open: people or the model settled it
+        (retired, products[1], "Shoes", 0.91),  # not the active model's
+    ]
+    for version, product, path, confidence in rows:
+        AttributePrediction.objects.create(
+            product=product,
+            attribute=category,
+            model_version=version,
+            value=sandal,
+            confidence=0.5,
+            backoff_path=path,
+            backoff_confidence=confidence,
+        )
+    report = learning.learning_report(campaign=campaign)["category_backoff"]
+    assert report == {
+        "open": 3,
+        "backed_off": 2,
+        "share": pytest.approx(2 / 3),
+        "by_depth": [(0, 1), (1, 1)],
+        "nodes": [("Clothing › Dresses", 1), ("Shoes", 1)],
+    }
+    as_role("ml")
+    body = client.get("/learning/").content.decode()
+    line = body.split('id="category-backoff-shoes"')[1].split("</p>")[0]
+    assert "<b>2</b> of 3 open predictions" in line and "(67%)" in line and "top level: 1 · depth 1: 1" in line
+    # No active model: nothing to count, and no line.
+    ModelVersion.objects.filter(pk=active.pk).update(status="retired")
+    assert learning.learning_report(campaign=campaign)["category_backoff"]["open"] == 0
+    assert 'id="category-backoff-shoes"' not in client.get("/learning/").content.decode()

@@ -383,6 +383,100 @@ def test_suggestions_pre_fill_and_are_recorded(client, campaign, schema):
     assert rows["pattern"].was_confirmed is None
 
 
+def test_an_unsure_category_is_not_pre_selected_and_the_hint_names_what_the_model_is_sure_of(client, campaign, schema):
+    """The model was unsure of the leaf (a sandal at 0.55) but sure of a shoe (0.97,
+    AttributePrediction.backoff_path): the form asks which kind instead of pre-selecting a guess, and
+    records no suggestion for the category. A confident leaf still pre-fills, as before."""
+    from catalog.attribute_schema import category_value
+
+    campaign.attributes.add(schema["category"])
+    (task,) = _tasks(campaign, 1)
+    version = ModelVersionFactory(name="tagger-v1", kind="tagging")
+    category = AttributePrediction.objects.create(
+        product=task.product,
+        attribute=schema["category"],
+        model_version=version,
+        value=category_value(SANDAL),
+        confidence=0.55,
+        backoff_path="Shoes",
+        backoff_confidence=0.97,
+    )
+    AttributePrediction.objects.create(
+        product=task.product, attribute=schema["color"], model_version=version, value="red", confidence=0.9
+    )
+    tagger = _tagger()
+    _read_guide(campaign, tagger)
+    client.force_login(tagger)
+    html = client.get(tag_url(campaign)).content.decode()
+    field = html.split('data-slug="category"')[1].split("</fieldset>")[0]
+    assert _checked(html, "category") == [] and "Model: Shoes (0.97) — which kind?" in field
+    assert "suggested" not in field and 'name="suggested-category"' not in html
+    assert _checked(html, "color") == ["red"]  # the other attributes pre-fill as before
+    # The catalog's category (a sandal) still decides the attributes shown until one is picked.
+    assert _slugs_on_form(html) == {"category", "color", "pattern", "season", "persona_boho"}
+    hidden = dict(re.findall(r'name="((?:suggested|confidence)-[a-z_]+)" value="([^"]+)"', html))
+    posted = {**_hidden(html), **hidden, **SANDAL_VALUES, "attr-category": category_value(SANDAL)}
+    client.post(answer_url(campaign), posted, **HTMX)
+    rows = {a.attribute.slug: a for a in AttributeAnswer.objects.select_related("attribute")}
+    assert rows["category"].suggested_value == "" and rows["category"].was_confirmed is None
+    assert rows["color"].was_confirmed is True
+    # A sure leaf (no back-off) is pre-selected, with no hint.
+    AttributePrediction.objects.filter(pk=category.pk).update(confidence=0.95, backoff_path="", backoff_confidence=None)
+    (other,) = _tasks(campaign, 1)
+    AttributePrediction.objects.create(
+        product=other.product,
+        attribute=schema["category"],
+        model_version=version,
+        value=category_value(SANDAL),
+        confidence=0.95,
+    )
+    html = client.get(tag_url(campaign)).content.decode()
+    assert _shown_task(html) == str(other.uuid)
+    assert _checked(html, "category") == [category_value(SANDAL)] and "which kind?" not in html
+    assert "suggested, 95%" in html.split('data-slug="category"')[1].split("</fieldset>")[0]
+
+
+@pytest.mark.parametrize(
+    ("inner", "present"),
+    [
+        ("Shoes", {"category", "color", "pattern", "season", "persona_boho"}),
+        (
+            "Clothing › Dresses",
+            {"category", "color", "pattern", "sleeve_length", "neckline", "skirt_length", "season", "persona_boho"},
+        ),
+    ],
+)
+def test_a_product_filed_under_an_inner_node_gets_its_attributes_and_no_pre_selection(
+    client, campaign, schema, inner, present
+):
+    """A retailer's "Shoes" maps to the master node "Shoes", which is not a leaf: no category option
+    is pre-selected, the hint says what the catalog knows, and the attributes are those that apply
+    to that node (to it or to an ancestor); tag.js falls back to it while no leaf is chosen."""
+    from catalog.attribute_schema import category_value
+
+    campaign.attributes.add(schema["category"])
+    (task,) = _tasks(campaign, 1, path=inner)
+    tagger = _tagger()
+    _read_guide(campaign, tagger)
+    client.force_login(tagger)
+    html = client.get(tag_url(campaign)).content.decode()
+    assert _checked(html, "category") == []
+    assert f"Catalog: {inner} — which kind?" in html.split('data-slug="category"')[1].split("</fieldset>")[0]
+    assert _slugs_on_form(html) == present
+    assert f'data-category="{category_value(inner)}"' in html
+    for slug in present - {"category", "color", "pattern", "season", "persona_boho"}:
+        applies = html.split(f'data-slug="{slug}"')[1].split(">")[0]
+        assert category_value(inner) in re.search(r'data-applies="([^"]*)"', applies).group(1).split()
+    # "Can't tell" for the category: the answer needs the inner node's attributes, no more.
+    values = {"attr-category": "cant_tell", "attr-color": "red", "attr-pattern": "solid", "attr-persona_boho": "3"}
+    values |= {"attr-sleeve_length": "short", "attr-neckline": "v_neck", "attr-skirt_length": "midi"}
+    values = {k: v for k, v in values.items() if k.removeprefix("attr-") in present}
+    response = client.post(answer_url(campaign), {**_hidden(html), **values, "duration_ms": "3000"}, **HTMX)
+    assert response["HX-Trigger"] == "answer-saved"
+    stored = dict(Answer.objects.get(task=task).attribute_answers.values_list("attribute__slug", "value"))
+    assert set(stored) == present and stored["category"] == "cant_tell"
+
+
 def test_a_conflict_shows_a_notice_and_the_next_product(client, campaign):
     first, _ = _tasks(campaign, 2)
     tagger = _tagger()

@@ -196,6 +196,65 @@ def test_correcting_the_category_by_keyboard_brings_its_attributes(live_server, 
     assert stored == {"category": category_value(dress), "color": schema["color"].values()[0], "skirt_length": "midi"}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_product_filed_under_an_inner_node_keeps_its_attributes_while_no_leaf_is_chosen(
+    live_server,
+    browser,  # noqa: F811
+):
+    """A product filed under "Clothing › Dresses" (an inner node, not a category option): nothing is
+    pre-selected and skirt length shows; picking a trouser swaps it for pant length, and "can't
+    tell" or clearing the category brings back the inner node's attributes (tag.js falls back to
+    data-category, which data-applies lists)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from catalog.attribute_schema import category_value
+    from catalog.services import taxonomy_path_ensure
+
+    from ..factories import ProductFactory
+
+    taxonomy_path_ensure(path="Clothing › Dresses › Dress")
+    trouser = "Clothing › Bottoms › Trouser"
+    taxonomy_path_ensure(path=trouser)
+    node = taxonomy_path_ensure(path="Clothing › Dresses")
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES, gold_first_count=0, gold_rate=0)
+    campaign.attributes.set([schema[s] for s in ("category", "color", "skirt_length", "pant_length")])
+    tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(master_category=node)])
+    tagger = user_with_role("tagger")
+    GuideRead.objects.create(campaign=campaign, user=tagger)
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.add_cookie(_session_cookie(tagger))
+    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
+    _wait_for(lambda: _state(browser)[0] == "task")
+    checked = "return document.querySelector('fieldset[data-slug=category] input:checked');"
+    assert browser.execute_script(checked) is None
+    assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "skirt_length"]
+
+    def key_of(value):
+        return browser.execute_script(
+            "return document.querySelector('fieldset[data-slug=category] input[value=\"' + arguments[0] + '\"]')"
+            ".closest('label').dataset.optKey;",
+            value,
+        )
+
+    ActionChains(browser).send_keys(key_of(category_value(trouser))).perform()
+    assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "pant_length"]
+    # Back to the category, clear it: the catalog's inner node rules again.
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT, Keys.BACKSPACE).perform()
+    assert browser.execute_script(checked) is None
+    assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "skirt_length"]
+    ActionChains(browser).send_keys(key_of(category_value(trouser)), Keys.ARROW_LEFT).perform()
+    ActionChains(browser).send_keys(key_of("cant_tell")).perform()
+    fields = _fields(browser)
+    assert [slug for slug, _, _ in fields] == ["category", "color", "skirt_length"]
+    skirt = fields[2][2]
+    ActionChains(browser).send_keys(OPTION_KEYS[0], OPTION_KEYS[skirt.index("midi")], Keys.ENTER).perform()
+    _wait_for(lambda: _state(browser)[0] == "done")
+    stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
+    assert stored == {"category": "cant_tell", "color": schema["color"].values()[0], "skirt_length": "midi"}
+
+
 def _session_cookie(user) -> dict:
     """A logged-in session for `user`, as a browser cookie."""
     from django.conf import settings
