@@ -602,13 +602,32 @@ def matching_report(*, campaign: Campaign) -> dict:
     }
 
 
+def metric_rows(metrics: dict) -> list[tuple[str, dict]]:
+    """A model's per-attribute metrics (mlcore.training.model_metrics) as (slug, row) pairs for the
+    ML page, in stored order except that each multi-choice option's row comes right after its
+    attribute's (PostgreSQL's jsonb orders keys by length, so "season:summer" may come last)."""
+    rows = (metrics or {}).get("attributes", {})
+    options: dict[str, list[tuple[str, dict]]] = {}
+    for slug, row in rows.items():
+        if row.get("option") is not None:
+            options.setdefault(row.get("attribute", ""), []).append((slug, row))
+    out = []
+    for slug, row in rows.items():
+        if row.get("option") is None:
+            out.append((slug, row))
+            out += sorted(options.pop(slug, []))
+    return out + sorted(pair for pairs in options.values() for pair in pairs)  # options of an attribute with no row
+
+
 def learning_report(*, campaign: Campaign) -> dict:
-    """For the ML page: the models of this campaign's scope with their runs, labels settled by the
-    model ("humans saved": those labels times the mean answers people needed per settled label), and
-    the audit sample's measured precision (people's consensus against the model's prediction on audit
-    tasks they settled)."""
+    """For the ML page: the models of this campaign's scope (each with its `metric_rows`) with their
+    runs, labels settled by the model ("humans saved": those labels times the mean answers people
+    needed per settled label), and the audit sample's measured precision (people's consensus against
+    the model's prediction on audit tasks they settled)."""
     scope = scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.TAGGING, scope=scope).order_by("-created_at"))
+    for version in versions:
+        version.metric_rows = metric_rows(version.metrics)
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
     model_labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version__isnull=False).count()
     people = human_labels(campaign).filter(answer_count__gt=0)

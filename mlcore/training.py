@@ -405,25 +405,7 @@ def model_metrics(model: TaggingModel, data: Dataset, rows: np.ndarray, *, targe
             "target_precision": target,
         }
         accuracies.append(float(right.mean()))
-    out["attributes"] = _grouped(out["attributes"], model.multi)
     out["score"] = float(np.mean(accuracies)) if accuracies else 0.0
-    return out
-
-
-def _grouped(metrics: dict, multi: dict[str, list[str]]) -> dict:
-    """`metrics` reordered so that a multi-choice attribute's options follow its own row."""
-    from .nn import tagging as nt
-
-    options = {nt.option_slug(slug, o) for slug, os in multi.items() for o in os}
-    out = {}
-    for slug, row in metrics.items():
-        if slug in options:
-            continue
-        out[slug] = row
-        for option in multi.get(slug, []):
-            if nt.option_slug(slug, option) in metrics:
-                out[nt.option_slug(slug, option)] = metrics[nt.option_slug(slug, option)]
-    out.update({s: r for s, r in metrics.items() if s not in out})  # options of a multi row with no labels
     return out
 
 

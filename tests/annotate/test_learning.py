@@ -369,3 +369,17 @@ def _p_yes(model, products, option: str) -> list[float]:
     embedding = ModelVersion.objects.get(name="synthetic-8d")
     image, text = training.product_features([p.pk for p in products], embedding_version=embedding, text_encoder="none")
     return [float(row[1]) for row in model.predict(image, text)[f"season:{option}"]]
+
+
+def test_metric_rows_put_each_option_after_its_attribute_whatever_the_stored_order():
+    option = {"attribute": "season", "option": "summer"}
+    stored = {  # as PostgreSQL's jsonb returns keys: shortest first
+        "color": {"accuracy": 0.9},
+        "season": {"kind": "multi"},
+        "persona_x": {"accuracy": 0.5},
+        "season:winter": {"attribute": "season", "option": "winter"},
+        "season:summer": option,
+    }
+    rows = learning.metric_rows({"attributes": stored})
+    assert [slug for slug, _ in rows] == ["color", "season", "season:summer", "season:winter", "persona_x"]
+    assert rows[2] == ("season:summer", option) and learning.metric_rows({}) == []
