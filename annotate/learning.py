@@ -54,10 +54,11 @@ def scope_of(campaign: Campaign) -> str:
 
 
 def learned_attributes(campaign: Campaign) -> list[Attribute]:
-    """The attributes the model learns: single choice and ratings (multi choice is not modelled yet)."""
+    """The attributes the model learns: all of the campaign's. Single choice and ratings get a head
+    each; multi choice one two-class head per option (binary relevance, see mlcore.training)."""
     from .tagging import campaign_attributes
 
-    return [a for a in campaign_attributes(campaign) if a.kind in (Attribute.Kind.SINGLE, Attribute.Kind.ORDINAL)]
+    return list(campaign_attributes(campaign))
 
 
 def human_labels(campaign: Campaign):
@@ -72,7 +73,12 @@ def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
     """Freeze the campaign's settled human labels (and gold answers, one-hot) in items.jsonl, one
     product per line ({"product", "sku", "split", "labels": {slug: {"label", "posterior",
     "provenance"}}}), registered as a DONE ExportSnapshot named "training-<campaign slug>" with the
-    file's size and sha256. Reads in chunks; written to <uuid>.partial/ then renamed."""
+    file's size and sha256. Reads in chunks; written to <uuid>.partial/ then renamed.
+
+    A multi-choice label is stored as consensus stores it, with "kind": "multi": "label" the selected
+    options in option order joined by "|" ("" for none, a label like any other) and "posterior" each
+    option's P(selected) (not a distribution over options; see mlcore.training). Single-choice and
+    rating labels are unchanged (no "kind")."""
     attributes = {a.pk: a for a in learned_attributes(campaign)}
     last = ExportSnapshot.objects.filter(name=f"training-{campaign.slug}").aggregate(v=Max("version"))["v"] or 0
     snapshot = ExportSnapshot.objects.create(
@@ -109,10 +115,15 @@ def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
                 .filter(task_id__in=chunk, attribute_id__in=list(attributes))
                 .values_list("task_id", "attribute_id", "label", "posterior")
             ):
+                attribute = attributes[attribute_id]
+                if attribute.kind == Attribute.Kind.MULTI:
+                    if posterior:  # settled by votes: "" (no option) is a label too
+                        labels.setdefault(task_id, {})[attribute.slug] = _multi_record(attribute, label, posterior)
+                    continue
                 if label == Attribute.CANT_TELL or not label:
                     continue  # "can't tell" is not a class the model should learn to predict
-                values = attributes[attribute_id].values()
-                labels.setdefault(task_id, {})[attributes[attribute_id].slug] = {
+                values = attribute.values()
+                labels.setdefault(task_id, {})[attribute.slug] = {
                     "label": label,
                     "posterior": {v: round(float(posterior.get(v, 0.0)), 6) for v in values if v in posterior},
                     "provenance": "human",
@@ -135,6 +146,18 @@ def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
                 )
                 count += 1
     return _snapshot_finish(snapshot, partial=partial, count=count)
+
+
+def _multi_record(attribute: Attribute, label: str, posterior: dict) -> dict:
+    """The snapshot record of a multi-choice label: its options in option order, P(selected) per
+    option (an option the posterior lacks: 1 if selected, else 0)."""
+    chosen = set(label.split("|")) - {""}
+    return {
+        "kind": "multi",
+        "label": "|".join(o for o in attribute.values() if o in chosen),
+        "posterior": {o: round(float(posterior.get(o, float(o in chosen))), 6) for o in attribute.values()},
+        "provenance": "human",
+    }
 
 
 def _snapshot_finish(snapshot: ExportSnapshot, *, partial, count: int) -> ExportSnapshot:
@@ -171,10 +194,10 @@ def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, conf
     if campaign.model_version_id is None:
         raise ValueError("the campaign needs an embedding model version (campaign.model_version)")
     snapshot = learning_snapshot(campaign=campaign, created_by=created_by)
+    learned = learned_attributes(campaign)
     settings = {
-        "attributes": {
-            a.slug: [v for v in a.values() if v != Attribute.CANT_TELL] for a in learned_attributes(campaign)
-        },
+        "attributes": {a.slug: [v for v in a.values() if v != Attribute.CANT_TELL] for a in learned},
+        "multi_choice": [a.slug for a in learned if a.kind == Attribute.Kind.MULTI],
         "embedding_version": str(campaign.model_version.uuid),
         "target_precision": campaign.auto_accept_precision,
         "labels_at_snapshot": human_labels(campaign).count(),
@@ -257,6 +280,32 @@ def category_backoff(probabilities: np.ndarray, leaf_paths: list[str], *, thresh
     return node, min(max(float(mass), 0.0), 1.0)
 
 
+def _multi_choice_prediction(model, proba: dict, n: int, *, attribute: Attribute):
+    """Row `n`'s prediction of multi-choice `attribute` from its options' pseudo-attributes
+    (mlcore.nn.tagging.multi_choice_decision), in the representation consensus uses: the label the
+    selected options in option order joined by "|" ("" for none), the posterior each option's
+    P(selected), the confidence the least sure option's max(p, 1 - p).
+
+    Returns (label, posterior, confidence in [0, 1], per-option margins |2p - 1| (the routing
+    uncertainty), acceptable): acceptable when every option's confidence clears its own threshold
+    and the model knows exactly the attribute's current options (an option added since training
+    is one it cannot decide: people do)."""
+    from mlcore.nn.tagging import OPTION_VALUES, multi_choice_decision, option_slug
+
+    options = model.multi[attribute.slug]
+    heads = [option_slug(attribute.slug, o) for o in options]
+    p_yes = np.array([proba[h][n][OPTION_VALUES.index("yes")] for h in heads], dtype=np.float64)
+    selected, confidence, acceptable = multi_choice_decision(p_yes, [model.thresholds.get(h) for h in heads])
+    current = attribute.values()
+    chosen = {o for o, yes in zip(options, selected, strict=True) if yes}
+    label = "|".join(o for o in current if o in chosen)
+    by_option = dict(zip(options, p_yes, strict=True))
+    posterior = {o: round(float(by_option[o]), 6) for o in current if o in by_option}
+    acceptable = acceptable and set(options) == set(current)
+    lowest = float(confidence.min()) if len(confidence) else 0.0
+    return label, posterior, lowest, [float(2 * c - 1) for c in confidence], acceptable
+
+
 def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
     """Predict every open product task of `campaign` with its active model (or `version`), store the
     predictions, auto-accept what clears each attribute's threshold (not on audit tasks), complete
@@ -265,6 +314,11 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
     Priority: 100 x (1 - the smallest top-1 vs top-2 margin over the task's attributes), so the
     products the model is least sure of come first; the session's shuffle order breaks ties, which
     keeps batches diverse. Gold and calibration tasks are left to their own routing.
+
+    A multi-choice attribute (binary relevance: one pseudo-attribute per option) is stored as the set
+    of options predicted "yes" ("a|b", as consensus stores it) with the smallest per-option
+    confidence, and auto-accepted as a whole only when every option's decision clears its own
+    threshold (`_multi_choice_prediction`); its options' margins count for the priority.
 
     The category attribute's prediction also stores its back-off (`category_backoff` over the
     values' taxonomy paths, AttributePrediction.backoff_path and backoff_confidence) when its leaf
@@ -343,6 +397,24 @@ def predictions_apply(*, campaign: Campaign, version: ModelVersion | None = None
                 if threshold is not None and confidence >= threshold and not audit:
                     posterior = {v: round(float(x), 6) for v, x in zip(values, row, strict=True)}
                     accept.setdefault(task.pk, []).append((by_slug[slug], values[best], posterior, confidence))
+            for slug in model.multi:  # multi choice: its options' pseudo-attributes, put back together
+                if slug not in applicable or slug not in by_slug:
+                    continue
+                label, posterior, confidence, option_margins, acceptable = _multi_choice_prediction(
+                    model, proba, n, attribute=by_slug[slug]
+                )
+                predictions.append(
+                    AttributePrediction(
+                        product_id=task.product_id,
+                        attribute=by_slug[slug],
+                        model_version=version,
+                        value=label,
+                        confidence=confidence,
+                    )
+                )
+                margins += option_margins
+                if acceptable and not audit:
+                    accept.setdefault(task.pk, []).append((by_slug[slug], label, posterior, confidence))
             priorities[task.pk] = int(round(100 * (1 - min(margins)))) if margins else 0
             if audit and margins:
                 counts["audit_tasks"] += 1
@@ -630,14 +702,33 @@ def category_backoff_report(*, campaign: Campaign, version: ModelVersion | None)
     return out
 
 
+def metric_rows(metrics: dict) -> list[tuple[str, dict]]:
+    """A model's per-attribute metrics (mlcore.training.model_metrics) as (slug, row) pairs for the
+    ML page, in stored order except that each multi-choice option's row comes right after its
+    attribute's (PostgreSQL's jsonb orders keys by length, so "season:summer" may come last)."""
+    rows = (metrics or {}).get("attributes", {})
+    options: dict[str, list[tuple[str, dict]]] = {}
+    for slug, row in rows.items():
+        if row.get("option") is not None:
+            options.setdefault(row.get("attribute", ""), []).append((slug, row))
+    out = []
+    for slug, row in rows.items():
+        if row.get("option") is None:
+            out.append((slug, row))
+            out += sorted(options.pop(slug, []))
+    return out + sorted(pair for pairs in options.values() for pair in pairs)  # options of an attribute with no row
+
+
 def learning_report(*, campaign: Campaign) -> dict:
     """For the ML page: the models of this campaign's scope with their runs, labels settled by the
     model ("humans saved": those labels times the mean answers people needed per settled label), the
     audit sample's measured precision (people's consensus against the model's prediction on audit
     tasks they settled), and the active model's category back-offs on open products
-    (`category_backoff_report`)."""
+    (`category_backoff_report`). Each version gets its `metric_rows`."""
     scope = scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.TAGGING, scope=scope).order_by("-created_at"))
+    for version in versions:
+        version.metric_rows = metric_rows(version.metrics)
     active = next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None)
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
     model_labels = AttributeLabel.objects.filter(task__campaign=campaign, model_version__isnull=False).count()

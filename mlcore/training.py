@@ -7,10 +7,22 @@ orchestrates the loop; mlcore never imports annotate):
     {"product": "<uuid>", "split": "train" | "validation" | "test",
      "labels": {"<attribute slug>": {"label": "<value>", "posterior": {"<value>": p, ...}}}}
 
-The run's config names the attributes and their values ({"attributes": {slug: [value, ...]}}), the
+A multi-choice label (kind "multi") holds the selected options in option order joined by "|" ("" for
+none) and per option P(selected), which is not a distribution over the options:
+
+     "season": {"label": "spring|summer", "kind": "multi",
+                "posterior": {"spring": 0.83, "summer": 0.83, "autumn": 0.17, "winter": 0.17}}
+
+The run's config names the attributes and their values ({"attributes": {slug: [value, ...]}}; a
+multi-choice attribute: its options, its slug also in "multi_choice": [slug, ...]), the
 embedding model version whose image embeddings feed the heads, the target precision, and optionally
 text_encoder ("minilm" or "none"), threshold_bound ("wilson", the default, or "point"),
 min_accepted, epochs, batch_size, lr, hidden_dim, dropout, seed.
+
+Multi choice is modelled by binary relevance (mlcore.nn.tagging.binary_relevance_values): each
+option is a two-class pseudo-attribute "<slug>:<option>" ("no", "yes") with soft target P(selected),
+so everything below applies to it unchanged; the model keeps {slug: options} in `multi` to put the
+options back together.
 
 Fusion, temperature and thresholds are fitted on out-of-fold predictions of every train and
 validation label (cross-fitting, FOLDS folds by a hash of the product: `calibration: "cross_fit"`,
@@ -22,7 +34,7 @@ The model: per attribute, an image head over the backbone's embedding and a text
 embeddings of the product's text (mlcore.nn.tagging.TaggingHeads, one network per modality, one head
 per attribute), a learned late fusion of the two per attribute, a temperature per attribute, and an
 auto-accept threshold per attribute at the target precision, all fitted on the validation split;
-the test split measures it. Multi-choice attributes are not modelled yet (see docs/learning.md).
+the test split measures it.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,7 +89,9 @@ def file_sha256(path: Path) -> str:
 @dataclass
 class Dataset:
     """A snapshot as arrays. image: (N, D) float32; text: (N, 384) float32; split: (N,) str;
-    targets/masks per attribute: (N, K_a) float32 soft targets and (N,) bool."""
+    targets/masks per attribute: (N, K_a) float32 soft targets and (N,) bool. values, targets and
+    masks are keyed by the heads' attributes: a multi-choice attribute by its options'
+    pseudo-attributes, listed in multi ({slug: options})."""
 
     products: list[int]
     keys: list[str]  # product uuids, for folds
@@ -87,10 +101,14 @@ class Dataset:
     targets: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
     values: dict[str, list[str]]
+    multi: dict[str, list[str]] = field(default_factory=dict)
 
 
-def snapshot_read(path: str, *, values: dict[str, list[str]]) -> list[dict]:
-    """The snapshot's records. Raises TrainingError on a missing or malformed file."""
+def snapshot_read(path: str, *, values: dict[str, list[str]], multi_choice=()) -> list[dict]:
+    """The snapshot's records; a label of an attribute in `multi_choice` is "|"-joined options of
+    `values[slug]` ("" for none). Raises TrainingError on a missing or malformed file or a value
+    that is not one of its attribute's."""
+    multi = set(multi_choice)
     try:
         with open(path, encoding="utf-8") as fh:
             records = [json.loads(line) for line in fh if line.strip()]
@@ -100,6 +118,11 @@ def snapshot_read(path: str, *, values: dict[str, list[str]]) -> list[dict]:
         if not {"product", "split", "labels"} <= set(record):
             raise TrainingError(f"snapshot line {n}: needs product, split and labels")
         for slug, label in record["labels"].items():
+            if slug in multi:
+                parts = str(label.get("label", "")).split("|")
+                if not set(p for p in parts if p) <= set(values[slug]):
+                    raise TrainingError(f"snapshot line {n}: {slug}={label.get('label')!r} names an unknown option")
+                continue
             if slug in values and label.get("label") not in values[slug]:
                 raise TrainingError(f"snapshot line {n}: {slug}={label.get('label')!r} is not one of its values")
     return records
@@ -171,10 +194,21 @@ def product_features(
 
 
 def dataset_build(
-    records: list[dict], *, values: dict[str, list[str]], embedding_version: ModelVersion, text_encoder: str = "minilm"
+    records: list[dict],
+    *,
+    values: dict[str, list[str]],
+    embedding_version: ModelVersion,
+    text_encoder: str = "minilm",
+    multi_choice=(),
 ) -> Dataset:
     """Arrays for training from snapshot records: soft targets from each label's posterior (one-hot
-    when the posterior is missing, as for gold), masked where a product has no label."""
+    when the posterior is missing, as for gold), masked where a product has no label. The
+    attributes named in `multi_choice` become one pseudo-attribute per option (binary relevance,
+    mlcore.nn.tagging.option_targets): target [1 - p, p], p the option's P(selected)."""
+    from .nn import tagging as nt
+
+    multi = {slug: list(values[slug]) for slug in multi_choice if slug in values}
+    values = nt.binary_relevance_values(values, multi)
     uuids = [r["product"] for r in records]
     ids = dict(Product.objects.filter(uuid__in=uuids).values_list("uuid", "pk"))
     kept = [r for r in records if _uuid(r["product"]) in ids]
@@ -185,6 +219,14 @@ def dataset_build(
     masks = {slug: np.zeros(len(kept), bool) for slug in values}
     for n, record in enumerate(kept):
         for slug, label in record["labels"].items():
+            if slug in multi:
+                rows = nt.option_targets(
+                    multi[slug], label=str(label.get("label", "")), posterior=label.get("posterior")
+                )
+                for option, row in zip(multi[slug], rows, strict=True):
+                    targets[nt.option_slug(slug, option)][n] = row
+                    masks[nt.option_slug(slug, option)][n] = True
+                continue
             if slug not in values:
                 continue
             index = {v: i for i, v in enumerate(values[slug])}
@@ -197,7 +239,7 @@ def dataset_build(
     image, text = product_features(product_ids, embedding_version=embedding_version, text_encoder=text_encoder)
     split = np.array([r["split"] for r in kept])
     keys = [str(r["product"]) for r in kept]
-    return Dataset(product_ids, keys, image, text, split, targets, masks, values)
+    return Dataset(product_ids, keys, image, text, split, targets, masks, values, multi)
 
 
 def _uuid(value):
@@ -211,11 +253,24 @@ def _uuid(value):
 
 class TaggingModel:
     """A trained tagging model: image and text heads, and per attribute the fusion, temperature and
-    auto-accept threshold. `predict` gives calibrated probabilities."""
+    auto-accept threshold. `predict` gives calibrated probabilities. `values` is keyed by the heads'
+    attributes (a multi-choice attribute by its options' pseudo-attributes "<slug>:<option>");
+    `multi` maps each multi-choice attribute to its options (empty in checkpoints from before)."""
 
-    def __init__(self, *, image_heads, text_heads, fusion: dict, temperature: dict, thresholds: dict, values: dict):
+    def __init__(
+        self,
+        *,
+        image_heads,
+        text_heads,
+        fusion: dict,
+        temperature: dict,
+        thresholds: dict,
+        values: dict,
+        multi: dict | None = None,
+    ):
         self.image_heads, self.text_heads = image_heads, text_heads
         self.fusion, self.temperature, self.thresholds, self.values = fusion, temperature, thresholds, values
+        self.multi = dict(multi or {})
 
     def predict(self, image: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
         """{attribute: (N, K_a) float64 calibrated probabilities} for embeddings image (N, D), text (N, 384)."""
@@ -244,6 +299,7 @@ class TaggingModel:
                 "temperature": self.temperature,
                 "thresholds": self.thresholds,
                 "values": self.values,
+                "multi": self.multi,
             },
             path,
         )
@@ -276,16 +332,24 @@ class TaggingModel:
             temperature=state["temperature"],
             thresholds=state["thresholds"],
             values=state["values"],
+            multi=state.get("multi", {}),
         )
 
 
 def model_metrics(model: TaggingModel, data: Dataset, rows: np.ndarray, *, target: float) -> dict:
     """Per attribute on `rows`: accuracy, NLL, and coverage and precision at the model's threshold
-    (with a Wilson interval); plus "score", the mean accuracy over attributes (what promotion compares)."""
+    (with a Wilson interval); plus "score", the mean accuracy over attributes (what promotion compares).
+
+    A multi-choice attribute gets a row per option pseudo-attribute (with "attribute" and "option"
+    keys) and a row of its own ("kind": "multi", "options"): accuracy is exact-set accuracy (every
+    option right), coverage the share of products whose every option clears its threshold (what
+    auto-accept settles) and precision exact-set precision among those. The score counts the
+    attribute once, by its exact-set accuracy, not its options."""
     from .nn import tagging as nt
 
     proba = model.predict(data.image[rows], data.text[rows])
     out = {"attributes": {}, "rows": int(len(rows))}
+    pseudo = {nt.option_slug(slug, o): (slug, o) for slug, options in model.multi.items() for o in options}
     accuracies = []
     for slug, p in proba.items():
         mask = data.masks[slug][rows]
@@ -302,6 +366,38 @@ def model_metrics(model: TaggingModel, data: Dataset, rows: np.ndarray, *, targe
             "accuracy": float(right.mean()),
             "nll": float(-np.log(np.clip(p[mask][np.arange(len(truth)), truth], 1e-12, None)).mean()),
             "threshold": threshold,
+            "coverage": float(accept.mean()),
+            "precision": float(right[accept].mean()) if accept.any() else None,
+            "precision_low": low,
+            "precision_high": high,
+            "target_precision": target,
+        }
+        if slug in pseudo:
+            out["attributes"][slug].update(attribute=pseudo[slug][0], option=pseudo[slug][1])
+        else:
+            accuracies.append(float(right.mean()))
+    for slug, options in model.multi.items():
+        heads = [nt.option_slug(slug, o) for o in options]
+        if not all(h in proba and h in data.masks for h in heads):
+            continue
+        mask = np.all([data.masks[h][rows] for h in heads], axis=0)
+        if not mask.any():
+            continue
+        right = np.ones(int(mask.sum()), bool)
+        accept = np.ones(int(mask.sum()), bool)
+        for h in heads:
+            truth = data.targets[h][rows][mask].argmax(1)
+            p = proba[h][mask]
+            right &= p.argmax(1) == truth
+            threshold = model.thresholds.get(h)
+            accept &= p.max(1) >= (math.inf if threshold is None else threshold)
+        low, high = nt.wilson_interval(int(right[accept].sum()), int(accept.sum()))
+        out["attributes"][slug] = {
+            "kind": "multi",
+            "options": list(options),
+            "n": int(mask.sum()),
+            "accuracy": float(right.mean()),
+            "threshold": None,
             "coverage": float(accept.mean()),
             "precision": float(right[accept].mean()) if accept.any() else None,
             "precision_low": low,
@@ -392,13 +488,19 @@ def _train(run: TrainingRun) -> None:
 
     config = run.config
     values = {slug: list(v) for slug, v in config["attributes"].items()}
+    multi_choice = list(config.get("multi_choice", []))
     target = float(config.get("target_precision", 0.98))
     embedding_version = ModelVersion.objects.get(uuid=config["embedding_version"])
     device = device_resolve(settings.FITCHECK_DEVICE)
-    records = snapshot_read(run.snapshot_path, values=values)
+    records = snapshot_read(run.snapshot_path, values=values, multi_choice=multi_choice)
     data = dataset_build(
-        records, values=values, embedding_version=embedding_version, text_encoder=config.get("text_encoder", "minilm")
+        records,
+        values=values,
+        embedding_version=embedding_version,
+        text_encoder=config.get("text_encoder", "minilm"),
+        multi_choice=multi_choice,
     )
+    values = data.values  # the heads' attributes: multi choice as one pseudo-attribute per option
     train, val, test = (np.flatnonzero(data.split == s) for s in ("train", "validation", "test"))
     if not len(train) or not any(data.masks[s][train].any() for s in values):
         raise TrainingError("the snapshot has no training labels")
@@ -487,6 +589,7 @@ def _train(run: TrainingRun) -> None:
         temperature=temperature,
         thresholds=thresholds,
         values=values,
+        multi=data.multi,
     )
     evaluate_on = test if len(test) else calibrate
     metrics = model_metrics(model, data, evaluate_on, target=target)

@@ -9,6 +9,10 @@
   labels, with coverage and a Wilson interval of the measured precision.
 - `hierarchical_backoff`: a category prediction backs off to the deepest confident ancestor.
 - `heads_train`: trains TaggingHeads on embeddings, epoch by epoch, resumable from a checkpoint.
+- Multi choice by binary relevance (`binary_relevance_values`, `option_targets`,
+  `multi_choice_decision`): each option of a multi-choice attribute is its own two-class
+  pseudo-attribute ("season:summer": "no" / "yes"), so heads, loss, fusion, temperature and
+  thresholds need nothing new.
 
 Shapes use N rows (products), D embedding dimensions, K_a classes of attribute a.
 """
@@ -473,3 +477,73 @@ def log_softmax_np(z: np.ndarray) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+# -- multi choice: binary relevance ---------------------------------------------------------------------
+
+OPTION_VALUES = ["no", "yes"]  # the classes of a multi-choice option's pseudo-attribute, in this order
+
+
+def option_slug(attribute: str, option: str) -> str:
+    """The pseudo-attribute of one option of a multi-choice attribute: "season:summer" (a ":" never
+    occurs in an attribute slug)."""
+    return f"{attribute}:{option}"
+
+
+def binary_relevance_values(values: dict[str, list[str]], multi_choice) -> dict[str, list[str]]:
+    """The heads to train: every attribute of `values` as it is, except that each multi-choice one
+    (named in `multi_choice`) is replaced by one pseudo-attribute per option with the classes
+    OPTION_VALUES. This is binary relevance (Tsoumakas & Katakis 2007, "Multi-label classification:
+    an overview"): the options are predicted independently, which ignores their co-occurrence
+    ("summer" rarely with "winter") but keeps one calibrated, thresholded head per decision.
+
+    Args:
+        values: {attribute slug: its values (a multi-choice attribute: its options)}.
+        multi_choice: the slugs of the multi-choice attributes among them.
+
+    Returns:
+        {attribute or pseudo-attribute slug: classes}, in `values`' order with each attribute's
+        options in place.
+    """
+    multi = set(multi_choice)
+    out: dict[str, list[str]] = {}
+    for slug, options in values.items():
+        if slug in multi:
+            out.update({option_slug(slug, o): list(OPTION_VALUES) for o in options})
+        else:
+            out[slug] = list(options)
+    return out
+
+
+def option_targets(options: list[str], *, label: str, posterior: dict | None) -> np.ndarray:
+    """Soft targets of a multi-choice label's option pseudo-attributes: (K, 2) float32 rows
+    [1 - p, p], p the consensus's P(option selected) (its posterior, one number per option, not a
+    distribution over options); without a posterior (gold) p is 1 for the options in `label`
+    ("a|b") and 0 for the others. An option the posterior does not mention counts as in `label`."""
+    chosen = {v for v in label.split("|") if v}
+    posterior = posterior or {}
+    p = np.array(
+        [float(posterior[o]) if o in posterior else float(o in chosen) for o in options], dtype=np.float32
+    ).clip(0.0, 1.0)
+    return np.stack([1.0 - p, p], axis=1)
+
+
+def multi_choice_decision(p_yes: np.ndarray, thresholds: list[float | None]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A multi-choice prediction from its options' calibrated P(yes).
+
+    Each option is selected when P(yes) > 0.5 (the consensus's rule); its confidence is
+    max(p, 1 - p), the probability of its own decision. The whole label may be auto-accepted only
+    when every option's confidence clears that option's threshold (None: the option never reached
+    the target precision, so the label is never accepted).
+
+    Args:
+        p_yes: (K,) float in [0, 1], per option.
+        thresholds: K thresholds in [0, 1] or None.
+
+    Returns:
+        (selected (K,) bool, confidence (K,) float64, accept).
+    """
+    p_yes = np.asarray(p_yes, dtype=np.float64)
+    confidence = np.maximum(p_yes, 1.0 - p_yes)
+    accept = bool(len(p_yes)) and all(t is not None and c >= t for c, t in zip(confidence, thresholds, strict=True))
+    return p_yes > 0.5, confidence, accept

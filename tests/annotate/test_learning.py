@@ -20,11 +20,18 @@ from mlcore.models import AttributePrediction, ModelVersion, ProductEmbedding, T
 from ..factories import CampaignFactory, ModelVersionFactory, ProductFactory, user_with_role
 
 COLORS = ["red", "blue", "green"]
+SEASON_OF = {"red": "spring|summer", "blue": "autumn|winter", "green": ""}  # season follows the cluster
 _keys = iter(range(10**9))
 
 
 @pytest.fixture
 def loop(db):
+    return _loop_build(["color"])
+
+
+def _loop_build(slugs: list[str]):
+    """An attribute campaign asking `slugs` over 90 products in three embedding clusters (the colour
+    and, when asked, SEASON_OF the colour follow the cluster); one person settles the first 60."""
     taxonomy_path_ensure(path="Clothing › Dresses › Dress")
     schema = {a.slug: a for a in attribute_schema_ensure()}
     embedding = ModelVersionFactory(name="synthetic-8d", embedding_dim=8)
@@ -39,7 +46,7 @@ def loop(db):
         retrain_every_labels=50,
         audit_share=0.3,  # 30 open products: an audit sample of none would be a 1-in-25 draw at 0.1
     )
-    campaign.attributes.set([schema["color"]])
+    campaign.attributes.set([schema[slug] for slug in slugs])
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 8)) * 5
     dress = TaxonomyNode.objects.get(path="Clothing › Dresses › Dress")
@@ -58,7 +65,7 @@ def loop(db):
             tagging.tag_submit(
                 user=person,
                 task=tasks[product.pk],
-                values={"color": colour},
+                values={"color": colour, "season": SEASON_OF[colour]} if "season" in slugs else {"color": colour},
                 duration_ms=4000,
                 idempotency_key=f"k{next(_keys)}",
             )
@@ -404,3 +411,157 @@ def test_the_models_page_counts_the_open_category_predictions_that_backed_off(cl
     ModelVersion.objects.filter(pk=active.pk).update(status="retired")
     assert learning.learning_report(campaign=campaign)["category_backoff"]["open"] == 0
     assert 'id="category-backoff-shoes"' not in client.get("/learning/").content.decode()
+
+
+# -- multi choice (season) by binary relevance -------------------------------------------------------------
+
+
+@pytest.fixture
+def season_loop(db):
+    return _loop_build(["color", "season"])
+
+
+def _model_copy(active, tmp_path, name: str, thresholds: dict):
+    """A ModelVersion with `active`'s weights and some thresholds replaced (not activated)."""
+    from mlcore import training
+
+    model = training.TaggingModel.load(active.weights_path)
+    model.thresholds.update(thresholds)
+    path = tmp_path / f"{name}.pt"
+    return ModelVersion.objects.create(
+        name=name,
+        kind="tagging",
+        status="retired",
+        scope="campaign:tagging",
+        backbone=active.backbone,
+        image_size_px=active.image_size_px,
+        embedding_dim=active.embedding_dim,
+        weights_path=str(path),
+        checkpoint_sha256=model.save(path),
+        config=active.config,
+    )
+
+
+def test_a_multi_choice_attribute_is_learned_predicted_and_auto_accepted_as_a_whole(
+    client, as_role, season_loop, tmp_path, django_capture_on_commit_callbacks
+):
+    from annotate.tag_views import _fields, _suggestions
+    from catalog.models import Attribute
+    from mlcore import training
+
+    campaign, products, colours = season_loop
+    season = Attribute.objects.get(slug="season")
+    with django_capture_on_commit_callbacks(execute=True):
+        run = learning.retrain_start(campaign=campaign, config=CONFIG)
+    run.refresh_from_db()
+    assert run.config["multi_choice"] == ["season"]
+    # The snapshot carries the consensus's multi-choice label: options in order, P(selected) each.
+    snapshot = ExportSnapshot.objects.get(uuid=run.snapshot_uuid)
+    records = [json.loads(line) for line in (snapshot_folder(snapshot) / "items.jsonl").read_text().splitlines()]
+    labels = {r["labels"]["season"]["label"] for r in records}
+    assert labels == {"spring|summer", "autumn|winter", ""}  # "" (no season) is a label too
+    summer = next(r["labels"]["season"] for r in records if r["labels"]["season"]["label"] == "spring|summer")
+    assert summer["kind"] == "multi" and summer["posterior"] == {
+        "spring": 0.75,
+        "summer": 0.75,
+        "autumn": 0.25,
+        "winter": 0.25,
+    }
+    assert "kind" not in records[0]["labels"]["color"]  # single choice unchanged
+    # Learned: the season follows the cluster on the test split and on the 30 open products.
+    active = ModelVersion.objects.get(scope="campaign:tagging", status=ModelVersion.Status.ACTIVE)
+    assert active.metrics["attributes"]["season"]["kind"] == "multi"
+    assert active.metrics["attributes"]["season"]["accuracy"] >= 0.8
+    truth = {p.pk: SEASON_OF[c] for p, c in zip(products, colours, strict=True)}
+    open_products = [p.pk for p in products[60:]]
+    predicted = dict(
+        AttributePrediction.objects.filter(
+            model_version=active, attribute=season, product_id__in=open_products
+        ).values_list("product_id", "value")
+    )
+    assert len(predicted) == 30 and sum(truth[p] == v for p, v in predicted.items()) >= 27
+    # The ML page shows the set and its options by name.
+    as_role("ml")
+    body = client.get("/learning/").content.decode()
+    assert "(the whole set)" in body and "season ›</span> summer" in body
+    # The tagging form pre-checks the predicted options.
+    product = products[60]
+    suggestions, backoffs = _suggestions(product=product, attributes=[season])
+    value, _ = suggestions["season"]
+    assert backoffs == {}
+    assert value == predicted[product.pk]
+    field = _fields(attributes=[season], suggestions={"season": (value, 0.9)}, posted=None, errors={})[0]
+    assert {o["value"] for o in field["options"] if o["checked"]} == set(value.split("|")) - {""}
+
+    # Auto-accept rule, on copies of the model with chosen thresholds, over the reopened tasks.
+    options = ["spring", "summer", "autumn", "winter"]
+
+    def apply(name, thresholds: dict):
+        learning.model_labels_withdraw(campaign=campaign, version=active)
+        AttributeLabel.objects.filter(model_version__isnull=False).delete()
+        Task.objects.filter(product_id__in=open_products).update(status=Task.Status.OPEN, completed_at=None)
+        version = _model_copy(active, tmp_path, name, thresholds)
+        learning.predictions_apply(campaign=campaign, version=version)
+        tasks = Task.objects.filter(campaign=campaign, product_id__in=open_products)
+        audit = {t.pk for t in tasks if learning._audit_pick(t.uuid, version.uuid, campaign.audit_share)}
+        accepted = {
+            label.task_id: label for label in AttributeLabel.objects.filter(model_version=version, attribute=season)
+        }
+        confidences = {
+            t.pk: AttributePrediction.objects.get(model_version=version, product=t.product, attribute=season)
+            for t in tasks
+        }
+        return version, audit, accepted, confidences, tasks
+
+    # Every option's threshold 0.5 (every decision clears it): every task but the audit sample.
+    version, audit, accepted, predictions, tasks = apply("all-clear", {f"season:{o}": 0.5 for o in options})
+    assert audit and set(accepted) == {t.pk for t in tasks} - audit
+    for task_id, label in accepted.items():
+        # Stored as consensus stores it: the option set, P(selected) per option, the least sure option.
+        assert label.label == predictions[task_id].value and set(label.posterior) == set(options)
+        assert label.label == "|".join(o for o in options if label.posterior[o] > 0.5)
+        assert label.confidence == pytest.approx(predictions[task_id].confidence)
+        assert label.confidence == pytest.approx(min(max(p, 1 - p) for p in label.posterior.values()), abs=1e-5)
+        assert label.is_settled and label.answer_count == 0
+    # One option without a threshold: no season is settled by the model, the colour still is.
+    version, audit, accepted, *_ = apply(
+        "winter-unsure", {**{f"season:{o}": 0.5 for o in options}, "season:winter": None, "color": 0.0}
+    )
+    assert accepted == {} and AttributeLabel.objects.filter(model_version=version, attribute__slug="color").exists()
+    # One option's threshold between the products' confidences: only those clearing it are settled.
+    model = training.TaggingModel.load(active.weights_path)
+    ranked = sorted(max(p, 1 - p) for p in _p_yes(model, products[60:], "summer"))
+    cut = (ranked[14] + ranked[15]) / 2  # half the products clear it, none sits on it
+    version, audit, accepted, predictions, tasks = apply(
+        "summer-strict", {**{f"season:{o}": 0.5 for o in options}, "season:summer": cut}
+    )
+    summer_conf = dict(zip([p.pk for p in products[60:]], _p_yes(model, products[60:], "summer"), strict=True))
+    expected = {t.pk for t in tasks if max(summer_conf[t.product_id], 1 - summer_conf[t.product_id]) >= cut} - audit
+    assert accepted and set(accepted) == expected and len(expected) < 30 - len(audit)
+    # Labels the model settled complete their tasks only with the colour settled too.
+    for task in Task.objects.filter(pk__in=list(accepted)):
+        colour = AttributeLabel.objects.filter(task=task, attribute__slug="color", is_settled=True).exists()
+        assert (task.status == Task.Status.COMPLETE) == colour
+
+
+def _p_yes(model, products, option: str) -> list[float]:
+    """The model's P(option selected) for each product (image model only, as CONFIG trains)."""
+    from mlcore import training
+
+    embedding = ModelVersion.objects.get(name="synthetic-8d")
+    image, text = training.product_features([p.pk for p in products], embedding_version=embedding, text_encoder="none")
+    return [float(row[1]) for row in model.predict(image, text)[f"season:{option}"]]
+
+
+def test_metric_rows_put_each_option_after_its_attribute_whatever_the_stored_order():
+    option = {"attribute": "season", "option": "summer"}
+    stored = {  # as PostgreSQL's jsonb returns keys: shortest first
+        "color": {"accuracy": 0.9},
+        "season": {"kind": "multi"},
+        "persona_x": {"accuracy": 0.5},
+        "season:winter": {"attribute": "season", "option": "winter"},
+        "season:summer": option,
+    }
+    rows = learning.metric_rows({"attributes": stored})
+    assert [slug for slug, _ in rows] == ["color", "season", "season:summer", "season:winter", "persona_x"]
+    assert rows[2] == ("season:summer", option) and learning.metric_rows({}) == []

@@ -177,3 +177,30 @@ class TestHeadsTrain:
             nt.heads_train(x[:10], targets, masks, config=nt.HeadsConfig(epochs=1))
         with pytest.raises(ValueError, match="no row has a label"):
             nt.heads_train(x, targets, {k: np.zeros(20, bool) for k in masks}, config=nt.HeadsConfig(epochs=1))
+
+
+class TestBinaryRelevance:
+    def test_a_multi_choice_attribute_becomes_one_yes_no_head_per_option_in_place(self):
+        values = {"color": ["red", "blue"], "season": ["spring", "summer"], "persona_x": ["1", "2"]}
+        heads = nt.binary_relevance_values(values, ["season"])
+        assert list(heads) == ["color", "season:spring", "season:summer", "persona_x"]
+        assert heads["season:summer"] == ["no", "yes"] and heads["color"] == ["red", "blue"]
+        assert nt.binary_relevance_values(values, []) == values
+
+    def test_option_targets_from_the_consensus_posterior_or_one_hot_from_the_label(self):
+        options = ["spring", "summer", "autumn"]
+        # Consensus: P(selected) per option, e.g. one vote for summer under the Jeffreys prior: 0.75.
+        soft = nt.option_targets(options, label="summer", posterior={"spring": 0.25, "summer": 0.75, "autumn": 0.25})
+        assert soft.tolist() == [[0.75, 0.25], [0.25, 0.75], [0.75, 0.25]]
+        # Gold (no posterior): one-hot from the label; "" selects nothing.
+        assert nt.option_targets(options, label="spring|autumn", posterior=None).tolist() == [[0, 1], [1, 0], [0, 1]]
+        assert nt.option_targets(options, label="", posterior={}).tolist() == [[1, 0], [1, 0], [1, 0]]
+
+    def test_the_set_is_accepted_only_when_every_option_clears_its_own_threshold(self):
+        p_yes = np.array([0.9, 0.2, 0.6])
+        selected, confidence, accept = nt.multi_choice_decision(p_yes, [0.85, 0.75, 0.55])
+        assert selected.tolist() == [True, False, True]
+        assert confidence.tolist() == pytest.approx([0.9, 0.8, 0.6]) and accept
+        assert not nt.multi_choice_decision(p_yes, [0.85, 0.75, 0.65])[2]  # the third option is below its own
+        assert not nt.multi_choice_decision(p_yes, [0.85, None, 0.55])[2]  # an option with no threshold
+        assert not nt.multi_choice_decision(np.array([]), [])[2]

@@ -174,3 +174,54 @@ def test_a_broken_snapshot_fails_the_run_and_changes_nothing(catalog, tmp_path):
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED and "purple" in run.error
     assert training.active_model(SCOPE) == active
+
+
+SEASONS = ["spring", "summer", "autumn", "winter"]
+
+
+def test_a_multi_choice_label_trains_one_head_per_option_with_soft_targets(catalog, tmp_path):
+    """Binary relevance: season ("|"-joined options, P(selected) per option) becomes four yes/no
+    pseudo-attributes; season follows the colour cluster, so the model learns it."""
+    version, products, colours = catalog
+    by_colour = {0: "spring|summer", 1: "autumn|winter", 2: ""}
+    path = tmp_path / "multi.jsonl"
+    with open(path, "w") as fh:
+        for i, (product, colour) in enumerate(zip(products, colours, strict=True)):
+            split = "test" if i % 5 == 0 else ("validation" if i % 5 == 1 else "train")
+            chosen = set(by_colour[colour].split("|"))
+            labels = {"season": {"label": by_colour[colour], "kind": "multi"}}
+            if i % 2:  # half with the consensus's posterior, half one-hot like gold
+                labels["season"]["posterior"] = {s: 0.75 if s in chosen else 0.25 for s in SEASONS}
+            fh.write(json.dumps({"product": str(product.uuid), "split": split, "labels": labels}) + "\n")
+    values = {"season": SEASONS}
+    records = training.snapshot_read(str(path), values=values, multi_choice=["season"])
+    data = training.dataset_build(
+        records, values=values, embedding_version=version, text_encoder="none", multi_choice=["season"]
+    )
+    assert data.multi == {"season": SEASONS} and list(data.values) == [f"season:{s}" for s in SEASONS]
+    assert data.targets["season:summer"][0].tolist() == [0.0, 1.0]  # product 0: gold-like, summer chosen
+    assert data.targets["season:summer"][1].tolist() == [0.75, 0.25]  # product 1: posterior, not chosen
+    assert all(m.all() for m in data.masks.values())
+
+    run = _run(version, str(path), attributes=values, multi_choice=["season"], epochs=15, threshold_bound="point")
+    run = training.training_run_execute(run_id=run.pk)
+    assert run.status == TrainingRun.Status.DONE and run.promoted
+    metrics = run.candidate.metrics["attributes"]
+    assert sorted(metrics) == ["season"] + sorted(f"season:{s}" for s in SEASONS)
+    # Exact set on 12 test products (random product uuids vary the cross-fitting folds run to run);
+    # always answering the commonest set would score 1/3.
+    assert metrics["season"]["kind"] == "multi" and metrics["season"]["accuracy"] >= 0.75
+    assert metrics["season:winter"]["option"] == "winter" and metrics["season:winter"]["attribute"] == "season"
+    assert run.candidate.metrics["score"] == metrics["season"]["accuracy"]  # the attribute counts once
+    model = training.TaggingModel.load(run.candidate.weights_path, sha256=run.candidate.checkpoint_sha256)
+    assert model.multi == {"season": SEASONS} and model.values["season:spring"] == ["no", "yes"]
+
+
+def test_a_multi_choice_label_naming_an_unknown_option_is_refused(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"product": "x", "split": "train", "labels": {"season": {"label": "summer|monsoon"}}}\n')
+    with pytest.raises(training.TrainingError, match="unknown option"):
+        training.snapshot_read(str(bad), values={"season": SEASONS}, multi_choice=["season"])
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"product": "x", "split": "train", "labels": {"season": {"label": ""}}}\n')
+    assert training.snapshot_read(str(ok), values={"season": SEASONS}, multi_choice=["season"])
