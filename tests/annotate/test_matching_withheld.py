@@ -1,0 +1,155 @@
+"""Withheld suggestions: a matching head that finds no catalog product in a photo (top-1 cosine under
+its rejection threshold) withdraws the photo's candidates (annotate.learning.matching_apply); the
+verify page and the API then offer only none / not a product / unfit, and a later head that does
+suggest products restores them.
+
+The heads here are untrained (their low-rank update starts at zero, so they rank exactly as the
+pretrained cosine does) with a hand-set threshold, over 8-dimensional embeddings: the 4 products are
+the first 4 unit vectors, a "catalog" photo is product 0's vector (cosine 1) and a "non-product"
+photo is the last unit vector (cosine 0 with every product). A threshold of 0.5 therefore rejects
+exactly the non-product photos; no threshold rejects nothing."""
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from annotate import learning
+from annotate.models import Lease, Task, TaskCandidate
+from mlcore import training
+from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding
+from mlcore.nn.matching import MatchConfig, MatchHead, match_head_save
+
+from ..factories import CampaignFactory, ModelVersionFactory, ProductFactory, task_with_candidates, user_with_role
+
+HTMX = {"HTTP_HX_REQUEST": "true"}
+UNIT = np.eye(8, dtype=np.float32)
+CATALOG, NON_PRODUCT = UNIT[0], UNIT[7]
+
+
+@pytest.fixture
+def campaign(db):
+    embedding = ModelVersionFactory(name="synthetic-8d", embedding_dim=8)
+    campaign = CampaignFactory(slug="lunch", model_version=embedding, gold_first_count=0, gold_rate=0)
+    campaign.products = [ProductFactory() for _ in range(4)]
+    for product, vector in zip(campaign.products, UNIT[:4], strict=True):
+        ProductEmbedding.objects.create(product=product, model_version=embedding, vector=vector.tobytes())
+    return campaign
+
+
+def photo_task(campaign, vector, *, shuffle_key=None) -> Task:
+    """An open task whose 3 pretrained candidates are products 1..3 (never product 0), its photo
+    embedded as `vector`."""
+    task = task_with_candidates(campaign, products=campaign.products[1:], shuffle_key=shuffle_key)
+    PhotoEmbedding.objects.create(photo=task.photo, model_version=campaign.model_version, vector=vector.tobytes())
+    return task
+
+
+def head(campaign, tmp_path, name: str, *, threshold: float | None, status=ModelVersion.Status.ACTIVE):
+    """A registered matching head of `campaign`: untrained (ranks as the cosine does) with `threshold`."""
+    path = tmp_path / f"{name}.pt"
+    sha256 = match_head_save(MatchHead(8, MatchConfig(rank=4)), path, extra={"threshold": threshold})
+    return ModelVersion.objects.create(
+        name=name,
+        kind=ModelVersion.Kind.MATCHING,
+        status=status,
+        scope=learning.matching_scope_of(campaign),
+        backbone="synthetic",
+        image_size_px=32,
+        embedding_dim=8,
+        weights_path=str(path),
+        checkpoint_sha256=sha256,
+        config={"embedding_version": str(campaign.model_version.uuid)},
+    )
+
+
+def candidates_of(task) -> list[int]:
+    return list(TaskCandidate.objects.filter(task=task).order_by("rank").values_list("product_id", flat=True))
+
+
+def withheld_by(task):
+    return Task.objects.values_list("suggestions_withheld_by", flat=True).get(pk=task.pk)
+
+
+# -- matching_apply ---------------------------------------------------------------------------------
+
+
+def test_a_rejected_photo_loses_its_candidates_and_records_the_head(campaign, tmp_path):
+    catalog, non_product = photo_task(campaign, CATALOG), photo_task(campaign, NON_PRODUCT)
+    strict = head(campaign, tmp_path, "head-strict", threshold=0.5)
+    counts = learning.matching_apply(campaign=campaign)
+    assert counts == {"tasks": 2, "resuggested": 1, "withheld": 1, "restored": 0}
+    assert candidates_of(non_product) == [] and withheld_by(non_product) == strict.pk
+    # The photo the head recognises gets its product first, and no flag.
+    assert candidates_of(catalog)[0] == campaign.products[0].pk and len(candidates_of(catalog)) == 3
+    assert withheld_by(catalog) is None
+    # Idempotent: the same head again writes the same state.
+    assert learning.matching_apply(campaign=campaign) == counts
+    assert candidates_of(non_product) == [] and withheld_by(non_product) == strict.pk
+
+
+def test_a_head_without_a_threshold_withholds_nothing(campaign, tmp_path):
+    non_product = photo_task(campaign, NON_PRODUCT)
+    head(campaign, tmp_path, "head-open", threshold=None)
+    assert learning.matching_apply(campaign=campaign)["withheld"] == 0
+    assert len(candidates_of(non_product)) == 3 and withheld_by(non_product) is None
+
+
+def test_leased_answered_gold_and_complete_photos_are_never_touched(campaign, tmp_path, monkeypatch):
+    person = user_with_role("employee")
+    later = timezone.now() + timedelta(minutes=5)
+    leased, answered, gold, complete, leased_meanwhile = (photo_task(campaign, NON_PRODUCT) for _ in range(5))
+    Lease.objects.create(task=leased, annotator=person, expires_at=later)
+    Task.objects.filter(pk=answered.pk).update(answer_count=1)
+    Task.objects.filter(pk=gold.pk).update(is_gold=True)
+    Task.objects.filter(pk=complete.pk).update(status=Task.Status.COMPLETE, label="none")
+    # A person is handed this task while the head is scoring the photos: the re-check under the row
+    # lock must see the lease.
+    from mlcore.nn import matching
+
+    score = matching.suggest
+
+    def suggest_while_a_lease_is_taken(*args, **kwargs):
+        Lease.objects.get_or_create(task=leased_meanwhile, annotator=person, defaults={"expires_at": later})
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(matching, "suggest", suggest_while_a_lease_is_taken)
+    head(campaign, tmp_path, "head-strict", threshold=0.5)
+    before = {t.pk: candidates_of(t) for t in (leased, answered, gold, complete, leased_meanwhile)}
+    counts = learning.matching_apply(campaign=campaign)
+    assert counts == {"tasks": 0, "resuggested": 0, "withheld": 0, "restored": 0}
+    for task in (leased, answered, gold, complete, leased_meanwhile):
+        assert candidates_of(task) == before[task.pk] and len(before[task.pk]) == 3
+        assert withheld_by(task) is None
+
+
+def test_a_later_head_that_suggests_restores_the_candidates_and_an_answered_photo_keeps_its_record(campaign, tmp_path):
+    non_product, answered_later = photo_task(campaign, NON_PRODUCT), photo_task(campaign, NON_PRODUCT)
+    strict = head(campaign, tmp_path, "head-strict", threshold=0.5)
+    learning.matching_apply(campaign=campaign)
+    assert withheld_by(non_product) == withheld_by(answered_later) == strict.pk
+    Task.objects.filter(pk=answered_later.pk).update(answer_count=1)
+    ModelVersion.objects.filter(pk=strict.pk).update(status=ModelVersion.Status.RETIRED)
+    head(campaign, tmp_path, "head-open", threshold=None)
+    counts = learning.matching_apply(campaign=campaign)
+    assert counts == {"tasks": 1, "resuggested": 1, "restored": 1, "withheld": 0}
+    assert len(candidates_of(non_product)) == 3 and withheld_by(non_product) is None
+    # People answered it without suggestions: it stays as they saw it.
+    assert candidates_of(answered_later) == [] and withheld_by(answered_later) == strict.pk
+
+
+def test_promotion_withholds_and_a_rollback_restores(campaign, tmp_path, django_capture_on_commit_callbacks):
+    non_product = photo_task(campaign, NON_PRODUCT)
+    scope = learning.matching_scope_of(campaign)
+    first = head(campaign, tmp_path, "head-open", threshold=None, status=ModelVersion.Status.CANDIDATE)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training.candidate_promote(candidate=first)[0]
+    assert len(candidates_of(non_product)) == 3 and withheld_by(non_product) is None
+    second = head(campaign, tmp_path, "head-strict", threshold=0.5, status=ModelVersion.Status.CANDIDATE)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training.candidate_promote(candidate=second)[0]  # no held-out rows: promoted
+    assert candidates_of(non_product) == [] and withheld_by(non_product) == second.pk
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training.rollback(scope=scope) == first
+    assert len(candidates_of(non_product)) == 3 and withheld_by(non_product) is None
