@@ -9,18 +9,22 @@ the first 4 unit vectors, a "catalog" photo is product 0's vector (cosine 1) and
 photo is the last unit vector (cosine 0 with every product). A threshold of 0.5 therefore rejects
 exactly the non-product photos; no threshold rejects nothing."""
 
+import json
+import re
 from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
-from annotate import learning
-from annotate.models import Lease, Task, TaskCandidate
+from annotate import learning, services
+from annotate.models import Answer, Lease, Task, TaskCandidate
 from mlcore import training
 from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding
 from mlcore.nn.matching import MatchConfig, MatchHead, match_head_save
 
+from ..conftest import ROLE_MATRIX
 from ..factories import CampaignFactory, ModelVersionFactory, ProductFactory, task_with_candidates, user_with_role
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -153,3 +157,135 @@ def test_promotion_withholds_and_a_rollback_restores(campaign, tmp_path, django_
     with django_capture_on_commit_callbacks(execute=True):
         assert training.rollback(scope=scope) == first
     assert len(candidates_of(non_product)) == 3 and withheld_by(non_product) is None
+
+
+# -- the verify page --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def withheld(campaign, tmp_path):
+    """A campaign whose only open photo the active head withheld suggestions from."""
+    task = photo_task(campaign, NON_PRODUCT)
+    campaign.head = head(campaign, tmp_path, "head-strict", threshold=0.5)
+    learning.matching_apply(campaign=campaign)
+    assert withheld_by(task) == campaign.head.pk
+    return task
+
+
+def verify_url(campaign):
+    return reverse("annotate:verify", args=[campaign.slug])
+
+
+def answer_url(campaign):
+    return reverse("annotate:verify-answer", args=[campaign.slug])
+
+
+@pytest.mark.parametrize("role", ROLE_MATRIX)
+def test_the_no_suggestion_state_permission_matrix(client, as_role, campaign, withheld, role):
+    as_role(role)
+    response = client.get(verify_url(campaign))
+    if role == "anonymous":
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    elif role in ("employee", "admin"):
+        assert response.status_code == 200 and "found no catalog product" in response.content.decode()
+    else:
+        assert response.status_code == 403
+
+
+def test_the_page_shows_the_photo_and_only_the_rejections(client, employee, campaign, withheld):
+    client.force_login(employee)
+    html = client.get(verify_url(campaign), **HTMX).content.decode()
+    task = html[: html.index('<form class="undo"')]
+    assert withheld.photo.image.url in task
+    assert "The model found no catalog product in this photo" in task and "(model head-strict)" in task
+    assert "Which of these products" not in task
+    assert 'value="product:' not in task and 'class="candidate"' not in task
+    assert sorted(k for k in ("0", "x", "u", "1", "2", "3") if f'data-key="{k}"' in task) == ["0", "u", "x"]
+    for value in ("none", "not_a_product", "unfit"):
+        assert f'name="pick" value="{value}"' in task
+
+
+def test_not_a_product_is_accepted_and_the_next_task_comes_as_a_partial(client, employee, campaign, withheld):
+    client.force_login(employee)
+    page = client.get(verify_url(campaign)).content.decode()
+    assert f'name="task" value="{withheld.uuid}"' in page
+    following = task_with_candidates(campaign)  # a regular task, next in the queue
+    key = page.split('name="idempotency_key" value="')[1].split('"')[0]
+    response = client.post(
+        answer_url(campaign),
+        {"task": withheld.uuid, "idempotency_key": key, "pick": "not_a_product", "duration_ms": "1400"},
+        **HTMX,
+    )
+    html = response.content.decode()
+    assert response.status_code == 200 and response["HX-Trigger"] == "answer-saved"
+    assert html.lstrip().startswith('<section id="task"') and f'name="task" value="{following.uuid}"' in html
+    answer = Answer.objects.get()
+    assert (answer.task_id, answer.choice, answer.label, answer.product) == (
+        withheld.pk,
+        "not_a_product",
+        "not_a_product",
+        None,
+    )
+
+
+def test_a_product_pick_is_refused_with_a_clear_error(client, employee, campaign, withheld):
+    client.force_login(employee)
+    client.get(verify_url(campaign))
+    product = campaign.products[0]
+    response = client.post(
+        answer_url(campaign),
+        {"task": withheld.uuid, "idempotency_key": "k1", "pick": f"product:{product.uuid}", "duration_ms": "1400"},
+        **HTMX,
+    )
+    html = response.content.decode()
+    assert "That answer was not saved" in html and "no suggested product to pick" in html
+    assert not Answer.objects.exists()
+    with pytest.raises(services.AnswerInvalid) as raised:
+        services.answer_submit(
+            user=employee,
+            task=withheld,
+            choice="product",
+            product_uuid=product.uuid,
+            duration_ms=900,
+            idempotency_key="k2",
+        )
+    assert "no suggested product to pick" in " ".join(raised.value.errors["choice"])
+
+
+def test_answering_withheld_photos_stays_within_the_pinned_query_count(
+    client, employee, campaign, tmp_path, django_assert_max_num_queries
+):
+    for key in range(1, 4):
+        photo_task(campaign, NON_PRODUCT, shuffle_key=key)
+    head(campaign, tmp_path, "head-strict", threshold=0.5)
+    assert learning.matching_apply(campaign=campaign)["withheld"] == 3
+    client.force_login(employee)
+
+    def fields_on_screen():
+        page = client.get(verify_url(campaign)).content.decode()
+        return {**dict(re.findall(r'name="(task|idempotency_key)" value="([^"]+)"', page)), "pick": "none"}
+
+    client.post(answer_url(campaign), fields_on_screen(), **HTMX)  # the first answer also creates the stats row
+    fields = fields_on_screen()
+    # The same bound as the page with candidates (tests/annotate/test_views.py): a task without
+    # candidates skips the products, retailers and images reads.
+    with django_assert_max_num_queries(56):
+        response = client.post(answer_url(campaign), {**fields, "duration_ms": "900"}, **HTMX)
+    assert response["HX-Trigger"] == "answer-saved" and Answer.objects.count() == 2
+
+
+def test_the_api_offers_no_product_choice_and_refuses_one(api, employee, campaign, withheld):
+    api.force_authenticate(employee)
+    data = api.get(f"/api/v1/campaigns/{campaign.slug}/next-task").json()
+    assert data["uuid"] == str(withheld.uuid) and data["candidates"] == []
+    assert data["choices"] == ["none", "not_a_product", "unfit"]
+    assert data["suggestions_withheld_by"] == "head-strict"
+    url = f"/api/v1/tasks/{withheld.uuid}/answers"
+    refused = api.post(
+        url,
+        {"choice": "product", "product": str(campaign.products[0].uuid), "duration_ms": 900, "idempotency_key": "a"},
+        format="json",
+    )
+    assert refused.status_code == 400 and "no suggested product to pick" in json.dumps(refused.json())
+    accepted = api.post(url, {"choice": "unfit", "duration_ms": 900, "idempotency_key": "b"}, format="json")
+    assert accepted.status_code == 201
