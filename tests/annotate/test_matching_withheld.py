@@ -14,12 +14,16 @@ import re
 from datetime import timedelta
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from annotate import learning, services
-from annotate.models import Answer, Lease, Task, TaskCandidate
+from annotate.consensus.services import consensus_recompute
+from annotate.exports import services as exports
+from annotate.models import Answer, Campaign, Lease, Task, TaskCandidate
+from gamify.models import AnswerPoints
 from mlcore import training
 from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding
 from mlcore.nn.matching import MatchConfig, MatchHead, match_head_save
@@ -289,3 +293,40 @@ def test_the_api_offers_no_product_choice_and_refuses_one(api, employee, campaig
     assert refused.status_code == 400 and "no suggested product to pick" in json.dumps(refused.json())
     accepted = api.post(url, {"choice": "unfit", "duration_ms": 900, "idempotency_key": "b"}, format="json")
     assert accepted.status_code == 201
+
+
+# -- consensus, points and exports of a withheld photo ----------------------------------------------
+
+
+def test_a_withheld_photo_settles_earns_points_and_exports_with_empty_candidates(
+    campaign, withheld, django_capture_on_commit_callbacks
+):
+    Campaign.objects.filter(pk=campaign.pk).update(overlap_min=2, overlap_max=2, model_votes=True)
+    campaign.refresh_from_db()
+    people = [user_with_role("employee") for _ in range(2)]
+    for n, person in enumerate(people):
+        services.answer_submit(
+            user=person, task=withheld, choice="not_a_product", duration_ms=1500, idempotency_key=f"p{n}"
+        )
+    consensus_recompute(campaign_id=campaign.pk)  # the full EM, model voter on: no candidate score to vote on
+    withheld.refresh_from_db()
+    assert withheld.status == Task.Status.COMPLETE and withheld.label == "not_a_product"
+    points = AnswerPoints.objects.filter(task=withheld)
+    assert points.count() == 2 and all(p.points > 0 and p.outcome == "agree" for p in points)
+    with django_capture_on_commit_callbacks(execute=True):
+        snapshot = exports.export_create(name="withheld", formats=["jsonl", "csv", "parquet", "label_studio"])
+    snapshot.refresh_from_db()
+    assert snapshot.status == "done", snapshot.error
+    path = exports.export_file_path(snapshot=snapshot, path="jsonl/items.jsonl")
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["task"] == str(withheld.uuid) and record["candidates"] == []
+    assert record["suggestions_withheld_by"] == "head-strict"
+    match = record["labels"]["match"]
+    assert match["label"] == "not_a_product" and match["product"] is None and match["provenance"] == "human"
+    table = pq.read_table(exports.export_file_path(snapshot=snapshot, path="parquet/items.parquet"))
+    assert table.column("suggestions_withheld_by").to_pylist() == ["head-strict"]
+    assert table.column("candidates").to_pylist() == [[]]
+    csv_text = exports.export_file_path(snapshot=snapshot, path="csv/items.csv").read_text()
+    assert "suggestions_withheld_by" in csv_text.splitlines()[0] and ",[],head-strict," in csv_text
+    (studio,) = json.loads(exports.export_file_path(snapshot=snapshot, path="label_studio/tasks.json").read_text())
+    assert studio["data"]["candidates"] == [] and studio["data"]["suggestions_withheld_by"] == "head-strict"
