@@ -27,7 +27,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from catalog.attribute_schema import CATEGORY_SLUG, category_paths
@@ -603,10 +603,22 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
 
 
 def matching_report(*, campaign: Campaign) -> dict:
-    """For the ML page: a match campaign's matching heads and their training runs."""
+    """For the ML page: a match campaign's matching heads and their training runs. Each head carries
+    `withheld_count` (photos it withheld suggestions from that still carry its flag) and
+    `withheld_open_count` (of those, the ones nobody has answered yet); one grouped query."""
     scope = matching_scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.MATCHING, scope=scope).order_by("-created_at"))
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
+    withheld = {
+        row["suggestions_withheld_by"]: row
+        for row in Task.objects.filter(campaign=campaign, suggestions_withheld_by__isnull=False)
+        .values("suggestions_withheld_by")
+        .annotate(n=Count("pk"), open=Count("pk", filter=Q(status=Task.Status.OPEN, answer_count=0)))
+        .order_by()
+    }
+    for version in versions:
+        row = withheld.get(version.pk, {})
+        version.withheld_count, version.withheld_open_count = row.get("n", 0), row.get("open", 0)
     return {
         "scope": scope,
         "versions": versions,

@@ -295,6 +295,22 @@ def test_the_api_offers_no_product_choice_and_refuses_one(api, employee, campaig
     assert accepted.status_code == 201
 
 
+@pytest.mark.parametrize("role", ROLE_MATRIX)
+def test_the_ml_page_counts_the_photos_each_head_withheld(client, as_role, campaign, withheld, role):
+    Task.objects.filter(pk=photo_task(campaign, NON_PRODUCT).pk).update(
+        suggestions_withheld_by=campaign.head, answer_count=1
+    )
+    as_role(role)
+    response = client.get("/learning/")
+    if role not in ("ml", "admin"):
+        assert response.status_code == (302 if role == "anonymous" else 403)
+        return
+    body = response.content.decode()
+    assert "photos withheld (unanswered)" in body and "its suggestions are withheld" in body
+    row = body[body.index("<td>head-strict</td>") :]
+    assert "<td>2 (1)</td>" in row[: row.index("</tr>")]
+
+
 # -- consensus, points and exports of a withheld photo ----------------------------------------------
 
 
