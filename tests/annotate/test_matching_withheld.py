@@ -278,6 +278,14 @@ def test_answering_withheld_photos_stays_within_the_pinned_query_count(
     assert response["HX-Trigger"] == "answer-saved" and Answer.objects.count() == 2
 
 
+def test_the_task_selector_reads_a_withheld_photo_in_2_queries(withheld, django_assert_num_queries):
+    from annotate import selectors
+
+    with django_assert_num_queries(2):  # the task with its photo, campaign and head; no candidates
+        task = selectors.task_with_candidates(withheld.pk)
+        assert task.suggestions_withheld_by.name == "head-strict" and list(task.candidates.all()) == []
+
+
 def test_the_api_offers_no_product_choice_and_refuses_one(api, employee, campaign, withheld):
     api.force_authenticate(employee)
     data = api.get(f"/api/v1/campaigns/{campaign.slug}/next-task").json()
