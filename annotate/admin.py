@@ -53,7 +53,15 @@ class TaskCandidateInline(admin.TabularInline):
 class TaskAdmin(admin.ModelAdmin):
     list_display = ["uuid", "campaign", "status", "is_gold", "answer_count", "label", "confidence", "created_at"]
     list_filter = ["campaign", "status", "is_gold"]
-    readonly_fields = ["label", "posterior", "confidence", "priority", "consensus_version", "label_model_version"]
+    readonly_fields = [
+        "label",
+        "posterior",
+        "confidence",
+        "priority",
+        "consensus_version",
+        "label_model_version",
+        "suggestions_withheld_by",
+    ]
     raw_id_fields = ["photo"]
     list_select_related = ["campaign"]
     inlines = [TaskCandidateInline]

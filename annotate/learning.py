@@ -27,7 +27,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from catalog.attribute_schema import CATEGORY_SLUG, category_paths
@@ -547,7 +547,7 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
     """Snapshot a match campaign's verified photos and queue a matching-head retrain (queue gpu). The
     new head becomes active only if it beats the pretrained cosine and the active head on recall@1.
 
-    Not yet done: an active head does not change the suggestions of open tasks (see docs/learning.md).
+    On promotion, `matching_apply` re-suggests (or withholds) the open photos' candidates.
 
     Raises:
         ValueError: not a match campaign, or no embedding model version.
@@ -571,22 +571,40 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
 
 
 def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
-    """Re-suggest products for the open, unanswered, unleased photos of a match campaign with its
-    active matching head (or `version`): each such task's candidates become the head's top
-    campaign.candidate_count products with their cosine scores. A photo the head rejects (top-1
-    below its threshold) keeps its current candidates and is counted: withholding suggestions from
-    it in the verify page is not built yet.
+    """Re-suggest products for the open, unanswered, unleased, non-gold photos of a match campaign
+    with its active matching head (or `version`).
 
-    Tasks are re-checked under their row lock (still unanswered, no live lease), so a person looking
-    at a task never sees its candidates change under them. Returns {"tasks", "resuggested",
-    "rejected"}.
+    - A photo the head suggests products for: its candidates become the head's top
+      campaign.candidate_count products with their cosine scores, and a withholding by an earlier
+      head (`Task.suggestions_withheld_by`) is cleared ("restored").
+    - A photo the head rejects (top-1 cosine under the head's fitted rejection threshold, "this photo
+      shows no catalog product"): its candidates are deleted and `suggestions_withheld_by` is set to
+      the head ("withheld"). The verify page then shows the photo alone and asks only none / not a
+      product / unfit; a product pick is refused (services.answer_submit: no candidate to pick).
+
+    People still answer a withheld photo: the head's rejection is a suggestion, not a label. Routing
+    is unchanged (the task keeps its priority), and the model voter of consensus abstains on it (no
+    rank-1 candidate score, consensus.services.model_vote). A rollback re-runs this with the head
+    made active again (on_model_activated), which suggests or withholds by its own threshold.
+
+    Locks: each chunk's tasks are re-checked under their row lock (select_for_update: still open,
+    unanswered, not gold, no live lease) and their candidates and flag are written in that one
+    transaction, so a person looking at a task never sees its candidates change under them, and
+    answered, leased, gold or complete tasks are never touched. Idempotent: the same head gives the
+    same candidates and flags.
+
+    Returns {"tasks" (re-checked and written), "resuggested", "withheld", "restored" (of the
+    resuggested, those a head had withheld)}.
+
+    Raises:
+        OSError, ValueError: the head's checkpoint is missing or unreadable (match_head_load).
     """
     from mlcore.nn.matching import match_head_load, suggest
 
     from .models import Lease, TaskCandidate
 
     version = version or training.active_model(matching_scope_of(campaign), kind=ModelVersion.Kind.MATCHING)
-    counts = {"tasks": 0, "resuggested": 0, "rejected": 0}
+    counts = {"tasks": 0, "resuggested": 0, "withheld": 0, "restored": 0}
     if version is None:
         return counts
     head, extra = match_head_load(version.weights_path)
@@ -628,33 +646,51 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
         with transaction.atomic():
             fresh = set(
                 Task.objects.select_for_update(of=("self",))
-                .filter(pk__in=tasks, answer_count=0, status=Task.Status.OPEN)
+                .filter(pk__in=tasks, answer_count=0, status=Task.Status.OPEN, is_gold=False)
                 .exclude(pk__in=Lease.objects.filter(expires_at__gt=timezone.now()).values("task_id"))
                 .values_list("pk", flat=True)
             )
-            rows = []
+            rows, resuggested, withheld = [], [], []
             for task_id, suggested in zip(tasks, suggestions, strict=True):
                 if task_id not in fresh:
                     continue
-                counts["tasks"] += 1
                 if suggested is None:
-                    counts["rejected"] += 1
+                    withheld.append(task_id)
                     continue
                 rows += [
                     TaskCandidate(task_id=task_id, product_id=product_ids[p], rank=rank, score=round(score, 6))
                     for rank, (p, score) in enumerate(suggested, start=1)
                 ]
-                counts["resuggested"] += 1
-            TaskCandidate.objects.filter(task_id__in={r.task_id for r in rows}).delete()
+                resuggested.append(task_id)
+            TaskCandidate.objects.filter(task_id__in=resuggested + withheld).delete()
             TaskCandidate.objects.bulk_create(rows)
+            Task.objects.filter(pk__in=withheld).update(suggestions_withheld_by=version)
+            counts["restored"] += Task.objects.filter(pk__in=resuggested, suggestions_withheld_by__isnull=False).update(
+                suggestions_withheld_by=None
+            )
+            counts["tasks"] += len(resuggested) + len(withheld)
+            counts["resuggested"] += len(resuggested)
+            counts["withheld"] += len(withheld)
     return counts
 
 
 def matching_report(*, campaign: Campaign) -> dict:
-    """For the ML page: a match campaign's matching heads and their training runs."""
+    """For the ML page: a match campaign's matching heads and their training runs. Each head carries
+    `withheld_count` (photos it withheld suggestions from that still carry its flag) and
+    `withheld_open_count` (of those, the ones nobody has answered yet); one grouped query."""
     scope = matching_scope_of(campaign)
     versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.MATCHING, scope=scope).order_by("-created_at"))
     runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
+    withheld = {
+        row["suggestions_withheld_by"]: row
+        for row in Task.objects.filter(campaign=campaign, suggestions_withheld_by__isnull=False)
+        .values("suggestions_withheld_by")
+        .annotate(n=Count("pk"), open=Count("pk", filter=Q(status=Task.Status.OPEN, answer_count=0)))
+        .order_by()
+    }
+    for version in versions:
+        row = withheld.get(version.pk, {})
+        version.withheld_count, version.withheld_open_count = row.get("n", 0), row.get("open", 0)
     return {
         "scope": scope,
         "versions": versions,

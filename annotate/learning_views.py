@@ -31,8 +31,8 @@ def _curve(history: list[dict], key: str, *, width: int = 320, height: int = 80)
 @login_required
 @require_GET
 def learning_page(request):
-    """ML team and admins: the learning loop of every attribute campaign, and the matching head of
-    every match campaign."""
+    """ML team and admins: the learning loop of every attribute campaign, and the matching heads of
+    every match campaign with the photos each one withheld suggestions from."""
     selectors.snapshots_for_user(request.user)  # the ml/admin check
     sections, matching = [], []
     for campaign in Campaign.objects.order_by("name"):

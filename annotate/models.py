@@ -186,6 +186,13 @@ class Task(models.Model):
     label_model_version = models.ForeignKey(
         "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # Set when a matching head judged the photo to show no catalog product (its top-1 score under the
+    # head's rejection threshold) and withdrew its candidates (annotate.learning.matching_apply): the
+    # verify page then asks only none / not a product / unfit. Cleared when a later head suggests
+    # products again. Kept once people answered, as the record of what they were shown.
+    suggestions_withheld_by = models.ForeignKey(
+        "mlcore.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     # Bumped by every answer and undo; the full recompute writes a task only if it is unchanged.
     consensus_version = models.PositiveIntegerField(default=0)
     # A random position in [0, 2**31); a session's seed picks where in this order it starts.

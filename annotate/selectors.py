@@ -91,7 +91,7 @@ def campaign_consensus_summary(campaign: Campaign) -> dict:
 
 
 def _task_queryset():
-    return Task.objects.select_related("photo", "campaign").prefetch_related(
+    return Task.objects.select_related("photo", "campaign", "suggestions_withheld_by").prefetch_related(
         Prefetch(
             "candidates",
             queryset=TaskCandidate.objects.select_related("product", "product__retailer").prefetch_related(
@@ -102,7 +102,8 @@ def _task_queryset():
 
 
 def task_with_candidates(task_id: int) -> Task:
-    """A task with its photo, campaign and candidates (product, retailer, images) in 4 queries."""
+    """A task with its photo, campaign, the head that withheld its suggestions (if any) and its
+    candidates (product, retailer, images) in 4 queries (2 when it has no candidates)."""
     return _task_queryset().get(pk=task_id)
 
 

@@ -44,11 +44,22 @@ class TaskSerializer(serializers.Serializer):
     uuid = serializers.UUIDField()
     campaign = serializers.CharField(source="campaign.slug")
     photo = PhotoSerializer()
-    candidates = CandidateSerializer(many=True, source="candidates.all")
+    candidates = CandidateSerializer(
+        many=True, source="candidates.all", help_text="Empty when a matching head withheld the suggestions."
+    )
+    suggestions_withheld_by = serializers.CharField(
+        source="suggestions_withheld_by.name",
+        allow_null=True,
+        default=None,
+        help_text="The matching head that found no catalog product in the photo and withheld its suggestions.",
+    )
     choices = serializers.SerializerMethodField()
     lease_expires_at = serializers.DateTimeField(allow_null=True)
 
     def get_choices(self, task) -> list[str]:
+        """The answers this task takes: "product" only when it has candidates to pick from."""
+        if not task.candidates.all():
+            return [c for c in Answer.MATCH_CHOICES if c != Answer.Choice.PRODUCT]
         return list(Answer.MATCH_CHOICES)
 
 

@@ -330,10 +330,14 @@ def _choice_check(*, task: Task, choice: str, product_uuid) -> tuple[Product | N
         errors["choice"] = [f"must be one of {', '.join(Answer.MATCH_CHOICES)}"]
     product = None
     if choice == Answer.Choice.PRODUCT:
-        if not product_uuid:
+        candidates = list(task.candidates.all())
+        if not candidates:
+            # A matching head withheld this photo's suggestions (learning.matching_apply).
+            errors["choice"] = ["this photo has no suggested product to pick: answer none, not_a_product or unfit"]
+        elif not product_uuid:
             errors["product"] = ["required when choice is product"]
         else:
-            product = next((c.product for c in task.candidates.all() if str(c.product.uuid) == str(product_uuid)), None)
+            product = next((c.product for c in candidates if str(c.product.uuid) == str(product_uuid)), None)
             if product is None:
                 errors["product"] = ["is not one of this task's candidates"]
     elif product_uuid:

@@ -78,6 +78,7 @@ def items_schema(attributes: tuple[str, ...]) -> pa.Schema:
             ("image_url", pa.string()),
             ("split", pa.string()),
             ("candidates", pa.list_(candidate)),
+            ("suggestions_withheld_by", pa.string()),
             ("labels", pa.struct([(a, _label_struct()) for a in attributes])),
         ]
     )
@@ -229,6 +230,7 @@ class CsvWriter(Writer):
             "image_url",
             "split",
             "candidates",
+            "suggestions_withheld_by",
         ]
         columns += [f"{a}.{k}" for a in self.attributes for k in LABEL_FIELDS]
         self._items_file = open(folder / "items.csv", "w", encoding="utf-8", newline="")

@@ -119,6 +119,7 @@ class LabelStudioWriter(Writer):
                     "candidates_text": " | ".join(
                         f"{c['rank']}: {c['title']} ({c['sku']})" for c in record["candidates"]
                     ),
+                    "suggestions_withheld_by": record["suggestions_withheld_by"],
                 },
                 "annotations": annotations,
                 "predictions": [

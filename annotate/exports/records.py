@@ -24,7 +24,7 @@ from django.utils.dateparse import parse_datetime
 
 from ..models import AnnotatorStats, Answer, Campaign, Task, TaskCandidate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: items carry suggestions_withheld_by (the column after candidates)
 CHUNK = 2_000  # items per read; each chunk is three queries (items, candidates, answers)
 
 PROVENANCES = ("gold", "human", "model")
@@ -264,11 +264,13 @@ class _Sql:
         self.items = (
             f"SELECT t.id, {uuid_text('t.uuid')}, c.slug, c.kind, c.confidence_target, {uuid_text('p.uuid')}, "
             f"p.sha256, p.image, t.label, {'t.posterior::text' if pg else 't.posterior'}, t.confidence, "
-            f"t.answer_count, t.is_gold, g.label, {ts_text('g.created_at')}, {ts_text('t.completed_at')}, mv.name "
+            f"t.answer_count, t.is_gold, g.label, {ts_text('g.created_at')}, {ts_text('t.completed_at')}, mv.name, "
+            "wv.name "
             f"FROM {table[Task]} t JOIN {table[Campaign]} c ON c.id = t.campaign_id "
             f"JOIN {table[Photo]} p ON p.id = t.photo_id "
             f"LEFT JOIN {table[GoldLabel]} g ON g.task_id = t.id "
             f"LEFT JOIN {table[ModelVersion]} mv ON mv.id = t.label_model_version_id "
+            f"LEFT JOIN {table[ModelVersion]} wv ON wv.id = t.suggestions_withheld_by_id "
             f"WHERE {where('t.id')} ORDER BY t.id"
         )
         self.candidates = (
@@ -416,6 +418,7 @@ def _record(
         gold_at,
         completed_at,
         model_name,
+        withheld_by,
     ) = row
     if is_gold and gold_label is not None:
         label, posterior, confidence, provenance, settled_at = gold_label, {gold_label: 1.0}, 1.0, "gold", gold_at
@@ -455,6 +458,8 @@ def _record(
         "image_url": media_url + image,
         "split": split_of(photo),
         "candidates": candidates,
+        # The matching head that withheld the photo's suggestions (people saw no candidates), or None.
+        "suggestions_withheld_by": withheld_by,
         "labels": labels,
     }
 

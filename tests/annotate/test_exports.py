@@ -114,7 +114,8 @@ class TestRecords:
         assert record["split"] in ("train", "validation", "test")
         assert record["split"] == records.split_of(record["photo"])
         assert record["image_url"].endswith("/media/" + record["image_path"])
-        assert [c["rank"] for c in record["candidates"]] == [1, 2, 3]
+        assert [c["rank"] for c in record["candidates"]] == [1, 2, 3] and record["suggestions_withheld_by"] is None
+        assert snapshot.schema_version == records.SCHEMA_VERSION == 2
         assert (snapshot.item_count, snapshot.answer_count, snapshot.total_count) == (5, 0, 5)
 
     @pytest.mark.parametrize(

@@ -104,3 +104,46 @@ def test_three_answers_by_keyboard_without_a_reload(live_server, browser):
     _wait_for(lambda: _current_task(browser) == seen[2])
     assert Answer.objects.get(task__uuid=seen[2]).revoked_at is not None
     assert browser.execute_script("return window.__noReload;") == "still here"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_photo_without_suggestions_is_answered_by_keyboard(live_server, browser):
+    """A photo whose suggestions a matching head withheld: the number keys do nothing, x answers
+    "not a product" and brings the next task without a reload."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from annotate.models import Task
+    from mlcore.models import ModelVersion
+
+    campaign = CampaignFactory()
+    head = ModelVersion.objects.create(
+        name="head-strict",
+        kind=ModelVersion.Kind.MATCHING,
+        scope="matching:lunch",
+        backbone="synthetic",
+        image_size_px=32,
+        embedding_dim=8,
+    )
+    withheld = task_with_candidates(campaign, shuffle_key=10)
+    withheld.candidates.all().delete()
+    Task.objects.filter(pk=withheld.pk).update(suggestions_withheld_by=head)
+    user_with_role("employee", username="kim", password="kim-password-1")
+
+    browser.get(f"{live_server.url}/accounts/login/?next=/verify/{campaign.slug}/")
+    browser.find_element(By.NAME, "username").send_keys("kim")
+    browser.find_element(By.NAME, "password").send_keys("kim-password-1")
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    assert _wait_for(lambda: _current_task(browser)) == str(withheld.uuid)
+    assert "found no catalog product" in browser.find_element(By.ID, "task").text
+    following = task_with_candidates(campaign, shuffle_key=20)
+    browser.execute_script("window.__noReload = 'still here';")
+
+    ActionChains(browser).send_keys("1").perform()  # no candidate to pick: nothing happens
+    time.sleep(0.8)
+    assert _current_task(browser) == str(withheld.uuid) and not Answer.objects.exists()
+    ActionChains(browser).send_keys("x").perform()
+    _wait_for(lambda: _current_task(browser) == str(following.uuid))
+    answer = Answer.objects.get()
+    assert (answer.task_id, answer.choice, answer.product) == (withheld.pk, "not_a_product", None)
+    assert browser.execute_script("return window.__noReload;") == "still here"
