@@ -97,7 +97,7 @@ def test_three_answers_by_keyboard_without_a_reload(live_server, browser):
     assert [str(a.task.uuid) for a in answers] == seen[:3]
     assert answers[0].product == answers[0].task.candidates.get(rank=1).product
     assert all(a.duration_ms >= 250 for a in answers)
-    assert answers[0].duration_ms >= 450
+    assert answers[0].duration_ms >= 400  # a restarted clock would give about 200
 
     # z: the last answer is undone and its task is back on screen.
     ActionChains(browser).send_keys("z").perform()
