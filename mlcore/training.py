@@ -242,6 +242,43 @@ def dataset_build(
     return Dataset(product_ids, keys, image, text, split, targets, masks, values, multi)
 
 
+def dataset_labelled(data: Dataset, rows: np.ndarray) -> Dataset:
+    """`data` without the attributes that have no label among `rows` (the training split): a head
+    trained on nothing would still predict, and its guesses would pre-fill the tagging form. A
+    multi-choice attribute goes as a whole (its options share one mask). Logs what it drops.
+
+    Args:
+        data: from `dataset_build`.
+        rows: (n,) int indices into data's products.
+
+    Returns:
+        A Dataset sharing data's arrays (nothing copied).
+    """
+    from .nn.tagging import option_slug
+
+    labelled = {slug for slug in data.values if data.masks[slug][rows].any()}
+    multi = dict(data.multi)
+    for slug, options in list(multi.items()):
+        heads = {option_slug(slug, option) for option in options}
+        if not heads <= labelled:
+            labelled -= heads
+            del multi[slug]
+    dropped = sorted(set(data.values) - labelled)
+    if dropped:
+        logger.info("training: no training labels for %s; no head for them", ", ".join(dropped))
+    return Dataset(
+        data.products,
+        data.keys,
+        data.image,
+        data.text,
+        data.split,
+        {s: t for s, t in data.targets.items() if s in labelled},
+        {s: m for s, m in data.masks.items() if s in labelled},
+        {s: v for s, v in data.values.items() if s in labelled},
+        multi,
+    )
+
+
 def _uuid(value):
     import uuid
 
@@ -352,6 +389,8 @@ def model_metrics(model: TaggingModel, data: Dataset, rows: np.ndarray, *, targe
     pseudo = {nt.option_slug(slug, o): (slug, o) for slug, options in model.multi.items() for o in options}
     accuracies = []
     for slug, p in proba.items():
+        if slug not in data.masks:  # an attribute this data has no head for (no training labels)
+            continue
         mask = data.masks[slug][rows]
         if not mask.any():
             continue
@@ -500,9 +539,10 @@ def _train(run: TrainingRun) -> None:
         text_encoder=config.get("text_encoder", "minilm"),
         multi_choice=multi_choice,
     )
-    values = data.values  # the heads' attributes: multi choice as one pseudo-attribute per option
     train, val, test = (np.flatnonzero(data.split == s) for s in ("train", "validation", "test"))
-    if not len(train) or not any(data.masks[s][train].any() for s in values):
+    data = dataset_labelled(data, train)
+    values = data.values  # the heads' attributes: multi choice as one pseudo-attribute per option
+    if not len(train) or not values:
         raise TrainingError("the snapshot has no training labels")
     heads_config = nt.HeadsConfig(
         hidden_dim=int(config.get("hidden_dim", 0)),

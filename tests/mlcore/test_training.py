@@ -225,3 +225,44 @@ def test_a_multi_choice_label_naming_an_unknown_option_is_refused(tmp_path):
     ok = tmp_path / "ok.jsonl"
     ok.write_text('{"product": "x", "split": "train", "labels": {"season": {"label": ""}}}\n')
     assert training.snapshot_read(str(ok), values={"season": SEASONS}, multi_choice=["season"])
+
+
+def test_attributes_without_training_labels_get_no_head():
+    """A head trained on nothing would still predict and pre-fill the form: dataset_labelled drops
+    attributes with no label in the training rows, a multi-choice attribute as a whole."""
+    from mlcore.training import Dataset, dataset_labelled
+
+    n = 6
+    split = np.array(["train"] * 4 + ["test"] * 2)
+    masks = {
+        "color": np.array([1, 1, 0, 0, 1, 1], bool),
+        "neckline": np.array([0, 0, 0, 0, 1, 0], bool),  # a test label only
+        "season:summer": np.zeros(n, bool),
+        "season:winter": np.zeros(n, bool),
+    }
+    values = {
+        "color": ["red", "blue"],
+        "neckline": ["v", "crew"],
+        "season:summer": ["no", "yes"],
+        "season:winter": ["no", "yes"],
+    }
+    targets = {slug: np.zeros((n, len(v)), np.float32) for slug, v in values.items()}
+    data = Dataset(
+        list(range(n)),
+        [str(i) for i in range(n)],
+        np.zeros((n, 4)),
+        np.zeros((n, 3)),
+        split,
+        targets,
+        masks,
+        values,
+        {"season": ["summer", "winter"]},
+    )
+    kept = dataset_labelled(data, np.flatnonzero(split == "train"))
+    assert set(kept.values) == set(kept.masks) == set(kept.targets) == {"color"}
+    assert kept.multi == {} and kept.masks["color"] is masks["color"]
+    # With a season label in training, the attribute keeps both option heads.
+    masks["season:summer"][0] = masks["season:winter"][0] = True
+    kept = dataset_labelled(data, np.flatnonzero(split == "train"))
+    assert set(kept.values) == {"color", "season:summer", "season:winter"}
+    assert kept.multi == {"season": ["summer", "winter"]}
