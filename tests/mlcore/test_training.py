@@ -203,7 +203,8 @@ def test_a_multi_choice_label_trains_one_head_per_option_with_soft_targets(catal
     assert data.targets["season:summer"][1].tolist() == [0.75, 0.25]  # product 1: posterior, not chosen
     assert all(m.all() for m in data.masks.values())
 
-    run = _run(version, str(path), attributes=values, multi_choice=["season"], epochs=15, threshold_bound="point")
+    # 60 epochs: at 15 the exact-set accuracy was 0.83 in most runs, one wrong set from failing.
+    run = _run(version, str(path), attributes=values, multi_choice=["season"], epochs=60, threshold_bound="point")
     run = training.training_run_execute(run_id=run.pk)
     assert run.status == TrainingRun.Status.DONE and run.promoted
     metrics = run.candidate.metrics["attributes"]
