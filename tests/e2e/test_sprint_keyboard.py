@@ -13,7 +13,7 @@ from annotate.models import Answer, ConsensusMethod
 from gamify.models import AnswerPoints, BadgeAward, Sprint
 
 from ..factories import CampaignFactory, task_with_candidates, user_with_role
-from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _current_task, _wait_for, browser  # noqa: F401
+from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _current_task, _page_state, _wait_for, browser  # noqa: F401
 
 pytestmark = [
     pytest.mark.e2e,
@@ -62,8 +62,10 @@ def test_sprint_by_keyboard_alone(live_server, browser):  # noqa: F811
     for i, key in enumerate(("1", "0", "x")):
         time.sleep(0.3)
         ActionChains(browser).send_keys(key).perform()
-        seen.append(_wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t))
-        _wait_for(lambda n=str(i + 1): _text(browser, "#sprint-count") == n)
+        seen.append(
+            _wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t, describe=lambda: _page_state(browser))
+        )
+        _wait_for(lambda n=str(i + 1): _text(browser, "#sprint-count") == n, describe=lambda: _page_state(browser))
     # The celebration of the unseen badge arrived with the first answer, as a toast.
     assert "Rescued" in _wait_for(lambda: _text(browser, "#celebrations .celebration.badge"))
     progress = browser.execute_script("return document.getElementById('sprint-progress').value;")

@@ -53,14 +53,33 @@ def _current_task(driver) -> str | None:
     return driver.execute_script("""return document.querySelector('#task input[name="task"]')?.value || null;""")
 
 
-def _wait_for(predicate, timeout_s: float = 15.0):
+def _wait_for(predicate, timeout_s: float = 15.0, describe=None):
+    """predicate()'s first truthy value, polled every 50 ms; on timeout an AssertionError that
+    carries describe()'s account of the page, when given (a rare CI failure left nothing to read)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError("timed out waiting for the page")
+    raise AssertionError("timed out waiting for the page" + (f": {describe()}" if describe else ""))
+
+
+def _page_state(driver) -> str:
+    """What a stuck keyboard test needs to know: the task on screen, its notice, whether its buttons
+    are disabled, what has focus, and the answers stored."""
+    state = driver.execute_script(
+        """const t = document.getElementById('task');
+        return {state: t && t.dataset.state, shownAt: t && t.dataset.shownAt,
+                task: document.querySelector('#task input[name="task"]')?.value,
+                notice: document.querySelector('#task .notice')?.textContent,
+                disabled: [...document.querySelectorAll('#task button')].filter(b => b.disabled).length,
+                buttons: document.querySelectorAll('#task button').length,
+                active: document.activeElement && document.activeElement.outerHTML.slice(0, 80),
+                requests: document.querySelectorAll('.htmx-request').length};"""
+    )
+    answers = list(Answer.objects.order_by("created_at").values_list("task__uuid", "choice", "duration_ms"))
+    return f"page {state}; answers {answers}"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -88,7 +107,9 @@ def test_three_answers_by_keyboard_without_a_reload(live_server, browser):
             browser.execute_script("htmx.ajax('GET', location.pathname, {target: '#sprint', swap: 'none'});")
             time.sleep(0.2)
         ActionChains(browser).send_keys(key).perform()
-        seen.append(_wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t))
+        seen.append(
+            _wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t, describe=lambda: _page_state(browser))
+        )
 
     assert browser.execute_script("return window.__noReload;") == "still here"
     assert len(set(seen)) == 4 and set(seen) <= {str(t.uuid) for t in tasks}
