@@ -80,20 +80,14 @@ def learning_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
     option's P(selected) (not a distribution over options; see mlcore.training). Single-choice and
     rating labels are unchanged (no "kind")."""
     attributes = {a.pk: a for a in learned_attributes(campaign)}
-    last = ExportSnapshot.objects.filter(name=f"training-{campaign.slug}").aggregate(v=Max("version"))["v"] or 0
-    snapshot = ExportSnapshot.objects.create(
-        name=f"training-{campaign.slug}"[:80],
-        version=last + 1,
-        schema_version=SNAPSHOT_SCHEMA_VERSION,
-        status=ExportSnapshot.Status.RUNNING,
-        formats=["jsonl"],
+    snapshot = _snapshot_start(
+        f"training-{campaign.slug}",
         filters={
             "campaigns": [campaign.slug],
             "purpose": "training",
             "attributes": sorted(a.slug for a in attributes.values()),
         },
         created_by=created_by,
-        started_at=timezone.now(),
     )
     folder = snapshot_folder(snapshot)
     partial = folder.with_name(folder.name + ".partial")
@@ -158,6 +152,21 @@ def _multi_record(attribute: Attribute, label: str, posterior: dict) -> dict:
         "posterior": {o: round(float(posterior.get(o, float(o in chosen))), 6) for o in attribute.values()},
         "provenance": "human",
     }
+
+
+def _snapshot_start(name: str, *, filters: dict, created_by) -> ExportSnapshot:
+    """A RUNNING JSONL ExportSnapshot `name` (at most 80 characters), the next version of that name."""
+    last = ExportSnapshot.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
+    return ExportSnapshot.objects.create(
+        name=name[:80],
+        version=last + 1,
+        schema_version=SNAPSHOT_SCHEMA_VERSION,
+        status=ExportSnapshot.Status.RUNNING,
+        formats=["jsonl"],
+        filters=filters,
+        created_by=created_by,
+        started_at=timezone.now(),
+    )
 
 
 def _snapshot_finish(snapshot: ExportSnapshot, *, partial, count: int) -> ExportSnapshot:
@@ -494,16 +503,10 @@ def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
     model) and gold tasks; registered as a DONE export "matching-<campaign slug>" with its sha256."""
     from .models import GoldLabel, TaskCandidate
 
-    last = ExportSnapshot.objects.filter(name=f"matching-{campaign.slug}").aggregate(v=Max("version"))["v"] or 0
-    snapshot = ExportSnapshot.objects.create(
-        name=f"matching-{campaign.slug}"[:80],
-        version=last + 1,
-        schema_version=SNAPSHOT_SCHEMA_VERSION,
-        status=ExportSnapshot.Status.RUNNING,
-        formats=["jsonl"],
+    snapshot = _snapshot_start(
+        f"matching-{campaign.slug}",
         filters={"campaigns": [campaign.slug], "purpose": "matching"},
         created_by=created_by,
-        started_at=timezone.now(),
     )
     gold = dict(GoldLabel.objects.filter(task__campaign=campaign).values_list("task_id", "label"))
     settled = dict(

@@ -118,7 +118,7 @@ def matching_run_train(run: TrainingRun) -> None:
         rejection_threshold_fit,
         topk_scores,
     )
-    from .training import TrainingError, candidate_promote, checkpoints_root
+    from .training import TrainingError, candidate_path, candidate_promote, candidate_register
 
     config = run.config
     embedding_version = ModelVersion.objects.get(uuid=config["embedding_version"])
@@ -173,20 +173,15 @@ def matching_run_train(run: TrainingRun) -> None:
     metrics["pretrained"] = matching_metrics(data, evaluate_on, None, None)
     metrics["threshold"] = limit
     metrics["split_sizes"] = {"train": len(train), "validation": len(val), "test": len(test)}
-    path = checkpoints_root() / run.scope.replace(":", "-") / f"{run.uuid}.pt"
+    path = candidate_path(run)
     path.parent.mkdir(parents=True, exist_ok=True)
     sha256 = match_head_save(head, path, extra={"threshold": limit, "embedding_version": str(embedding_version.uuid)})
-    candidate = ModelVersion.objects.create(
-        name=f"matching-{run.scope}-{run.uuid.hex[:8]}",
+    candidate = candidate_register(
+        run,
         kind=ModelVersion.Kind.MATCHING,
-        status=ModelVersion.Status.CANDIDATE,
-        scope=run.scope,
-        backbone=embedding_version.backbone,
-        image_size_px=embedding_version.image_size_px,
-        embedding_dim=embedding_version.embedding_dim,
-        weights_path=str(path),
-        checkpoint_sha256=sha256,
-        snapshot_uuid=run.snapshot_uuid,
+        embedding_version=embedding_version,
+        path=path,
+        sha256=sha256,
         config={**config, "head": match_config.to_dict()},
         metrics=metrics,
     )

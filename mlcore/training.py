@@ -634,19 +634,14 @@ def _train(run: TrainingRun) -> None:
     evaluate_on = test if len(test) else calibrate
     metrics = model_metrics(model, data, evaluate_on, target=target)
     metrics["split_sizes"] = {"train": len(train), "validation": len(val), "test": len(test)}
-    path = checkpoints_root() / run.scope.replace(":", "-") / f"{run.uuid}.pt"
+    path = candidate_path(run)
     sha256 = model.save(path)
-    candidate = ModelVersion.objects.create(
-        name=f"tagging-{run.scope}-{run.uuid.hex[:8]}",
+    candidate = candidate_register(
+        run,
         kind=ModelVersion.Kind.TAGGING,
-        status=ModelVersion.Status.CANDIDATE,
-        scope=run.scope,
-        backbone=embedding_version.backbone,
-        image_size_px=embedding_version.image_size_px,
-        embedding_dim=embedding_version.embedding_dim,
-        weights_path=str(path),
-        checkpoint_sha256=sha256,
-        snapshot_uuid=run.snapshot_uuid,
+        embedding_version=embedding_version,
+        path=path,
+        sha256=sha256,
         config={**config, "heads": heads_config.to_dict()},
         metrics=metrics,
     )
@@ -659,6 +654,32 @@ def _train(run: TrainingRun) -> None:
 
 
 FOLDS = 3
+
+
+def candidate_path(run: TrainingRun) -> Path:
+    """Where a run's candidate checkpoint goes: <models root>/<scope>/<run uuid>.pt."""
+    return checkpoints_root() / run.scope.replace(":", "-") / f"{run.uuid}.pt"
+
+
+def candidate_register(
+    run: TrainingRun, *, kind: str, embedding_version: ModelVersion, path: Path, sha256: str, config: dict, metrics
+) -> ModelVersion:
+    """The CANDIDATE ModelVersion of a finished run ("<kind>-<scope>-<run uuid prefix>"), over
+    `embedding_version`'s backbone, with the checkpoint at `path` (its sha256) and the run's snapshot."""
+    return ModelVersion.objects.create(
+        name=f"{ModelVersion.Kind(kind).value}-{run.scope}-{run.uuid.hex[:8]}",
+        kind=kind,
+        status=ModelVersion.Status.CANDIDATE,
+        scope=run.scope,
+        backbone=embedding_version.backbone,
+        image_size_px=embedding_version.image_size_px,
+        embedding_dim=embedding_version.embedding_dim,
+        weights_path=str(path),
+        checkpoint_sha256=sha256,
+        snapshot_uuid=run.snapshot_uuid,
+        config=config,
+        metrics=metrics,
+    )
 
 
 def fold_of(key: str) -> int:
