@@ -1,0 +1,173 @@
+"""Generated "customer photo" views of catalog images, for training the matching CNN (stage 1), and the
+eval preprocessing shared by training and inference. Pure PyTorch + torchvision.transforms.v2.
+
+This module is the training side only. The demo's photo generator (catalog.demo_data) is never
+imported here, nor anywhere in mlcore.nn: the views below are built from library transforms so that
+the model learns invariances, not one generator's habits (a test imports this module with
+catalog.demo_data made unimportable).
+
+A view of product i, drawn from a generator seeded by (seed, epoch, i), so it is reproducible:
+1. the catalog image at the network size, with a foreground mask: pixels that differ from the
+   image's border colour (packshots have a plain background), closed by a 3×3 max-pool and softened;
+2. geometry (image and mask together): v2.RandomZoomOut (the item smaller in the frame),
+   v2.RandomAffine (rotation ±25°, shear, scale, shift), v2.RandomPerspective, v2.RandomResizedCrop
+   (a crop of 40-100% of the area, so parts of the item may be cut off), v2.RandomHorizontalFlip;
+3. background clutter behind the mask: other catalog images cropped and scaled by
+   v2.RandomResizedCrop, low-frequency noise, gratings and a flat level, mixed at random;
+4. photometry: v2.ColorJitter (brightness, contrast), v2.GaussianBlur, v2.RandomErasing with a
+   random fill (occlusion), v2.GaussianNoise.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights
+
+
+def _float_image(images: torch.Tensor, *, grayscale: bool) -> torch.Tensor:
+    """uint8 (B, C, H, W), C in {1, 3} → float32 in [0, 1], (B, 1, H, W) if grayscale else (B, 3, H, W)."""
+    x = images.float() / 255.0
+    if grayscale and x.shape[1] == 3:
+        x = (x * LUMA.view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    elif not grayscale and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x
+
+
+def _square(x: torch.Tensor, size_px: int) -> torch.Tensor:
+    """(B, C, H, W) float → (B, C, size_px, size_px): centre-crop to a square, resize (bilinear, antialiased)."""
+    h, w = x.shape[-2:]
+    if h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        x = x[..., top : top + side, left : left + side]
+    if x.shape[-1] != size_px:
+        x = F.interpolate(x, size=(size_px, size_px), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def _network_input(x: torch.Tensor) -> torch.Tensor:
+    """float (B, 1|3, S, S) in [0, 1] → (B, 3, S, S) normalised to about [-1, 1]."""
+    x = (x.clamp(0, 1) - 0.5) / 0.5
+    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def eval_batch(images: torch.Tensor, size_px: int, *, grayscale: bool) -> torch.Tensor:
+    """The eval transform: uint8 (B, C, H, W) → float32 (B, 3, size_px, size_px) network input."""
+    return _network_input(_square(_float_image(images, grayscale=grayscale), size_px))
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+
+
+class CatalogViews(torch.utils.data.Dataset):
+    """Dataset of (clean product (3, S, S), generated view (3, S, S), index) for stage 1.
+
+    products: uint8 (N, C, H, W). Set `.epoch` before each epoch: views differ per epoch and repeat
+    exactly for the same (seed, epoch, index).
+    """
+
+    def __init__(self, products: torch.Tensor, *, size_px: int, grayscale: bool, seed: int = 0):
+        self.images = _square(_float_image(products, grayscale=grayscale), size_px)  # (N, C, S, S)
+        self.size_px, self.seed, self.epoch = size_px, seed, 0
+        border = torch.cat(
+            [self.images[..., 0, :], self.images[..., -1, :], self.images[..., :, 0], self.images[..., :, -1]], dim=-1
+        )  # (N, C, 4S)
+        background = border.median(dim=-1).values[..., None, None]  # (N, C, 1, 1)
+        mask = ((self.images - background).abs().amax(dim=1, keepdim=True) > 0.04).float()
+        mask = F.max_pool2d(mask, 3, stride=1, padding=1)
+        self.masks = F.avg_pool2d(mask, 3, stride=1, padding=1)  # (N, 1, S, S) soft foreground
+        s = size_px
+        self.geometry = v2.Compose(
+            [
+                v2.RandomZoomOut(fill=0.0, side_range=(1.0, 2.0), p=0.5),
+                v2.RandomAffine(degrees=25, translate=(0.1, 0.1), scale=(0.8, 1.15), shear=(-10, 10, -10, 10)),
+                v2.RandomPerspective(distortion_scale=0.35, p=0.5),
+                v2.RandomResizedCrop(s, scale=(0.4, 1.0), ratio=(0.75, 1.333), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+        self.clutter = v2.Compose(
+            [
+                v2.RandomResizedCrop(s, scale=(0.1, 1.0), antialias=True),
+                v2.RandomRotation(180),
+            ]
+        )
+        self.photometry = v2.Compose(
+            [
+                v2.ColorJitter(brightness=0.5, contrast=0.5),
+                v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.6))], p=0.5),
+                v2.RandomChoice([v2.RandomErasing(p=0.5, scale=(0.02, 0.2), value=v) for v in (0.0, 0.35, 0.7, 1.0)]),
+                v2.GaussianNoise(mean=0.0, sigma=0.03, clip=True),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _background(self, index: int) -> torch.Tensor:
+        c, s = self.images.shape[1], self.size_px
+        level = torch.rand(c, 1, 1) * 0.8
+        bg = level.expand(c, s, s).clone()
+        if torch.rand(()) < 0.6:  # low-frequency noise: a few cells upsampled
+            cells = int(torch.randint(2, 9, ()))
+            noise = F.interpolate(torch.rand(1, c, cells, cells), size=(s, s), mode="bicubic", align_corners=False)[0]
+            bg = bg + (noise - 0.5) * float(torch.rand(()) * 0.8)
+        if torch.rand(()) < 0.3:  # a grating (fabric, blinds, tiles)
+            theta = float(torch.rand(()) * math.pi)
+            period = float(2 + torch.rand(()) * 10)
+            y, x = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+            wave = torch.sin(2 * math.pi * (x * math.cos(theta) + y * math.sin(theta)) / period)
+            bg = bg + wave * float(torch.rand(()) * 0.25)
+        if torch.rand(()) < 0.5:  # clutter: other catalog items behind the product
+            for _ in range(int(torch.randint(1, 4, ()))):
+                other = int(torch.randint(len(self.images), ()))
+                if other == index:
+                    continue
+                patch = self.clutter(torch.cat([self.images[other], self.masks[other]]))
+                alpha = patch[-1:] * float(0.3 + torch.rand(()) * 0.6)
+                bg = alpha * patch[:-1] + (1 - alpha) * bg
+        return bg.clamp(0, 1)
+
+    def view_of(self, index: int) -> torch.Tensor:
+        """A generated view of product `index` for this epoch: (3, S, S) float32 network input."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_item_seed(self.seed, self.epoch, index))
+            x = self.geometry(torch.cat([self.images[index], self.masks[index]]))  # (C+1, S, S)
+            image, mask = x[:-1], x[-1:].clamp(0, 1)
+            image = mask * image + (1 - mask) * self._background(index)
+            image = self.photometry(image.clamp(0, 1))
+        return _network_input(image[None])[0]
+
+    def __getitem__(self, index: int):
+        clean = _network_input(self.images[index][None])[0]
+        return clean, self.view_of(index), index
+
+
+class PhotoViews(torch.utils.data.Dataset):
+    """Dataset of (lightly augmented verified photo (3, S, S), index) for stage 2: a photo is already a
+    customer photo, so it only gets a mild crop, flip and lighting change."""
+
+    def __init__(self, photos: torch.Tensor, *, size_px: int, grayscale: bool, seed: int = 0):
+        self.images = _square(_float_image(photos, grayscale=grayscale), int(size_px * 1.15))
+        self.seed, self.epoch = seed, 0
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(size_px, scale=(0.7, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ColorJitter(brightness=0.2, contrast=0.2),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_item_seed(self.seed, self.epoch, index))
+            x = self.transform(self.images[index])
+        return _network_input(x[None])[0], index

@@ -1,0 +1,201 @@
+"""The trainable matching CNN (mlcore.nn.match_cnn, mlcore.nn.views): losses by hand, tiny training
+runs on the CPU, bit-identical resume, checkpoints, bad input, and independence from the demo's
+photo generator. Accuracy is measured by bench/match_recall.py --train, not here."""
+
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mlcore.nn import match_cnn as mc
+from mlcore.nn.views import CatalogViews, eval_batch
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = mc.MatchCNNConfig(
+    image_size_px=16, width=8, embedding_dim=16, epochs=2, batch_size=8, workers=0, photo_batch_size=4
+)
+
+
+def _catalog(n=24, seed=0):
+    """n distinct products: bright random blobs on black, 20×20, with 3 categories."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 1, 20, 20), np.uint8)
+    for i in range(n):
+        h, w = rng.integers(8, 16, size=2)
+        top, left = rng.integers(0, 20 - h), rng.integers(0, 20 - w)
+        images[i, 0, top : top + h, left : left + w] = rng.integers(60, 255, size=(h, w))
+    mask = torch.zeros(n, 3, dtype=torch.bool)
+    mask[torch.arange(n), torch.arange(n) % 3] = True
+    return torch.from_numpy(images), mask
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_partial_label_loss_is_minus_log_of_the_allowed_probability_mass():
+    logits = torch.tensor([[0.0, math.log(2.0), math.log(3.0)]])  # softmax = 1/6, 2/6, 3/6
+    mask = torch.tensor([[True, False, True]])
+    assert mc._partial_label_loss(logits, mask).item() == pytest.approx(-math.log(4 / 6))
+    one = torch.tensor([[False, True, False]])
+    assert mc._partial_label_loss(logits, one).item() == pytest.approx(-math.log(2 / 6))
+
+
+def test_conformal_threshold_is_the_floor_alpha_n_plus_1_th_smallest_score():
+    scores = torch.arange(1, 20, dtype=torch.float32) / 20  # n = 19: j = floor(0.1 * 20) = 2
+    assert mc.conformal_threshold(scores, max_rejection=0.1) == pytest.approx(0.10)
+    assert mc.conformal_threshold(scores[:5], max_rejection=0.1) is None  # floor(0.6) = 0: reject nothing
+
+
+def test_ranking_features_are_top1_the_gap_to_top2_and_to_the_mean_of_the_rest():
+    scores = torch.tensor([[0.9, 0.5, 0.3, 0.1]])
+    assert mc.ranking_features(scores)[0].tolist() == pytest.approx([0.9, 0.4, 0.9 - 0.3])
+
+
+def test_rejection_fit_separates_in_catalog_from_not_in_catalog():
+    generator = torch.Generator().manual_seed(0)
+    inside = torch.randn(200, 3, generator=generator) * 0.05 + torch.tensor([0.9, 0.3, 0.4])
+    outside = torch.randn(200, 3, generator=generator) * 0.05 + torch.tensor([0.6, 0.05, 0.1])
+    model = mc.rejection_fit(torch.cat([inside, outside]), torch.cat([torch.ones(200), torch.zeros(200)]).bool())
+    assert (model.probability(inside) > 0.5).float().mean() > 0.95
+    assert (model.probability(outside) < 0.5).float().mean() > 0.95
+    with pytest.raises(mc.MatchTrainingError, match="at least 2"):
+        mc.rejection_fit(inside, torch.ones(200, dtype=torch.bool))
+
+
+def test_views_are_reproducible_per_epoch_and_differ_across_epochs():
+    products, _ = _catalog()
+    views = CatalogViews(products, size_px=16, grayscale=True, seed=3)
+    first = views.view_of(5)
+    assert first.shape == (3, 16, 16) and first.dtype == torch.float32
+    assert torch.equal(first, views.view_of(5))
+    views.epoch = 1
+    assert not torch.equal(first, views.view_of(5))
+    clean, view, index = views[5]
+    assert torch.equal(clean, eval_batch(products[5:6], 16, grayscale=True)[0]) and index == 5
+
+
+def test_a_tiny_stage_1_run_trains_and_embeds_unit_vectors():
+    products, mask = _catalog()
+    trainer = mc.Trainer(mc.MatchData(products, mask), TINY, device=torch.device("cpu"))
+    history = trainer.fit()
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(math.isfinite(h["loss"]) and h["images_per_s"] > 0 for h in history)
+    z = mc.images_embed(trainer.model, products, TINY, device=torch.device("cpu"))
+    assert z.shape == (24, 16)
+    assert torch.allclose(z.norm(dim=1), torch.ones(24), atol=1e-5)
+
+
+def test_a_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    products, mask = _catalog()
+    data = mc.MatchData(products, mask)
+    config = replace(TINY, epochs=2)
+    straight = mc.Trainer(data, config, device=torch.device("cpu"))
+    straight.fit()
+
+    interrupted = mc.Trainer(data, config, device=torch.device("cpu"))
+    interrupted.train_one_epoch()
+    torch.save(interrupted.state_dict(), tmp_path / "ckpt.pt")
+    torch.manual_seed(12345)  # whatever the new process's RNG holds, the checkpoint restores it
+    resumed = mc.Trainer(data, config, device=torch.device("cpu"))
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    assert resumed.epoch == 1
+    resumed.fit()
+    assert _state_equal(straight.model.state_dict(), resumed.model.state_dict())
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+
+    other = mc.Trainer(data, replace(config, lr=0.5), device=torch.device("cpu"))
+    with pytest.raises(mc.MatchTrainingError, match="another config"):
+        other.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+
+
+def test_stage_2_learns_from_matches_hard_negatives_and_rejections():
+    products, mask = _catalog()
+    photos = products[:8].repeat(1, 3, 2, 2)  # (8, 3, 40, 40): 6 matches, 2 answered "none"
+    photo_product = torch.tensor([0, 1, 2, 3, 4, 5, -1, -1])
+    hard = torch.tensor([[6, 7]] * 6 + [[-1, -1]] * 2)
+    data = mc.MatchData(products, mask, photos=photos, photo_product=photo_product, hard_negatives=hard)
+    trainer = mc.Trainer(data, TINY, device=torch.device("cpu"), stage=2)
+    before = trainer.model.dustbin.detach().clone()
+    history = trainer.fit()
+    assert all(h["photo_loss"] > 0 for h in history)
+    assert not torch.equal(before, trainer.model.dustbin.detach())  # the no-match column trained
+    rejection = mc.rejection_calibrate(trainer.model, data, TINY, device=torch.device("cpu"), count=24)
+    assert len(rejection.weights) == 3 and rejection.threshold is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"products": torch.zeros(1, 1, 8, 8, dtype=torch.uint8)}, "at least 2"),
+        ({"products": torch.zeros(4, 2, 8, 8, dtype=torch.uint8)}, "uint8"),
+        ({"category_mask": torch.zeros(24, 3, dtype=torch.bool)}, "at least one possible leaf"),
+        (
+            {"photos": torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "photo_product": torch.tensor([0])},
+            "one catalog index",
+        ),
+        ({"photos": torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "photo_product": torch.tensor([99])}, "outside"),
+        (
+            {
+                "photos": torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+                "photo_product": torch.tensor([2]),
+                "hard_negatives": torch.tensor([[2, 3]]),
+            },
+            "own product",
+        ),
+    ],
+)
+def test_bad_training_data_is_refused_with_the_argument_named(change, message):
+    products, mask = _catalog()
+    fields = {"products": products, "category_mask": mask, **change}
+    if fields["products"] is not products and "category_mask" not in change:
+        fields["category_mask"] = torch.ones(len(fields["products"]), 3, dtype=torch.bool)
+    with pytest.raises(mc.MatchTrainingError, match=message):
+        mc.Trainer(mc.MatchData(**fields), TINY, device=torch.device("cpu"))
+
+
+def test_checkpoint_round_trip_gives_the_same_embeddings_and_a_bad_file_is_refused(tmp_path):
+    products, mask = _catalog()
+    trainer = mc.Trainer(mc.MatchData(products, mask), replace(TINY, epochs=1), device=torch.device("cpu"))
+    trainer.fit()
+    rejection = mc.Rejection([1.0, 0.0, 0.0], 0.0, [0.0] * 3, [1.0] * 3, threshold=0.4)
+    sha = mc.match_cnn_save(trainer.model, trainer.config, tmp_path / "m.pt", rejection=rejection, extra={"a": 1})
+    assert len(sha) == 64
+    model, config, loaded_rejection, extra = mc.match_cnn_load(tmp_path / "m.pt")
+    assert config == trainer.config and loaded_rejection == rejection and extra == {"a": 1}
+    cpu = torch.device("cpu")
+    assert torch.equal(
+        mc.images_embed(model, products, config, device=cpu),
+        mc.images_embed(trainer.model, products, config, device=cpu),
+    )
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(mc.MatchTrainingError, match="not a readable checkpoint"):
+        mc.match_cnn_load(tmp_path / "bad.pt")
+
+
+def test_stage_1_never_reads_the_demo_photo_generator():
+    """Train with catalog.demo_data and catalog.fashion_mnist made unimportable (None in sys.modules):
+    the training side must not need the demo's generator at all."""
+    script = """
+import sys
+for name in ("catalog.demo_data", "catalog.fashion_mnist", "catalog.images"):
+    sys.modules[name] = None
+import torch
+from mlcore.nn import match_cnn as mc
+images = (torch.rand(12, 1, 20, 20) * 255).to(torch.uint8)
+mask = torch.ones(12, 2, dtype=torch.bool)
+config = mc.MatchCNNConfig(image_size_px=16, width=8, embedding_dim=8, epochs=1, batch_size=4, workers=0)
+trainer = mc.Trainer(mc.MatchData(images, mask), config, device=torch.device("cpu"))
+trainer.fit()
+loaded = [m for m in sys.modules if m.startswith("catalog")]
+assert not loaded, loaded
+print("trained", len(trainer.history))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trained 1" in result.stdout
