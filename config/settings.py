@@ -154,11 +154,19 @@ CELERY_TASK_ROUTES = {
     "mlcore.train*": {"queue": "gpu"},
     "annotate.learning_apply": {"queue": "gpu"},  # runs the model over the open tasks
     "annotate.matching_apply": {"queue": "gpu"},
+    "annotate.backbone_apply": {"queue": "gpu"},
+    "mlcore.matching_pretrain": {"queue": "gpu"},
+    "mlcore.training_runs_recover": {"queue": "default"},
 }
 CELERY_TASK_IGNORE_RESULT = True
 # Full consensus recompute of campaigns whose answers changed (annotate.consensus). Each answer
 # already updates its own task; this re-fits annotator reliability over the whole campaign.
 CELERY_BEAT_SCHEDULE = {
+    "training-runs-recover": {
+        "task": "mlcore.training_runs_recover",
+        "schedule": env.float("FITCHECK_TRAINING_RECOVER_S", default=300.0),
+        "options": {"expires": 290},
+    },
     "consensus-recompute-dirty": {
         "task": "annotate.consensus_recompute_dirty",
         "schedule": env.float("FITCHECK_CONSENSUS_RECOMPUTE_S", default=60.0),
@@ -184,6 +192,10 @@ FITCHECK_FETCH_TIMEOUT_S = env.float("FITCHECK_FETCH_TIMEOUT_S", default=20.0)
 # Gold-dataset exports (annotate.exports): built by the worker, downloaded through permission-checked
 # views only, so never under MEDIA_ROOT (which any logged-in user may read).
 # Model checkpoints of the learning loop (mlcore.training); like exports, not under MEDIA_ROOT.
+# Stage 1 of the matching CNN (mlcore.matching_pretrain), queued when a match campaign is prepared.
+# Off with FITCHECK_MATCH_PRETRAIN=0; the config fields are mlcore.nn.match_cnn.MatchCNNConfig's.
+FITCHECK_MATCH_PRETRAIN = env.bool("FITCHECK_MATCH_PRETRAIN", default=True)
+FITCHECK_MATCH_PRETRAIN_CONFIG = {"epochs": env.int("FITCHECK_MATCH_PRETRAIN_EPOCHS", default=12)}
 FITCHECK_MODELS_ROOT = Path(env("FITCHECK_MODELS_ROOT", default=str(VAR_DIR / "models")))
 FITCHECK_EXPORTS_ROOT = Path(env("FITCHECK_EXPORTS_ROOT", default=str(VAR_DIR / "exports")))
 # Where image URLs in exports point: the public address of this server (MEDIA_URL is appended).

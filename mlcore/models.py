@@ -17,6 +17,7 @@ class ModelVersion(models.Model):
         EMBEDDING = "embedding", "Image embedding (matching)"
         TAGGING = "tagging", "Attribute tagging"
         MATCHING = "matching", "Matching head (photo to product, fine-tuned)"
+        BACKBONE = "backbone", "Matching CNN (trained on the catalog and verified matches)"
 
     class Status(models.TextChoices):
         TRAINING = "training", "Training"
@@ -50,7 +51,7 @@ class ModelVersion(models.Model):
             models.UniqueConstraint(fields=["name"], name="mlcore_modelversion_unique_name"),
             models.UniqueConstraint(
                 fields=["kind", "scope"],
-                condition=models.Q(status="active", kind__in=["tagging", "matching"]),
+                condition=models.Q(status="active", kind__in=["tagging", "matching", "backbone"]),
                 name="mlcore_modelversion_one_active_trained_model_per_scope",
             ),
         ]

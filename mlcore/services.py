@@ -78,10 +78,34 @@ def _model_for(version: ModelVersion):
         if version.uuid not in _model_cache:
             config = _embed_config(version)
             device = device_resolve(settings.FITCHECK_DEVICE)
-            model, spec = backbone_build(config.backbone, weights_path=config.weights_path)
-            transform = eval_transform(image_size_px=config.image_size_px, mean=spec.mean, std=spec.std)
+            if version.backbone == "match_cnn":  # trained by mlcore.matching_pretrain
+                model, transform = _match_cnn_for(version, device)
+            else:
+                model, spec = backbone_build(config.backbone, weights_path=config.weights_path)
+                transform = eval_transform(image_size_px=config.image_size_px, mean=spec.mean, std=spec.std)
             _model_cache[version.uuid] = (model_prepare(model, device), transform, device)
         return _model_cache[version.uuid]
+
+
+def _match_cnn_for(version: ModelVersion, device):
+    """(MatchNet, PIL image → (3, S, S) float32 network input) for a trained matching CNN; the
+    checkpoint's sha256 is checked against the registry's."""
+    import torch
+
+    from .nn.match_cnn import match_cnn_load
+    from .nn.views import eval_batch
+    from .training import TrainingError, file_sha256
+
+    if version.checkpoint_sha256 and file_sha256(version.weights_path) != version.checkpoint_sha256:
+        raise TrainingError(f"{version.weights_path} does not match the sha256 registered for {version.name}")
+    model, config, _, _ = match_cnn_load(version.weights_path)
+
+    def transform(image: Image.Image):
+        array = np.asarray(image.convert("RGB"))
+        return eval_batch(torch.from_numpy(array.transpose(2, 0, 1).copy())[None], config.image_size_px,
+                          grayscale=config.grayscale)[0]
+
+    return model, transform
 
 
 def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndarray:

@@ -18,3 +18,21 @@ def train_task(run_id: int) -> None:
     from . import training
 
     training.training_run_execute(run_id=run_id)
+
+
+@shared_task(name="mlcore.matching_pretrain", acks_late=True, ignore_result=True)
+def matching_pretrain_task(run_id: int) -> None:
+    """Train the matching CNN of BACKBONE TrainingRun `run_id` on the catalog (stage 1) and promote it
+    if it beats the serving model on held-out views (queue gpu). Idempotent and resumable from its
+    per-epoch checkpoint: see mlcore.matching_pretrain and mlcore.training.training_run_execute."""
+    from . import training
+
+    training.training_run_execute(run_id=run_id)
+
+
+@shared_task(name="mlcore.training_runs_recover", ignore_result=True)
+def training_runs_recover_task() -> None:
+    """Celery beat: re-queue training runs whose message was lost (a killed worker, a broker outage)."""
+    from . import training
+
+    training.training_runs_recover()

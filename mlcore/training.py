@@ -505,6 +505,10 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
             from .matching_training import matching_run_train
 
             matching_run_train(run)
+        elif run.kind == ModelVersion.Kind.BACKBONE:
+            from .matching_pretrain import pretrain_run_train
+
+            pretrain_run_train(run)
         else:
             _train(run)
     except Exception as exc:
@@ -517,6 +521,30 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         raise
     run.refresh_from_db()
     return run
+
+
+def training_runs_recover(*, pending_after: timedelta = STALE_RUN_AFTER) -> int:
+    """Re-queue every run nobody is working on: RUNNING with a heartbeat older than STALE_RUN_AFTER
+    (its worker died; the message may never be redelivered, as with the SQLite-file broker), or
+    PENDING for longer than `pending_after` (its message was lost). Safe to call at any time:
+    training_run_execute claims with a conditional update, so a duplicate message does nothing.
+    Returns the number of runs re-queued."""
+    from django.db.models import Q
+
+    from .tasks import matching_pretrain_task, train_task
+
+    now = timezone.now()
+    runs = list(
+        TrainingRun.objects.filter(
+            Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER)
+            | Q(status=TrainingRun.Status.PENDING, created_at__lt=now - pending_after)
+        ).values_list("pk", "kind")
+    )
+    for pk, kind in runs:
+        (matching_pretrain_task if kind == ModelVersion.Kind.BACKBONE else train_task).delay(pk)
+    if runs:
+        logger.info("re-queued %s stale training runs", len(runs))
+    return len(runs)
 
 
 def _train(run: TrainingRun) -> None:
