@@ -496,6 +496,49 @@ def matching_scope_of(campaign: Campaign) -> str:
     return f"matching:{campaign.slug}"
 
 
+def backbone_scope_of(campaign: Campaign) -> str:
+    """The model registry scope of a match campaign's trained matching CNNs (ModelVersion BACKBONE)."""
+    return f"backbone:{campaign.slug}"
+
+
+def backbone_apply_start(*, campaign: Campaign, version: ModelVersion) -> None:
+    """A matching CNN became active for `campaign`: embed the catalog and the photos with it (queue
+    gpu), then switch the campaign to it and re-suggest the open photos (`backbone_apply`). Each
+    step is idempotent; the embedding runs resume what a killed worker left."""
+    from celery import chain
+
+    from mlcore import services as ml_services
+    from mlcore.models import EmbeddingRun
+    from mlcore.tasks import embed_run_task
+
+    from .tasks import backbone_apply_task
+
+    products = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+    photos = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PHOTOS)
+    pipeline = chain(embed_run_task.si(products.pk), embed_run_task.si(photos.pk),
+                     backbone_apply_task.si(campaign.pk, version.pk))
+    transaction.on_commit(pipeline.delay)
+
+
+def backbone_apply(*, campaign: Campaign, version: ModelVersion) -> dict:
+    """Make `version` (an active BACKBONE model, its embeddings made) the campaign's embedding model:
+    new tasks get its suggestions; the campaign's active matching head, trained over the old
+    embedding, is retired; and the open, unanswered photos are re-suggested (`matching_apply`'s
+    locking and rules). A version that is no longer active changes nothing. Idempotent.
+
+    Returns matching_apply's counts."""
+    version.refresh_from_db()
+    if version.status != ModelVersion.Status.ACTIVE:
+        return {"tasks": 0, "resuggested": 0, "withheld": 0, "restored": 0}
+    with transaction.atomic():
+        Campaign.objects.filter(pk=campaign.pk).update(model_version=version)
+        ModelVersion.objects.filter(
+            kind=ModelVersion.Kind.MATCHING, scope=matching_scope_of(campaign), status=ModelVersion.Status.ACTIVE
+        ).update(status=ModelVersion.Status.RETIRED, retired_at=timezone.now())
+    campaign.refresh_from_db()
+    return matching_apply(campaign=campaign, version=version)
+
+
 def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
     """Freeze the verified photos of a match campaign in items.jsonl, one per line: {"photo",
     "split", "product" (the matched product's uuid, or null when people said none / not a product /
@@ -610,9 +653,14 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     counts = {"tasks": 0, "resuggested": 0, "withheld": 0, "restored": 0}
     if version is None:
         return counts
-    head, extra = match_head_load(version.weights_path)
-    threshold = extra.get("threshold")
-    embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
+    if version.kind == ModelVersion.Kind.BACKBONE:
+        head, embedding_version = None, version
+        suggest = _backbone_suggester(version)
+        threshold = None
+    else:
+        head, extra = match_head_load(version.weights_path)
+        threshold = extra.get("threshold")
+        embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
     from mlcore.models import PhotoEmbedding, ProductEmbedding
 
     dim = embedding_version.embedding_dim
@@ -677,13 +725,40 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     return counts
 
 
+def _backbone_suggester(version: ModelVersion):
+    """suggest()'s contract for a matching CNN: cosine top-k, or None ("no suggestion") when the
+    CNN's rejection model puts P(in catalog) under its conformal threshold."""
+    import torch
+
+    from mlcore.nn.match_cnn import match_cnn_load, ranking_features, topk_search
+
+    _, _, rejection, _ = match_cnn_load(version.weights_path)
+
+    def suggest(photos, products, head, *, k, threshold=None):
+        idx, scores = topk_search(torch.from_numpy(photos), torch.from_numpy(products), k=max(k, 10))
+        keep = torch.ones(len(idx), dtype=torch.bool)
+        if rejection is not None and rejection.threshold is not None and scores.shape[1] >= 2:
+            keep = rejection.probability(ranking_features(scores)) >= rejection.threshold
+        return [
+            [(int(p), float(s)) for p, s in zip(idx[i, :k], scores[i, :k], strict=True)] if keep[i] else None
+            for i in range(len(idx))
+        ]
+
+    return suggest
+
+
 def matching_report(*, campaign: Campaign) -> dict:
     """For the ML page: a match campaign's matching heads and their training runs. Each head carries
     `withheld_count` (photos it withheld suggestions from that still carry its flag) and
     `withheld_open_count` (of those, the ones nobody has answered yet); one grouped query."""
     scope = matching_scope_of(campaign)
-    versions = list(ModelVersion.objects.filter(kind=ModelVersion.Kind.MATCHING, scope=scope).order_by("-created_at"))
-    runs = list(TrainingRun.objects.filter(scope=scope).select_related("candidate").order_by("-created_at")[:20])
+    scopes = [scope, backbone_scope_of(campaign)]
+    versions = list(
+        ModelVersion.objects.filter(
+            kind__in=[ModelVersion.Kind.MATCHING, ModelVersion.Kind.BACKBONE], scope__in=scopes
+        ).order_by("-created_at")
+    )
+    runs = list(TrainingRun.objects.filter(scope__in=scopes).select_related("candidate").order_by("-created_at")[:20])
     withheld = {
         row["suggestions_withheld_by"]: row
         for row in Task.objects.filter(campaign=campaign, suggestions_withheld_by__isnull=False)
@@ -697,9 +772,15 @@ def matching_report(*, campaign: Campaign) -> dict:
     return {
         "scope": scope,
         "versions": versions,
-        "active": next((v for v in versions if v.status == ModelVersion.Status.ACTIVE), None),
+        "active": _active_of(versions, ModelVersion.Kind.MATCHING),
+        "active_backbone": _active_of(versions, ModelVersion.Kind.BACKBONE),
+        "serving": campaign.model_version,
         "runs": runs,
     }
+
+
+def _active_of(versions: list[ModelVersion], kind: str) -> ModelVersion | None:
+    return next((v for v in versions if v.status == ModelVersion.Status.ACTIVE and v.kind == kind), None)
 
 
 def category_backoff_report(*, campaign: Campaign, version: ModelVersion | None) -> dict:
@@ -813,6 +894,11 @@ def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=No
     """mlcore.training.model_activated → queue annotate.learning_apply for the campaign of `scope`.
     On a rollback, the labels the rolled-back model settled are withdrawn first (their tasks reopen):
     the ML team rolled it back because they do not trust it."""
+    if scope.startswith("backbone:"):
+        campaign = Campaign.objects.filter(slug=scope.removeprefix("backbone:")).first()
+        if campaign is not None:
+            backbone_apply_start(campaign=campaign, version=version)
+        return
     if scope.startswith("matching:"):
         campaign = Campaign.objects.filter(slug=scope.removeprefix("matching:")).first()
         if campaign is not None:

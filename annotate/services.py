@@ -68,6 +68,9 @@ def campaign_create(*, slug: str, name: str, model_version: ModelVersion, create
 def campaign_prepare(*, campaign: Campaign, demo_gold_count: int = 0) -> tuple[EmbeddingRun, EmbeddingRun]:
     """Queue the suggestion pipeline: embed products, embed photos (queue gpu), then build tasks, and
     for the demo, mark `demo_gold_count` tasks gold from the demo's ground truth (gold_mark_demo).
+    Then, for a match campaign on a pretrained embedding, train the matching CNN on the catalog
+    (mlcore.matching_pretrain, queue gpu): promoted, it replaces the campaign's embedding model and
+    re-suggests the open photos (annotate.learning.backbone_apply).
 
     The Celery chain is sent after the surrounding transaction commits. Safe to call again: each
     step only does what is missing.
@@ -90,9 +93,34 @@ def campaign_prepare(*, campaign: Campaign, demo_gold_count: int = 0) -> tuple[E
         ]
         if demo_gold_count:
             steps.append(demo_gold_mark_task.si(campaign.pk, demo_gold_count))
+        if _pretrain_wanted(campaign):
+            from mlcore.matching_pretrain import matching_pretrain_create
+            from mlcore.tasks import matching_pretrain_task
+
+            from .learning import backbone_scope_of
+
+            run = matching_pretrain_create(scope=backbone_scope_of(campaign), base_version=version)
+            # After the first tasks exist: people start on the pretrained model's suggestions.
+            steps.append(matching_pretrain_task.si(run.pk))
         pipeline = chain(*steps)
         transaction.on_commit(pipeline.delay)
     return products_run, photos_run
+
+
+def _pretrain_wanted(campaign: Campaign) -> bool:
+    """A match campaign serving a pretrained embedding gets a catalog-trained matching CNN (stage 1),
+    unless settings.FITCHECK_MATCH_PRETRAIN is off."""
+    from django.conf import settings
+
+    return (
+        settings.FITCHECK_MATCH_PRETRAIN
+        and campaign.kind == Campaign.Kind.MATCH
+        and version_is_pretrained(campaign.model_version)
+    )
+
+
+def version_is_pretrained(version: ModelVersion) -> bool:
+    return version.kind == ModelVersion.Kind.EMBEDDING
 
 
 def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:

@@ -73,3 +73,17 @@ def matching_apply_task(campaign_id: int) -> None:
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is not None:
         learning.matching_apply(campaign=campaign)
+
+
+@shared_task(name="annotate.backbone_apply", acks_late=True, ignore_result=True)
+def backbone_apply_task(campaign_id: int, version_id: int) -> None:
+    """After a matching CNN is activated and its embeddings are made: switch the campaign to it and
+    re-suggest open, unanswered photos (queue gpu). Idempotent."""
+    from mlcore.models import ModelVersion
+
+    from . import learning
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if campaign is not None and version is not None:
+        learning.backbone_apply(campaign=campaign, version=version)

@@ -15,6 +15,7 @@ def _test_settings(settings, tmp_path):
     settings.FITCHECK_EXPORTS_ROOT = tmp_path / "exports"
     settings.FITCHECK_MODELS_ROOT = tmp_path / "models"
     settings.FITCHECK_DEVICE = "cpu"
+    settings.FITCHECK_MATCH_PRETRAIN = False  # tests that want the matching CNN trained turn it on
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     celery_app.conf.task_always_eager = True
     celery_app.conf.task_eager_propagates = True

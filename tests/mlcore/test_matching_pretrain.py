@@ -1,0 +1,169 @@
+"""Stage 1 of the matching CNN in the product (mlcore.matching_pretrain): taxonomy partial labels, a
+run registered and promoted only when it beats the serving model, a killed run resuming to the same
+model, the stale-run sweep, and the campaign switching to a promoted CNN (annotate.learning)."""
+
+from datetime import timedelta
+
+import pytest
+import torch
+from django.utils import timezone
+
+from annotate import learning
+from annotate.models import Task, TaskCandidate
+from annotate.services import campaign_prepare
+from catalog.services import taxonomy_path_ensure
+from mlcore import matching_pretrain as mp
+from mlcore import training
+from mlcore.models import ModelVersion, PhotoEmbedding, ProductEmbedding, TrainingRun
+from mlcore.nn import match_cnn as mc
+
+from ..factories import CampaignFactory, ModelVersionFactory, PhotoFactory, ProductFactory
+
+TINY = {"image_size_px": 16, "width": 8, "embedding_dim": 16, "epochs": 2, "batch_size": 8, "workers": 0}
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def catalog():
+    shirt = taxonomy_path_ensure(path="Clothing › Tops › Shirt")
+    taxonomy_path_ensure(path="Clothing › Tops › Pullover")
+    boot = taxonomy_path_ensure(path="Shoes › Ankle boot")
+    tops = shirt.parent
+    products = [ProductFactory(master_category=[shirt, tops, boot, None][i % 4]) for i in range(16)]
+    return products
+
+
+def test_category_masks_give_a_leaf_its_column_an_inner_node_its_leaves_and_none_every_leaf(catalog):
+    mask, leaves = mp.category_masks(
+        ["Clothing › Tops › Shirt", "Clothing › Tops", None, "Shoes › Ankle boot", "Unknown › Thing"]
+    )
+    assert leaves == ["Clothing › Tops › Pullover", "Clothing › Tops › Shirt", "Shoes › Ankle boot"]
+    assert mask.tolist() == [
+        [False, True, False],
+        [True, True, False],
+        [True, True, True],
+        [False, False, True],
+        [True, True, True],  # a path the taxonomy does not hold constrains nothing
+    ]
+
+
+def test_catalog_load_reads_every_active_product_once_at_the_network_size(catalog):
+    catalog[0].is_active = False
+    catalog[0].save()
+    data = mp.catalog_load(size_px=28)
+    assert data["products"].shape == (15, 3, 28, 28) and data["products"].dtype.name == "uint8"
+    assert catalog[0].pk not in data["product_ids"].tolist()
+    assert data["category_mask"].shape == (15, 3)
+
+
+def _run(scope="backbone:test", **config):
+    base = ModelVersionFactory()
+    return mp.matching_pretrain_create(scope=scope, base_version=base, config={**TINY, **config})
+
+
+def test_a_run_registers_its_cnn_and_records_the_decision_against_the_serving_model(catalog):
+    run = _run()
+    assert mp.matching_pretrain_create(scope="backbone:test", base_version=ModelVersionFactory()) == run  # reused
+    run = training.training_run_execute(run_id=run.pk)
+    assert run.status == TrainingRun.Status.DONE, run.error
+    assert run.epoch == 2 and [h["epoch"] for h in run.history] == [1, 2]
+    candidate = run.candidate
+    assert candidate.kind == ModelVersion.Kind.BACKBONE and candidate.backbone == mp.BACKBONE_NAME
+    assert candidate.metrics["held_out_views"] >= 1
+    assert "recall_at_1" in candidate.metrics["base"]
+    assert run.decision
+    expected = ModelVersion.Status.ACTIVE if run.promoted else ModelVersion.Status.RETIRED
+    assert candidate.status == expected
+    model, config, rejection, _ = mc.match_cnn_load(candidate.weights_path)
+    assert config.image_size_px == 16 and rejection is not None
+    assert training.file_sha256(candidate.weights_path) == candidate.checkpoint_sha256
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_model(catalog, monkeypatch):
+    straight = training.training_run_execute(run_id=_run(scope="backbone:a", epochs=3).pk)
+    real = mc.Trainer.train_one_epoch
+
+    def killed_in_epoch_two(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt("worker killed")  # not an Exception: nothing catches it
+        return real(self)
+
+    monkeypatch.setattr(mc.Trainer, "train_one_epoch", killed_in_epoch_two)
+    run = _run(scope="backbone:b", epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        training.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.RUNNING and run.epoch == 1
+    assert training.training_run_execute(run_id=run.pk).status == TrainingRun.Status.RUNNING  # not stale yet
+    monkeypatch.setattr(mc.Trainer, "train_one_epoch", real)
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    resumed = training.training_run_execute(run_id=run.pk)
+    assert resumed.status == TrainingRun.Status.DONE and resumed.epoch == 3
+    a, *_ = mc.match_cnn_load(straight.candidate.weights_path)
+    b, *_ = mc.match_cnn_load(resumed.candidate.weights_path)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_sweep_requeues_stale_and_lost_runs_only(catalog, monkeypatch):
+    sent = []
+    from mlcore import tasks
+
+    monkeypatch.setattr(tasks.matching_pretrain_task, "delay", lambda pk: sent.append(("pretrain", pk)))
+    monkeypatch.setattr(tasks.train_task, "delay", lambda pk: sent.append(("train", pk)))
+    fresh = _run(scope="backbone:fresh")
+    lost = _run(scope="backbone:lost")
+    stale = _run(scope="backbone:stale")
+    TrainingRun.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    TrainingRun.objects.filter(pk=stale.pk).update(
+        status=TrainingRun.Status.RUNNING, heartbeat_at=timezone.now() - timedelta(hours=1)
+    )
+    assert training.training_runs_recover() == 2
+    assert sorted(sent) == sorted([("pretrain", lost.pk), ("pretrain", stale.pk)])
+    assert fresh.pk not in [pk for _, pk in sent]
+
+
+def test_preparing_a_campaign_trains_the_cnn_and_a_promoted_one_takes_over_the_open_tasks(
+    catalog, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    """Eager Celery: prepare → embed → tasks → stage 1 → promoted → re-embed → switch → re-suggest.
+    The serving model is scored below any candidate, so the promotion path is the one under test."""
+    monkeypatch.setattr(mp, "_score_version", lambda *args: -1.0)
+    settings.FITCHECK_MATCH_PRETRAIN = True
+    settings.FITCHECK_MATCH_PRETRAIN_CONFIG = TINY
+    for _ in range(6):
+        PhotoFactory()
+    campaign = CampaignFactory(model_version=ModelVersionFactory())
+    with django_capture_on_commit_callbacks(execute=True):
+        campaign_prepare(campaign=campaign)
+    run = TrainingRun.objects.get(kind=ModelVersion.Kind.BACKBONE, scope=learning.backbone_scope_of(campaign))
+    assert run.status == TrainingRun.Status.DONE, run.error
+    assert Task.objects.filter(campaign=campaign).count() == 6
+    assert run.promoted, run.decision
+    campaign.refresh_from_db()
+    assert campaign.model_version == run.candidate
+    assert ProductEmbedding.objects.filter(model_version=run.candidate).count() == 16
+    assert PhotoEmbedding.objects.filter(model_version=run.candidate).count() == 6
+    product_ids = set(ProductEmbedding.objects.filter(model_version=run.candidate).values_list("product_id", flat=True))
+    for task in Task.objects.filter(campaign=campaign):
+        candidates = list(TaskCandidate.objects.filter(task=task).values_list("product_id", flat=True))
+        if task.suggestions_withheld_by_id is None:  # re-suggested by the CNN: its products, its scores
+            assert len(candidates) == campaign.candidate_count and set(candidates) <= product_ids
+        else:
+            assert candidates == [] and task.suggestions_withheld_by == run.candidate
+
+
+def test_backbone_apply_does_nothing_for_a_model_that_is_no_longer_active(catalog):
+    campaign = CampaignFactory(model_version=ModelVersionFactory())
+    retired = ModelVersion.objects.create(
+        name="backbone-old",
+        kind=ModelVersion.Kind.BACKBONE,
+        status=ModelVersion.Status.RETIRED,
+        scope=learning.backbone_scope_of(campaign),
+        backbone=mp.BACKBONE_NAME,
+        image_size_px=16,
+        embedding_dim=16,
+    )
+    assert learning.backbone_apply(campaign=campaign, version=retired)["tasks"] == 0
+    campaign.refresh_from_db()
+    assert campaign.model_version != retired
