@@ -253,21 +253,21 @@ def _scene_wood(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _scene_tiles(rng: np.random.Generator, size: int) -> np.ndarray:
     u, v = _floor_uv(rng, size)
-    per = rng.uniform(1.5, 5)
+    kind = rng.choice(3, p=[0.5, 0.3, 0.2])  # plain glazed, terracotta, black-and-white check
+    per = rng.uniform(1.5, 5) if kind < 2 else rng.uniform(1.2, 2.5)  # a busy check in big tiles only
     gu, gv = u * per + rng.uniform(0, 1), v * per + rng.uniform(0, 1)
     iu, iv = np.floor(gu).astype(np.int64), np.floor(gv).astype(np.int64)
     fu, fv = gu - iu, gv - iv
     edge = np.minimum(np.minimum(fu, 1 - fu), np.minimum(fv, 1 - fv))
     grout = 1 - _smoothstep(edge, 0.015, 0.035)
     tone = rng.normal(0, 0.03, (16, 16)).astype(np.float32)[iu % 16, iv % 16]
-    kind = rng.integers(3)
-    if kind == 0:  # plain glazed tiles
+    if kind == 0:
         colour = np.broadcast_to(_WALLS[rng.integers(len(_WALLS))], (size, size, 3))
-    elif kind == 1:  # terracotta
+    elif kind == 1:
         colour = np.broadcast_to(np.array((0.70, 0.40, 0.28), np.float32) * rng.uniform(0.85, 1.1), (size, size, 3))
-    else:  # black-and-white check
+    else:
         dark = ((iu + iv) % 2 == 0)[..., None]
-        colour = np.where(dark, np.float32(0.15), np.float32(0.88)) * np.ones(3, np.float32)
+        colour = np.where(dark, np.float32(0.2), np.float32(0.85)) * np.ones(3, np.float32)
     y, x = _grid(size)
     gloss = 0.12 * np.exp(-((x - rng.uniform(-0.4, 0.4)) ** 2 + (y - rng.uniform(-0.4, 0.4)) ** 2) / 0.04)
     grout_colour = np.float32(rng.uniform(0.45, 0.8))
