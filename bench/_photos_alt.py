@@ -32,6 +32,7 @@ Run as a script to write a contact sheet and measure speed:
 """
 
 import argparse
+import functools
 import io
 import math
 import sys
@@ -108,10 +109,14 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(grid.resize((w, h), Image.BICUBIC), dtype=np.float32)
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates in [-0.5, 0.5] of a size x size frame: (y, x), each (size, size)."""
+    """Pixel-centre coordinates in [-0.5, 0.5] of a size x size frame: (y, x), each (size, size),
+    read-only (cached)."""
     c = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
-    return np.meshgrid(c, c, indexing="ij")
+    y, x = np.meshgrid(c, c, indexing="ij")
+    y.flags.writeable = x.flags.writeable = False
+    return y, x
 
 
 def _smoothstep(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -353,8 +358,8 @@ def _scene_table(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def _fabric(rng: np.random.Generator, res: int, base: np.ndarray) -> np.ndarray:
     """A fabric of colour `base` (3,) on a res x res square of the item: (res, res, 3) float32."""
-    c = np.arange(res, dtype=np.float32) * ITEM_UNITS / res
-    y, x = np.meshgrid(c, c, indexing="ij")  # item units
+    y, x = _grid(res)
+    y, x = (y + 0.5) * ITEM_UNITS, (x + 0.5) * ITEM_UNITS  # item units
     kind = rng.choice(["plain", "heather", "denim", "stripes", "gingham", "dots", "print"],
                       p=[0.3, 0.14, 0.12, 0.14, 0.1, 0.08, 0.12])
     second = _FABRIC_COLOURS[rng.integers(len(_FABRIC_COLOURS))]
