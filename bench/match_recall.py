@@ -67,6 +67,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="data seed for fashion_mnist_load (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
+    parser.add_argument("--train", action="store_true",
+                        help="also train the matching CNN (stage 1 from the catalog, stage 2 from verified matches) "
+                        "and report it on the demo photos and on the second generator (bench/_photos_alt.py)")
+    parser.add_argument("--skip-pretrained", action="store_true", help="with --train: skip the pretrained backbone")
+    parser.add_argument("--train-matches", type=int, default=1_000,
+                        help="stage 2: verified matches, photos of products with no test photo (default: %(default)s)")
+    parser.add_argument("--train-rejections", type=int, default=300,
+                        help="stage 2: photos answered none / not a product (default: %(default)s)")
+    parser.add_argument("--stage1-epochs", type=int, default=12, help="default: %(default)s")
+    parser.add_argument("--stage2-epochs", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--train-config", default="",
+                        help='JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. \'{"image_size_px": 40}\'')
+    parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda (default: %(default)s)")
+    parser.add_argument("--alt-size", type=int, default=96, help="second generator's photo side in px")
     parser.add_argument(
         "--database-url", default=None,
         help="run on this database (dropped and recreated; name must contain 'bench') instead of SQLite",
@@ -284,7 +298,7 @@ def main(argv=None) -> int:
     )
     product_class = _product_classes(args.dataset_dir)
     results = []
-    for size in args.image_size:
+    for size in [] if (args.train and args.skip_pretrained) else args.image_size:
         result = evaluate(backbone=args.backbone, image_size_px=size, args=args, product_class=product_class)
         results.append(result)
         print(report(result, k=args.k), end="\n\n", flush=True)
@@ -300,6 +314,10 @@ def main(argv=None) -> int:
              "photos img/s"], rows,
         ))
         print()
+    if args.train:
+        import _match_train
+
+        _match_train.stages_run(args, product_class)
     print(f"total {time.perf_counter() - started:.0f} s")
     return 0
 
