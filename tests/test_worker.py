@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 from kombu import pools as kombu_pools
 
 from annotate.models import Campaign, Task, TaskCandidate
@@ -56,20 +57,19 @@ def broker_url(tmp_path):
     return settings.CELERY_BROKER_URL
 
 
-@pytest.fixture
-def worker(broker_url, settings):
-    """A `celery worker` process on queues default and gpu, sharing this test's database and media."""
-    celery_app.conf.task_always_eager = False
-    _use_broker(broker_url)
+def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log"):
+    """Start a `celery worker` process on queues default and gpu, sharing this test's database and
+    media. Returns (process, log file opened w+)."""
     env = os.environ | {
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "FITCHECK_EXPORTS_ROOT": str(settings.FITCHECK_EXPORTS_ROOT),
+        "FITCHECK_MODELS_ROOT": str(settings.FITCHECK_MODELS_ROOT),
         "FITCHECK_DEVICE": "cpu",
         "PYTHONUNBUFFERED": "1",
     }
-    log = open(settings.MEDIA_ROOT.parent / "worker.log", "w+")  # noqa: SIM115 (closed below)
+    log = open(settings.MEDIA_ROOT.parent / log_name, "w+")  # noqa: SIM115 (closed by the caller)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -93,13 +93,26 @@ def worker(broker_url, settings):
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    yield process, log
+    return process, log
+
+
+def _worker_stop(process, log) -> None:
     process.terminate()
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+
+
+@pytest.fixture
+def worker(broker_url, settings):
+    """A `celery worker` process on queues default and gpu, sharing this test's database and media."""
+    celery_app.conf.task_always_eager = False
+    _use_broker(broker_url)
+    process, log = _worker_start(broker_url, settings)
+    yield process, log
+    _worker_stop(process, log)
     _use_broker(settings.CELERY_BROKER_URL)
 
 
@@ -219,3 +232,63 @@ def test_an_export_is_built_by_a_real_worker(worker, settings):
         assert hashlib.sha256((folder / listed["path"]).read_bytes()).hexdigest() == listed["sha256"]
     assert not folder.with_name(folder.name + ".partial").exists()
     assert "annotate.export_build" in _log_tail(log)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is_killed(broker_url, settings):
+    """Stage 1 of the matching CNN (tiny model, 16 products) on a real worker; kill -9 it mid-run; a
+    second worker, sent the run by the stale-run sweep, resumes from the last epoch's checkpoint."""
+    from mlcore import training
+    from mlcore.matching_pretrain import matching_pretrain_create
+    from mlcore.models import ModelVersion, TrainingRun
+    from mlcore.tasks import matching_pretrain_task
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    celery_app.conf.task_always_eager = False
+    _use_broker(broker_url)
+    for _ in range(16):
+        ProductFactory()
+    tiny = {"image_size_px": 16, "width": 8, "embedding_dim": 16, "epochs": 40, "batch_size": 8, "workers": 0}
+    run = matching_pretrain_create(scope="backbone:worker-test", base_version=ModelVersionFactory(), config=tiny)
+    first, first_log = _worker_start(broker_url, settings, log_name="worker-1.log")
+    try:
+        matching_pretrain_task.delay(run.pk)
+        deadline = time.monotonic() + 2 * WAIT_S  # the worker imports torch and torchvision first
+        while time.monotonic() < deadline and first.poll() is None:
+            run.refresh_from_db()
+            if run.epoch >= 2 or run.status != TrainingRun.Status.PENDING and run.status != TrainingRun.Status.RUNNING:
+                break
+            time.sleep(0.2)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.RUNNING and 2 <= run.epoch < 40, (
+            f"{run.status} at epoch {run.epoch}:\n{_log_tail(first_log)}"
+        )
+        first.kill()  # SIGKILL mid-run: nothing is cleaned up, the message is never acknowledged
+        first.wait(timeout=20)
+    finally:
+        _worker_stop(first, first_log)
+    killed_at = TrainingRun.objects.get(pk=run.pk).epoch
+    assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.RUNNING
+
+    # The heartbeat goes stale (made so here instead of waiting STALE_RUN_AFTER); the sweep re-sends it.
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - training.STALE_RUN_AFTER * 2)
+    second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
+    try:
+        assert training.training_runs_recover() >= 1
+        deadline = time.monotonic() + 2 * WAIT_S
+        while time.monotonic() < deadline and second.poll() is None:
+            run.refresh_from_db()
+            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+                break
+            time.sleep(0.5)
+        assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(second_log)}"
+        # It resumed from the checkpoint of the last epoch the first worker finished (or a later
+        # one, when the first worker saved another checkpoint between our read and the kill).
+        resumed_after = int(_log_tail(second_log).split("resumes after epoch ")[1].split()[0])
+        assert killed_at <= resumed_after < 40, _log_tail(second_log)
+    finally:
+        _worker_stop(second, second_log)
+        _use_broker(settings.CELERY_BROKER_URL)
+    assert run.epoch == 40 and [h["epoch"] for h in run.history] == list(range(1, 41))
+    assert run.candidate.kind == ModelVersion.Kind.BACKBONE and run.decision
