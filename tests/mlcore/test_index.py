@@ -1,10 +1,14 @@
-"""mlcore.nn.index (FAISS exact / HNSW / IVF-PQ)."""
+"""mlcore.nn.index (FAISS exact / HNSW / IVF-PQ) and its use by product_index_get."""
 
 import numpy as np
 import pytest
 
+from catalog.models import Product
+from mlcore import services
+from mlcore.models import PhotoEmbedding, ProductEmbedding
 from mlcore.nn.index import IndexFileError, index_build, index_load
 from mlcore.nn.infer import ExactIndex
+from tests.factories import ModelVersionFactory, PhotoFactory, ProductFactory
 
 
 def _unit(x):
@@ -183,3 +187,79 @@ def test_bad_search_input_raises_value_error_naming_it():
         index.search(np.full((1, 3), np.nan, np.float32), 1)
     with pytest.raises(ValueError, match="allowed_ids must be integers"):
         index.search(np.eye(3, dtype=np.float32), 1, allowed_ids=[1.5])
+
+
+# -- services ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def embedded(db):
+    """40 active products and one inactive, embedded (8-d) under one version; 5 photos near products."""
+    version = ModelVersionFactory(name="idx-8d", embedding_dim=8)
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng.normal(size=(41, 8)))
+    products = [ProductFactory(image=False) for _ in range(41)]
+    Product.objects.filter(pk=products[-1].pk).update(is_active=False)
+    for product, vector in zip(products, vectors, strict=True):
+        ProductEmbedding.objects.create(product=product, model_version=version, vector=vector.tobytes())
+    photos = []
+    for i in range(5):
+        photo = PhotoFactory()
+        near = vectors[i * 7] if i < 4 else vectors[-1]  # the last photo is its inactive product's
+        PhotoEmbedding.objects.create(photo=photo, model_version=version, vector=_unit(near + 0.01).tobytes())
+        photos.append(photo)
+    return version, products, vectors, photos
+
+
+def test_photos_topk_products_returns_the_brute_force_top_k(embedded):
+    version, products, vectors, photos = embedded
+    services._index_cache.clear()
+    top = services.photos_topk_products(version=version, photo_ids=[p.pk for p in photos], k=3)
+    pks = np.array([p.pk for p in products[:40]], np.int64)
+    for i, photo in enumerate(photos):
+        q = _unit(vectors[i * 7] + 0.01 if i < 4 else vectors[-1] + 0.01)[None]
+        truth, truth_scores = _brute(pks, vectors[:40], q, 3)
+        assert [p for p, _ in top[photo.pk]] == truth[0].tolist()
+        np.testing.assert_allclose([s for _, s in top[photo.pk]], truth_scores[0], atol=1e-5)
+    assert products[-1].pk not in {p for pairs in top.values() for p, _ in pairs}  # inactive
+
+
+def test_photos_topk_products_restricted_to_product_ids(embedded):
+    version, products, _, photos = embedded
+    services._index_cache.clear()
+    allowed = [p.pk for p in products[10:20]] + [products[-1].pk]  # the inactive one stays out
+    top = services.photos_topk_products(version=version, photo_ids=[p.pk for p in photos], k=4, product_ids=allowed)
+    for pairs in top.values():
+        assert len(pairs) == 4 and {p for p, _ in pairs} <= set(allowed[:-1])
+
+
+def test_product_index_is_saved_reloaded_and_rebuilt_when_the_key_changes(embedded):
+    version, products, vectors, _ = embedded
+    services._index_cache.clear()
+    index = services.product_index_get(version=version)
+    path = services.product_index_path(version)
+    assert path.exists() and len(index) == 40 and index.kind == "exact"
+    # A new process (empty cache) loads the file instead of rebuilding.
+    services._index_cache.clear()
+    written = path.stat().st_mtime_ns
+    again = services.product_index_get(version=version)
+    assert path.stat().st_mtime_ns == written
+    np.testing.assert_array_equal(np.sort(again.ids), np.sort(index.ids))
+    # A new embedding changes the key: rebuilt and rewritten.
+    newcomer = ProductFactory(image=False)
+    ProductEmbedding.objects.create(product=newcomer, model_version=version, vector=vectors[0].tobytes())
+    rebuilt = services.product_index_get(version=version)
+    assert len(rebuilt) == 41 and newcomer.pk in rebuilt.ids
+    services._index_cache.clear()
+    assert newcomer.pk in services.product_index_get(version=version).ids
+
+
+def test_a_corrupt_index_file_is_rebuilt_over(embedded):
+    version, *_ = embedded
+    services._index_cache.clear()
+    path = services.product_index_path(version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"garbage")
+    assert len(services.product_index_get(version=version)) == 40
+    services._index_cache.clear()
+    assert len(index_load(path)) == 40
