@@ -95,6 +95,17 @@ def test_filtering_never_returns_an_id_outside_allowed_ids(kind, share):
     np.testing.assert_allclose(scores, truth_scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("scale", [1, 10**9])  # dense ids (a lookup table) and sparse ones (bisection)
+def test_filtering_maps_ids_to_rows_whatever_their_spread(scale):
+    _, x = _clustered(400)
+    ids = np.random.default_rng(3).permutation(400).astype(np.int64) * scale + 5
+    index = index_build(ids, x, kind="hnsw", exact_below=50)
+    for allowed in (ids[::2], ids[::20]):  # 200 ids through HNSW's selector, 20 exactly
+        found, _ = index.search(x[:30], 5, allowed_ids=np.concatenate([allowed, [ids.max() + 1, 0]]))
+        assert np.isin(found, allowed).all()
+        assert _recall(found, _brute(ids, x, x[:30], 5, allowed)[0]) >= 0.95
+
+
 def test_filtering_with_fewer_allowed_than_k_and_unknown_ids():
     ids, x = _clustered(300)
     index = index_build(ids, x, kind="hnsw", exact_below=0)
