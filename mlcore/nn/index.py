@@ -85,7 +85,8 @@ def _ids_check(ids, name: str = "ids") -> np.ndarray:
 
 
 def _vectors_check(vectors, name: str, dim: int | None = None) -> np.ndarray:
-    """(N, D) finite float rows → C-contiguous float32, each row L2-normalised (a copy).
+    """(N, D) finite float rows → C-contiguous float32, each row L2-normalised (the input itself
+    when it already is all that, else a copy).
 
     Rows are normalised rather than rejected when they are not unit length: the contract is cosine
     similarity, which is the inner product of the normalised rows whatever the input, and some
@@ -100,7 +101,7 @@ def _vectors_check(vectors, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} have dimension {arr.shape[1]}, the index holds {dim}")
     if arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must be floating point, got dtype {arr.dtype}")
-    arr = np.array(arr, dtype=np.float32, order="C")  # a copy: normalised in place below
+    arr = np.ascontiguousarray(arr, dtype=np.float32)  # no copy when it already is (5 GB at 1M × 1280)
     if arr.size:
         if not np.isfinite(arr).all():
             raise ValueError(f"{name} contain NaN or infinite values")
@@ -110,6 +111,7 @@ def _vectors_check(vectors, name: str, dim: int | None = None) -> np.ndarray:
             raise ValueError(f"{name} row {zero[0]} is all zeros: no direction to compare ({zero.size} such rows)")
         off = np.abs(norms - 1.0) > NORM_TOLERANCE
         if off.any():
+            arr = arr.copy()  # never normalise the caller's array in place
             arr[off] /= norms[off, None]
     return arr
 

@@ -132,6 +132,9 @@ def test_vectors_that_are_not_normalised_are_normalised():
     ids, scores = index.search(np.array([[0.0, 5.0]], np.float32), 2)
     assert ids.tolist() == [[2, 1]]
     np.testing.assert_allclose(scores, [[np.sqrt(0.5), 0.0]], atol=1e-6)
+    caller = np.array([[3.0, 0.0]], np.float32)
+    index.search(caller, 1)
+    assert caller.tolist() == [[3.0, 0.0]]  # normalised in a copy, not in place
 
 
 @pytest.mark.parametrize("kind", ["exact", "hnsw", "ivfpq"])
