@@ -27,8 +27,7 @@ the allowed rows in SearchParametersHNSW / SearchParametersIVF, with efSearch (n
 1/(allowed share), at most 16×, because HNSW walks through excluded vectors too and needs a wider
 beam to collect k allowed ones. With 10% of 1M allowed: recall@10 0.9996, p50 8.2 ms / p99 14.9 ms
 a single query (the 10× beam, plus mapping the 100k ids to rows on every call), 523 queries/s
-batched. Rows the ANN
-search leaves short of k are redone exactly. Searches pass their beam in SearchParameters rather
+batched. Rows the ANN search leaves short of k are redone exactly. Searches pass their beam in SearchParameters rather
 than setting index fields, so concurrent searches on one index are safe.
 
 No Django here; mlcore.services turns rows into arrays and back.
