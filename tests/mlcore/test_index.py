@@ -87,7 +87,7 @@ def test_filtering_never_returns_an_id_outside_allowed_ids(kind, share):
     assert found.shape == (50, 10)
     assert np.isin(found, allowed).all()
     assert _recall(found, _brute(ids, x, queries, 10, allowed)[0]) >= 0.95
-    # The small-subset path: exact over the gathered rows.
+    # The small-subset path: an exact flat scan of the allowed rows.
     exact_subset = index_build(ids, x, kind=kind, exact_below=5000)
     found, scores = exact_subset.search(queries, 10, allowed_ids=allowed)
     truth, truth_scores = _brute(ids, x, queries, 10, allowed)
