@@ -250,7 +250,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
         "images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])) if trainer.history else None,
     }
     candidate = ModelVersion.objects.create(
-        name=f"backbone-{run.scope}-{run.uuid.hex[:8]}",
+        name=f"matching-cnn-{run.scope.removeprefix('backbone:')}-{run.uuid.hex[:8]}",
         kind=ModelVersion.Kind.BACKBONE,
         status=ModelVersion.Status.CANDIDATE,
         scope=run.scope,
