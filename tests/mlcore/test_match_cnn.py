@@ -192,7 +192,7 @@ mask = torch.ones(12, 2, dtype=torch.bool)
 config = mc.MatchCNNConfig(image_size_px=16, width=8, embedding_dim=8, epochs=1, batch_size=4, workers=0)
 trainer = mc.Trainer(mc.MatchData(images, mask), config, device=torch.device("cpu"))
 trainer.fit()
-loaded = [m for m in sys.modules if m.startswith("catalog")]
+loaded = [m for m, module in sys.modules.items() if m.startswith("catalog") and module is not None]
 assert not loaded, loaded
 print("trained", len(trainer.history))
 """
