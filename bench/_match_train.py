@@ -22,27 +22,6 @@ import _common
 import numpy as np
 
 
-def _leaf_masks(products) -> tuple[np.ndarray, list[str]]:
-    """(N, L) bool: the taxonomy leaves each product may be; leaf paths in column order."""
-    from catalog.models import TaxonomyNode
-
-    nodes = list(TaxonomyNode.objects.values_list("pk", "path"))
-    paths = [p for _, p in nodes]
-    leaves = sorted(p for p in paths if not any(q != p and q.startswith(p + " › ") for q in paths))
-    sep = " › "
-    column = {p: i for i, p in enumerate(leaves)}
-    mask = np.zeros((len(products), len(leaves)), bool)
-    for row, path in enumerate(products):
-        if path is None:
-            mask[row] = True
-        elif path in column:
-            mask[row, column[path]] = True
-        else:
-            under = [column[leaf] for leaf in leaves if leaf.startswith(path + sep)]
-            mask[row, under or list(range(len(leaves)))] = True
-    return mask, leaves
-
-
 def _u8(images) -> "torch.Tensor":  # noqa: F821
     import torch
 
@@ -55,21 +34,14 @@ def _u8(images) -> "torch.Tensor":  # noqa: F821
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _open(field_file):
-    from PIL import Image
-
-    with field_file.open("rb") as fh:
-        image = Image.open(fh)
-        image.load()
-    return image
-
-
 def data_collect(args, product_class: dict[int, int]) -> dict:
     """Everything the two stages train and are measured on, as uint8 tensors and index arrays."""
     import torch
 
     from catalog import demo_data
     from catalog.models import DemoPhotoTruth, Photo, Product
+    from mlcore.matching_pretrain import category_masks
+    from mlcore.services import _open_image
 
     products = list(
         Product.objects.filter(is_active=True)
@@ -78,11 +50,11 @@ def data_collect(args, product_class: dict[int, int]) -> dict:
         .select_related("master_category")
     )
     row_of = {p.pk: i for i, p in enumerate(products)}
-    product_images = [_open(sorted(p.images.all(), key=lambda i: (i.position, i.pk))[0].image) for p in products]
-    mask, leaves = _leaf_masks([p.master_category.path if p.master_category else None for p in products])
+    product_images = [_open_image(sorted(p.images.all(), key=lambda i: (i.position, i.pk))[0].image) for p in products]
+    mask, leaves = category_masks([p.master_category.path if p.master_category else None for p in products])
     truths = {t.photo_id: t for t in DemoPhotoTruth.objects.all()}
     photos = list(Photo.objects.filter(pk__in=list(truths)).order_by("pk"))
-    photo_images = [_open(p.image) for p in photos]
+    photo_images = [_open_image(p.image) for p in photos]
     kinds = np.array([truths[p.pk].kind for p in photos])
     photo_product = np.array([row_of.get(truths[p.pk].product_id, -1) for p in photos], np.int64)
     photo_label = np.array([-1 if truths[p.pk].source_label is None else truths[p.pk].source_label for p in photos])
@@ -249,16 +221,10 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
 
     print(f"stage 1: {config}", flush=True)
     trainer = mc.Trainer(catalog_data, config, device=device)
-    started = time.perf_counter()
-    trainer.fit(on_epoch=progress)
-    stage1_s = time.perf_counter() - started
-    rejection = mc.rejection_calibrate(trainer.model, catalog_data, config, device=device)
-    r1 = evaluate(trainer.model, config, data, rejection, k=args.k, device=device)
-    r1["train_s"] = stage1_s
-    r1["train_images_per_s"] = float(np.mean([h["images_per_s"] for h in trainer.history]))
+    r1 = _stage_run(trainer, catalog_data, data, args=args, device=device, progress=progress)
     print(
         report(
-            f"stage 1 (catalog only, {config.epochs} epochs, {stage1_s:.0f} s, "
+            f"stage 1 (catalog only, {config.epochs} epochs, {r1['train_s']:.0f} s, "
             f"{r1['train_images_per_s']:.0f} img/s on {device})",
             r1,
             k=args.k,
@@ -279,18 +245,12 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
         )
         config2 = dataclasses.replace(config, epochs=args.stage2_epochs, lr=config.lr / 3)
         trainer2 = mc.Trainer(stage2, config2, device=device, model=mc.model_copy(trainer.model), stage=2)
-        started = time.perf_counter()
         print(f"stage 2: {len(data['train_photos'])} verified photos, {config2.epochs} epochs", flush=True)
-        trainer2.fit(on_epoch=progress)
-        stage2_s = time.perf_counter() - started
-        rejection2 = mc.rejection_calibrate(trainer2.model, stage2, config2, device=device)
-        r2 = evaluate(trainer2.model, config2, data, rejection2, k=args.k, device=device)
-        r2["train_s"] = stage2_s
-        r2["train_images_per_s"] = float(np.mean([h["images_per_s"] for h in trainer2.history]))
+        r2 = _stage_run(trainer2, stage2, data, args=args, device=device, progress=progress)
         print(
             report(
                 f"stage 2 ({args.train_matches} verified matches + {args.train_rejections} rejections, "
-                f"{config2.epochs} epochs, {stage2_s:.0f} s, {r2['train_images_per_s']:.0f} img/s)",
+                f"{config2.epochs} epochs, {r2['train_s']:.0f} s, {r2['train_images_per_s']:.0f} img/s)",
                 r2,
                 k=args.k,
             ),
@@ -299,6 +259,21 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
         )
         results.append(("stage 2", r2))
     return results
+
+
+def _stage_run(trainer, train_data, data: dict, *, args, device, progress) -> dict:
+    """Train `trainer` to the end, fit its rejection model, evaluate; adds train_s and
+    train_images_per_s (the mean of its epochs') to evaluate()'s figures."""
+    from mlcore.nn import match_cnn as mc
+
+    started = time.perf_counter()
+    trainer.fit(on_epoch=progress)
+    train_s = time.perf_counter() - started
+    rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
+    result = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
+    result["train_s"] = train_s
+    result["train_images_per_s"] = float(np.mean([h["images_per_s"] for h in trainer.history]))
+    return result
 
 
 def _hard_negatives(model, config, data: dict, *, device) -> "torch.Tensor":  # noqa: F821
