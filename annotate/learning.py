@@ -520,6 +520,20 @@ def backbone_apply_start(*, campaign: Campaign, version: ModelVersion) -> None:
     transaction.on_commit(pipeline.delay)
 
 
+def backbones_unapplied_resume() -> list[Campaign]:
+    """Re-start `backbone_apply_start` for every match campaign whose active matching CNN is not yet
+    its embedding model: the chain that switches it was lost (a killed worker, a broker outage).
+    Idempotent: embedding runs embed only what is missing and backbone_apply re-checks. Run by
+    Celery beat with learning_due. Returns the campaigns resumed."""
+    resumed = []
+    for campaign in Campaign.objects.filter(kind=Campaign.Kind.MATCH).select_related("model_version"):
+        version = training.active_model(backbone_scope_of(campaign), kind=ModelVersion.Kind.BACKBONE)
+        if version is not None and campaign.model_version_id != version.pk:
+            backbone_apply_start(campaign=campaign, version=version)
+            resumed.append(campaign)
+    return resumed
+
+
 def backbone_apply(*, campaign: Campaign, version: ModelVersion) -> dict:
     """Make `version` (an active BACKBONE model, its embeddings made) the campaign's embedding model:
     new tasks get its suggestions; the campaign's active matching head, trained over the old

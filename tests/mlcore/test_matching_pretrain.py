@@ -167,3 +167,24 @@ def test_backbone_apply_does_nothing_for_a_model_that_is_no_longer_active(catalo
     assert learning.backbone_apply(campaign=campaign, version=retired)["tasks"] == 0
     campaign.refresh_from_db()
     assert campaign.model_version != retired
+
+
+def test_a_lost_switch_to_a_promoted_cnn_is_resumed_by_the_beat_task(catalog, monkeypatch):
+    started = []
+    monkeypatch.setattr(learning, "backbone_apply_start", lambda **kw: started.append(kw))
+    campaign = CampaignFactory(model_version=ModelVersionFactory())
+    assert learning.backbones_unapplied_resume() == []  # no CNN: nothing to resume
+    active = ModelVersion.objects.create(
+        name="matching-cnn-active",
+        kind=ModelVersion.Kind.BACKBONE,
+        status=ModelVersion.Status.ACTIVE,
+        scope=learning.backbone_scope_of(campaign),
+        backbone=mp.BACKBONE_NAME,
+        image_size_px=16,
+        embedding_dim=16,
+    )
+    assert learning.backbones_unapplied_resume() == [campaign]
+    assert started == [{"campaign": campaign, "version": active}]
+    campaign.model_version = active
+    campaign.save()
+    assert learning.backbones_unapplied_resume() == []  # switched: nothing left to do
