@@ -34,11 +34,18 @@ from .views import export_file_response
 
 
 def _verifier_only(fn):
+    """Django's PermissionDenied becomes DRF's (403 with a JSON body); a task or campaign of the other
+    kind becomes 404 (getters) or 400 (services) with code "wrong_campaign_kind"."""
+
     def wrapper(self, request, *args, **kwargs):
         try:
             return fn(self, request, *args, **kwargs)
         except DjangoPermissionDenied as exc:
             raise PermissionDenied(str(exc)) from exc
+        except selectors.CampaignKindMismatch as exc:
+            return Response({"code": exc.code, "detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
+        except services.WrongCampaignKind as exc:
+            return Response({"code": exc.code, "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__

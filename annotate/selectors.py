@@ -12,6 +12,25 @@ from . import roles
 from .models import AnnotatorStats, Answer, Campaign, ExportSnapshot, Task, TaskCandidate
 
 
+class CampaignKindMismatch(Http404):
+    """The campaign or task exists but is of the other kind (a match endpoint asked for an attributes
+    campaign's product task, or the reverse). A 404 on HTML pages; the API answers 404 with `code`."""
+
+    code = "wrong_campaign_kind"
+
+
+def campaign_kind_check(campaign: Campaign, kind: str) -> None:
+    """For getters: raises CampaignKindMismatch unless `campaign` is of `kind` (a Campaign.Kind value)."""
+    if campaign.kind != kind:
+        where = "/verify/<slug>/ and /api/v1/" if campaign.kind == Campaign.Kind.MATCH else "/tag/<slug>/"
+        raise CampaignKindMismatch(
+            f"“{campaign.slug}” is {_KIND_NAMES[campaign.kind]}, not {_KIND_NAMES[kind]}: it is answered at {where}."
+        )
+
+
+_KIND_NAMES = {Campaign.Kind.MATCH: "a match campaign", Campaign.Kind.ATTRIBUTES: "an attributes campaign"}
+
+
 def _require_verifier(user) -> None:
     if not roles.user_has_role(user, *roles.VERIFY_ROLES):
         raise PermissionDenied("Verifying matches needs the employee or admin role.")
@@ -39,16 +58,18 @@ def tag_campaigns_for_user(user):
 
 
 def get_campaign_for_user(user, slug: str) -> Campaign:
-    """The campaign `slug` if `user` may verify it.
+    """The match campaign `slug` if `user` may verify it.
 
     Raises:
         PermissionDenied: the user lacks the employee/admin role.
+        CampaignKindMismatch: `slug` is an attributes campaign (a 404).
         Http404: no such campaign, or it is paused.
     """
     _require_verifier(user)
     campaign = Campaign.objects.select_related("model_version").filter(slug=slug).first()
     if campaign is None or campaign.status == Campaign.Status.PAUSED:
         raise Http404("No such campaign.")
+    campaign_kind_check(campaign, Campaign.Kind.MATCH)
     return campaign
 
 
@@ -107,33 +128,41 @@ def task_with_candidates(task_id: int) -> Task:
     return _task_queryset().get(pk=task_id)
 
 
-def get_task_for_user(user, uuid) -> Task:
-    """The task `uuid` with its candidates, if `user` may answer it.
-
-    Raises:
-        PermissionDenied: the user lacks the employee/admin role.
-        Http404: no such task (or a malformed uuid).
-    """
-    _require_verifier(user)
+def _task_by_uuid(uuid) -> Task:
     try:
         return _task_queryset().get(uuid=uuid)
     except (Task.DoesNotExist, ValidationError, ValueError, TypeError):
         raise Http404("No such task.") from None
 
 
+def get_task_for_user(user, uuid) -> Task:
+    """The match task (a photo) `uuid` with its candidates, if `user` may answer it.
+
+    Raises:
+        PermissionDenied: the user lacks the employee/admin role.
+        CampaignKindMismatch: the task is a product task of an attributes campaign (a 404).
+        Http404: no such task (or a malformed uuid).
+    """
+    _require_verifier(user)
+    task = _task_by_uuid(uuid)
+    campaign_kind_check(task.campaign, Campaign.Kind.MATCH)
+    return task
+
+
 def get_task_for_gold_editor(user, uuid) -> Task:
-    """The task `uuid` if `user` may set gold answers (ML team or admin).
+    """The match task `uuid` if `user` may set gold answers (ML team or admin).
 
     Raises:
         PermissionDenied: the user lacks the ml/admin role.
+        CampaignKindMismatch: the task belongs to an attributes campaign (a 404).
         Http404: no such task (or a malformed uuid).
     """
     if not roles.user_has_role(user, roles.ML, roles.ADMIN):
         raise PermissionDenied("Gold answers are set by the ML team or admins.")
-    try:
-        return _task_queryset().get(uuid=uuid)
-    except (Task.DoesNotExist, ValidationError, ValueError, TypeError):
-        raise Http404("No such task.") from None
+    task = _task_by_uuid(uuid)
+    # Gold answers are match labels (campaign.labels()); attribute campaigns use calibration instead.
+    campaign_kind_check(task.campaign, Campaign.Kind.MATCH)
+    return task
 
 
 def campaign_progress(campaign: Campaign) -> dict:

@@ -50,6 +50,22 @@ class AnnotatorPaused(AnswerConflict):
         super().__init__("annotator_paused", "An admin has paused your work in this campaign.")
 
 
+class WrongCampaignKind(ValueError):
+    """The task belongs to the other kind of campaign: a match answer (or gold answer) for a product
+    task of an attributes campaign, or attribute values for a photo task. `code` is machine-readable."""
+
+    code = "wrong_campaign_kind"
+
+
+def campaign_kind_require(task: Task, kind: str) -> None:
+    """Raises WrongCampaignKind unless `task`'s campaign is of `kind` (Campaign.Kind) and the task is of
+    that kind's item (a photo for match, a product for attributes)."""
+    item_ok = task.photo_id is not None if kind == Campaign.Kind.MATCH else task.product_id is not None
+    if task.campaign.kind != kind or not item_ok:
+        wanted = "match (photo)" if kind == Campaign.Kind.MATCH else "attributes (product)"
+        raise WrongCampaignKind(f"task {task.uuid} is not a {wanted} task of a {kind} campaign.")
+
+
 class GoldInvalid(ValueError):
     """A gold label is not one of the campaign's labels."""
 
@@ -454,7 +470,9 @@ def answer_submit(
         AnswerConflict: code "idempotency_key_reused" (the key belongs to another answer),
             "already_answered", "task_complete", or "leased_to_other" (every remaining slot is
             reserved for other people).
+        WrongCampaignKind: `task` is a product task of an attributes campaign (nothing written).
     """
+    campaign_kind_require(task, Campaign.Kind.MATCH)
     choice, product, duration_ms, key = answer_validate(
         task=task, choice=choice, product_uuid=product_uuid, duration_ms=duration_ms, idempotency_key=idempotency_key
     )
@@ -559,7 +577,9 @@ def gold_set(*, task: Task, label: str, source: str = GoldLabel.Source.MANUAL, c
 
     Raises:
         GoldInvalid: `label` is not one of the campaign's labels.
+        WrongCampaignKind: `task` belongs to an attributes campaign (gold is for match campaigns).
     """
+    campaign_kind_require(task, Campaign.Kind.MATCH)
     campaign = task.campaign
     if label not in campaign.labels():
         raise GoldInvalid(f"label must be one of {', '.join(campaign.labels())}")

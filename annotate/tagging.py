@@ -44,15 +44,18 @@ from .models import (
     Task,
     TeamMember,
 )
+from .selectors import campaign_kind_check
 from .services import (
     SHUFFLE_SPACE,
     AnnotatorPaused,
     AnswerConflict,
     AnswerInvalid,
+    WrongCampaignKind,
     _answered_by,
     _first_from_seed,
     _stats_on_answer,
     annotator_stats_for,
+    campaign_kind_require,
     task_next_for,
 )
 
@@ -179,11 +182,13 @@ def tag_submit(
         PermissionDenied: the user lacks the tagger/admin role.
         AnswerInvalid: bad values, per attribute.
         AnswerConflict: "already_answered" (this person answered this product), "task_complete".
+        WrongCampaignKind: `task` is a photo task of a match campaign (nothing written).
     """
     from django.core.exceptions import PermissionDenied
 
     if not roles.user_has_role(user, *TAG_ROLES):
         raise PermissionDenied("Tagging needs the tagger or admin role.")
+    campaign_kind_require(task, Campaign.Kind.ATTRIBUTES)
     campaign = task.campaign
     previous = Answer.objects.filter(annotator=user, idempotency_key=idempotency_key).first()
     if previous is not None:
@@ -722,13 +727,15 @@ def get_tag_campaign_for_user(user, slug: str) -> Campaign:
 
     Raises:
         PermissionDenied: the user lacks the tagger/admin role.
-        Http404: no such attributes campaign, or it is paused.
+        CampaignKindMismatch: `slug` is a match campaign (a 404).
+        Http404: no such campaign, or it is paused.
     """
     if not roles.user_has_role(user, *TAG_ROLES):
         raise PermissionDenied("Tagging needs the tagger or admin role.")
-    campaign = Campaign.objects.filter(slug=slug, kind=Campaign.Kind.ATTRIBUTES).first()
+    campaign = Campaign.objects.filter(slug=slug).first()
     if campaign is None or campaign.status == Campaign.Status.PAUSED:
         raise Http404("No such attributes campaign.")
+    campaign_kind_check(campaign, Campaign.Kind.ATTRIBUTES)
     return campaign
 
 
@@ -779,7 +786,10 @@ def tag_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
 
     Raises:
         AnnotatorPaused: an admin paused this person in this campaign.
+        WrongCampaignKind: `campaign` is a match campaign.
     """
+    if campaign.kind != Campaign.Kind.ATTRIBUTES:
+        raise WrongCampaignKind(f"campaign {campaign.slug} is a match campaign: its tasks are photos, not products.")
     seed %= SHUFFLE_SPACE
     team_id = (
         TeamMember.objects.filter(user=user, team__calibration_campaigns=campaign)
