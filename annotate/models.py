@@ -41,10 +41,16 @@ class Campaign(models.Model):
     overlap_min = models.PositiveSmallIntegerField(default=1, help_text="Answers every task gets, however sure.")
     overlap_max = models.PositiveSmallIntegerField(default=7, help_text="Answers a task gets at most.")
     # Gold tasks (known answers) mixed into each person's queue.
+    # Whether a task is gold is drawn server-side (QueueDraw), never from anything the client sends.
     gold_first_count = models.PositiveSmallIntegerField(
-        default=5, help_text="A new annotator's first tasks in this campaign that are gold, if gold tasks exist."
+        default=5,
+        help_text="A new annotator's first answers in this campaign, during which each task is gold with "
+        "probability gold_early_rate (not a fixed count: nobody can tell which of them are checks).",
     )
-    gold_rate = models.FloatField(default=0.05, help_text="Share of later tasks that are gold, in [0, 1].")
+    gold_early_rate = models.FloatField(
+        default=0.5, help_text="Chance in [0, 1] that a task is gold during a person's first gold_first_count answers."
+    )
+    gold_rate = models.FloatField(default=0.05, help_text="Chance in [0, 1] that a later task is gold.")
     gold_min_accuracy = models.FloatField(
         default=0.7, help_text="Smoothed gold accuracy in [0, 1] under which a person is flagged."
     )
@@ -129,6 +135,8 @@ class Campaign(models.Model):
                 condition=Q(
                     gold_rate__gte=0,
                     gold_rate__lte=1,
+                    gold_early_rate__gte=0,
+                    gold_early_rate__lte=1,
                     gold_min_accuracy__gte=0,
                     gold_min_accuracy__lte=1,
                     flagged_vote_weight__gte=0,
@@ -349,6 +357,12 @@ class AnnotatorStats(models.Model):
     # From the full recompute.
     gold_answer_count = models.PositiveIntegerField(default=0)
     gold_correct_count = models.PositiveIntegerField(default=0)
+    # What the person may see of their gold record (consensus.services.gold_reveal): gold answers up to
+    # gold_shown_through, which moves only when GOLD_REVEAL_BATCH more gold answers have left the undo
+    # window, so no page tells which answer was a check.
+    gold_shown_answer_count = models.PositiveIntegerField(default=0)
+    gold_shown_correct_count = models.PositiveIntegerField(default=0)
+    gold_shown_through = models.DateTimeField(null=True, blank=True)
     agreement_total = models.PositiveIntegerField(default=0, help_text="Answers on tasks with 2+ answers.")
     agreement_count = models.PositiveIntegerField(default=0, help_text="Of those, answers equal to the consensus.")
     reliability = models.FloatField(null=True, blank=True, help_text="Expected accuracy in [0, 1] from consensus.")
@@ -373,6 +387,17 @@ class AnnotatorStats(models.Model):
         return f"stats of user {self.annotator_id} in campaign {self.campaign_id}"
 
     GOLD_PRIOR_K = 0.5  # Toloka's skill estimate q = (K + correct) / (2K + total)
+    GOLD_REVEAL_BATCH = 5  # gold answers revealed together, at the least
+
+    @property
+    def gold_shown_accuracy(self) -> float | None:
+        """The smoothed gold accuracy a person may see, in [0, 1]: as gold_accuracy, over the revealed
+        gold answers only (gold_shown_*); None before any is revealed."""
+        if not self.gold_shown_answer_count:
+            return None
+        return (self.GOLD_PRIOR_K + self.gold_shown_correct_count) / (
+            2 * self.GOLD_PRIOR_K + self.gold_shown_answer_count
+        )
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -386,6 +411,27 @@ class AnnotatorStats(models.Model):
     def agreement(self) -> float | None:
         """Share in [0, 1] of this person's answers on multi-answer tasks that equal the consensus."""
         return self.agreement_count / self.agreement_total if self.agreement_total else None
+
+
+class QueueDraw(models.Model):
+    """The server's secret draw for a person's next task in a campaign: whether it is a gold task, and
+    where in the gold tasks' shuffle order to pick it. Drawn with the operating system's randomness
+    (services.task_next_for) when the previous task is handed out, so the prefetch of the next task
+    and the task itself agree; never sent to the client, never derived from anything it sends."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    is_gold = models.BooleanField()
+    gold_key = models.PositiveIntegerField(help_text="Start, in [0, SHUFFLE_SPACE), of the gold pick's rotation.")
+    drawn_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "annotator"], name="annotate_queuedraw_unique"),
+        ]
+
+    def __str__(self):
+        return f"next-task draw of user {self.annotator_id} in campaign {self.campaign_id}"
 
 
 class ExportSnapshot(models.Model):

@@ -17,7 +17,7 @@ from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
 from mlcore.tasks import embed_run_task
 
 from .consensus.services import answers_needed, consensus_task_update
-from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, QueueDraw, Task, TaskCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -275,25 +275,61 @@ def annotator_stats_for(*, user, campaign: Campaign) -> AnnotatorStats | None:
     return AnnotatorStats.objects.filter(campaign=campaign, annotator=user).first()
 
 
-def gold_due(*, answered: int, campaign: Campaign, seed: int) -> bool:
-    """Whether the person's next task (after `answered` answers in the campaign) should be a gold
-    task: always for the first campaign.gold_first_count, then with probability campaign.gold_rate,
-    drawn from (session seed, answered) so that the prefetch of the following task can tell too."""
-    if answered < campaign.gold_first_count:
-        return True
-    return random.Random(f"{seed}:{answered}").random() < campaign.gold_rate
+# The operating system's randomness: nothing the client sends or sees can predict a gold draw. Tests may
+# swap in a seeded random.Random (the attacker still does not know its seed).
+_gold_rng: random.Random = random.SystemRandom()
+
+
+def gold_probability(*, answered: int, campaign: Campaign) -> float:
+    """Chance in [0, 1] that a person's task after `answered` answers in the campaign is gold:
+    campaign.gold_early_rate during their first campaign.gold_first_count answers, then
+    campaign.gold_rate."""
+    return campaign.gold_early_rate if answered < campaign.gold_first_count else campaign.gold_rate
+
+
+def gold_draw(*, user, campaign: Campaign, answered: int, previous: QueueDraw | None = None) -> QueueDraw:
+    """Draw, server-side, whether `user`'s next task in `campaign` (after `answered` answers) is gold,
+    and the start of its gold pick; store it (one row per person and campaign: `previous`, that row
+    if already read, is overwritten in one UPDATE). The draw is Bernoulli(gold_probability) from
+    `_gold_rng`; it is never sent to the client. Call inside the transaction that leases the task."""
+    is_gold = _gold_rng.random() < gold_probability(answered=answered, campaign=campaign)
+    gold_key = _gold_rng.randrange(SHUFFLE_SPACE)
+    if previous is not None:
+        QueueDraw.objects.filter(pk=previous.pk).update(is_gold=is_gold, gold_key=gold_key, drawn_at=timezone.now())
+        previous.is_gold, previous.gold_key = is_gold, gold_key
+        return previous
+    draw, _ = QueueDraw.objects.update_or_create(
+        campaign=campaign, annotator=user, defaults={"is_gold": is_gold, "gold_key": gold_key}
+    )
+    return draw
+
+
+def _gold_pick(*, user, campaign: Campaign, draw: QueueDraw | None, exclude=None):
+    """The gold task `draw` asks for (None when it draws a regular task, or no gold task is left for
+    `user`): the first unanswered gold task in shuffle order from the draw's own key."""
+    if draw is None or not draw.is_gold:
+        return None
+    queryset = _gold_for(user=user, campaign=campaign)
+    if exclude is not None:
+        queryset = queryset.exclude(pk=exclude.pk)
+    return _first_from_seed(queryset, draw.gold_key)
 
 
 def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
     """Hand `user` their next task in `campaign`, leased to them for campaign.lease_seconds.
 
     A person holding an unexpired lease on an open, unanswered task gets that task again (a page
-    reload does not skip work). Otherwise, a gold task when one is due (`gold_due`: the person's
-    first campaign.gold_first_count answers, then a campaign.gold_rate share) and one is left that
-    they have not answered; else the open regular task where one more answer helps most (highest
-    priority: the probability that it settles the task; `_open_for` says which tasks still want
-    someone), ties broken by the session's shuffled order (a seeded rotation of each task's random
-    shuffle_key). The person's other leases in the campaign are released.
+    reload does not skip work). Otherwise, a gold task when the server's draw for this task says so
+    (QueueDraw, `gold_draw`: probability gold_early_rate during the person's first
+    gold_first_count answers, then gold_rate, from the operating system's randomness) and one is
+    left that they have not answered; else the open regular task where one more answer helps most
+    (highest priority: the probability that it settles the task; `_open_for` says which tasks still
+    want someone), ties broken by the session's shuffled order (a rotation from `seed` of each
+    task's random shuffle_key). Then the draw for the person's following task is made. The person's
+    other leases in the campaign are released.
+
+    `seed` orders regular tasks only: whether a task is gold, and which gold task, never depends on
+    it or on anything else the client sends (issue 14: the seed used to decide gold).
 
     Locks: the chosen Task row (select_for_update skip_locked on PostgreSQL, so two people never
     race for the last slot; SQLite serialises writers). Idempotent while the lease lives.
@@ -330,9 +366,11 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
             for task in held:
                 if task.pk not in answered:
                     return task
-        task = None
-        if gold_due(answered=stats.answer_count if stats else 0, campaign=campaign, seed=seed):
-            task = _first_from_seed(_gold_for(user=user, campaign=campaign), seed)
+        answered = stats.answer_count if stats else 0
+        draw = QueueDraw.objects.filter(campaign=campaign, annotator=user).first()
+        if draw is None:
+            draw = gold_draw(user=user, campaign=campaign, answered=answered)
+        task = _gold_pick(user=user, campaign=campaign, draw=draw)
         if task is None:
             queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(
                 skip_locked=True, of=("self",)
@@ -343,23 +381,23 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
         if task is None:
             return None
         Lease.objects.create(task=task, annotator=user, expires_at=now + timedelta(seconds=campaign.lease_seconds))
+        gold_draw(user=user, campaign=campaign, answered=answered + 1, previous=draw)  # for the following task
     return task
 
 
 def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Task | None:
-    """The task `task_next_for` would most likely hand out after `current`, without leasing it: a
-    gold task when one will be due (so that gold tasks are prefetched like any other and load no
-    slower), else the most useful regular task.
+    """The task `task_next_for` would most likely hand out after `current`, without leasing it: the
+    gold task when the server's draw for the next task (QueueDraw) is gold, so that gold tasks are
+    prefetched like any other and load no slower, else the most useful regular task.
 
-    Used only to prefetch the next task's images; no lock, no write.
+    Used only to prefetch the next task's images; no lock, no write. It shows the client the next
+    task, never whether it is gold.
     """
     seed %= SHUFFLE_SPACE
-    stats = annotator_stats_for(user=user, campaign=campaign)
-    answered = (stats.answer_count if stats else 0) + 1
-    if gold_due(answered=answered, campaign=campaign, seed=seed):
-        gold = _first_from_seed(_gold_for(user=user, campaign=campaign).exclude(pk=current.pk), seed)
-        if gold is not None:
-            return gold
+    draw = QueueDraw.objects.filter(campaign=campaign, annotator=user).first()
+    gold = _gold_pick(user=user, campaign=campaign, draw=draw, exclude=current)
+    if gold is not None:
+        return gold
     queryset = _open_for(user=user, campaign=campaign, now=timezone.now()).exclude(pk=current.pk)
     return _most_useful(queryset, campaign=campaign, seed=current.shuffle_key)
 

@@ -19,8 +19,9 @@ equals the settled label / gold answer                agree      10 (AGREE_POINT
   consensus label. If it reopens or its label changes, every answer on it is settled again and the
   difference goes to the tallies (points can go down as well as up).
 - A gold task settles against its known answer at the full consensus recompute (Celery beat, every
-  FITCHECK_CONSENSUS_RECOMPUTE_S), not on the answer, so points never tell which task was a check.
-  Gold answers get no contested bonus.
+  FITCHECK_CONSENSUS_RECOMPUTE_S), not on the answer, and only once its author's gold record is
+  revealed (annotate.consensus.services.gold_reveal: five or more gold answers at once, all past the
+  undo window), so points never tell which task was a check. Gold answers get no contested bonus.
 - Contested (`is_contested`): the task's answers at human speed do not all agree, or it settled with
   a confidence under the campaign's confidence_target (it reached overlap_max instead).
 - Spam is judged when the answer is (re)settled; the full recompute re-settles the tasks of anyone

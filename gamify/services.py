@@ -61,7 +61,10 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
     given before gamify existed) get one.
 
     Gold tasks are settled against their known answer only when `include_gold` (the full
-    recompute); otherwise their answers keep their state, except that undone ones are revoked.
+    recompute), and then only the answers their author's revealed gold record covers
+    (AnnotatorStats.gold_shown_through, consensus.services.gold_reveal), so points and badges move
+    with that record, five checks at a time; otherwise their answers keep their state, except that
+    undone ones are revoked.
 
     Call inside the transaction that changed the tasks (the task rows locked by the caller). Locks the
     affected tally rows in id order (select_for_update), always last, so concurrent settlements do
@@ -141,6 +144,16 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
         if any_settled
         else set()
     )
+    revealed = {}  # (campaign id, annotator id) -> gold_shown_through
+    if gold:
+        revealed = {
+            (campaign_id, annotator_id): through
+            for campaign_id, annotator_id, through in AnnotatorStats.objects.filter(
+                campaign_id__in=campaign_ids,
+                annotator_id__in={a["annotator_id"] for a in answers},
+                gold_shown_through__isnull=False,
+            ).values_list("campaign_id", "annotator_id", "gold_shown_through")
+        }
     zone = timezone.get_current_timezone()  # settings.TIME_ZONE: the day an answer counts for
     by_task = defaultdict(list)
     for a in answers:
@@ -167,13 +180,15 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
         for a in task_answers:
             row = rows.get(a["pk"])
             is_revoked = a["revoked_at"] is not None
-            if task["is_gold"] and not include_gold and row is not None and not is_revoked:
-                continue  # gold answers settle only at the full recompute
+            through = revealed.get((task["campaign_id"], a["annotator_id"]))
+            gold_now = include_gold and through is not None and a["created_at"] <= through
+            if task["is_gold"] and not gold_now and row is not None and not is_revoked:
+                continue  # gold answers settle only at the full recompute, once revealed
             outcome, points = rules.answer_outcome(
                 answer_label=a["label"],
                 is_revoked=is_revoked,
                 is_too_fast=a["is_too_fast"],
-                is_settled=settled and not (task["is_gold"] and not include_gold),
+                is_settled=settled and not (task["is_gold"] and not gold_now),
                 reference_label=reference,
                 is_spam=(task["campaign_id"], a["annotator_id"]) in spam,
                 is_contested=contested,
@@ -197,7 +212,7 @@ def points_settle(*, task_ids, include_gold: bool = False, now=None, _tasks=None
                 delta[i] += new[i] - old[i]
             if outcome == Outcome.AGREE and previous != Outcome.AGREE:
                 agreed.append((a, row, a["pk"] == first_live))
-            if task["is_gold"] and include_gold and previous in (None, Outcome.PENDING):
+            if task["is_gold"] and gold_now and previous in (None, Outcome.PENDING):
                 if outcome in (Outcome.AGREE, Outcome.DISAGREE):
                     gold_settled.append((a, outcome))
     _rows_write(created, changed, now=now)

@@ -478,10 +478,46 @@ def _longest_runs(
 RUN_FLAG_PROBABILITY = 1e-3
 
 
+def gold_reveal(*, campaign: Campaign, stats: list[AnnotatorStats], now) -> None:
+    """Move each person's revealed gold record (AnnotatorStats.gold_shown_*) forward, in place.
+
+    A person's gold answers are revealed up to `gold_shown_through`. That point moves to their latest
+    gold answer older than the undo window (services.UNDO_WINDOW) only once at least
+    AnnotatorStats.GOLD_REVEAL_BATCH gold answers lie between it and the old point, so a page that
+    shows gold numbers (or the points and badges that gold answers earn) changes only after five new
+    checks at once, never within the undo window, and never tells which answer was a check. The
+    counts are then recounted over every live gold answer up to the point, against today's known
+    answers. One query (the campaign's live gold answers)."""
+    from ..services import UNDO_WINDOW
+
+    known = dict(GoldLabel.objects.filter(task__campaign=campaign).values_list("task_id", "label"))
+    by_person: dict[int, list[tuple]] = {}
+    rows = (
+        Answer.objects.filter(task_id__in=list(known), revoked_at__isnull=True)
+        .order_by("annotator_id", "created_at", "pk")
+        .values_list("annotator_id", "created_at", "task_id", "label")
+    )
+    for annotator_id, created_at, task_id, label in rows:
+        by_person.setdefault(annotator_id, []).append((created_at, label == known[task_id]))
+    settled_before = now - UNDO_WINDOW
+    for row in stats:
+        answers = by_person.get(row.annotator_id, [])
+        through = row.gold_shown_through
+        past_undo = [created for created, _ in answers if created <= settled_before]
+        new = [created for created in past_undo if through is None or created > through]
+        if len(new) >= AnnotatorStats.GOLD_REVEAL_BATCH:
+            through = past_undo[-1]
+        shown = [correct for created, correct in answers if through is not None and created <= through]
+        row.gold_shown_through = through
+        row.gold_shown_answer_count = len(shown)
+        row.gold_shown_correct_count = sum(shown)
+
+
 def annotator_flags(*, stats: AnnotatorStats, campaign: Campaign, run_probability: float | None = None) -> list[str]:
     """The flags a person's numbers raise (AnnotatorStats.Flag values):
-    - gold_accuracy_low: at least gold_min_answers gold answers and smoothed gold accuracy under
-      gold_min_accuracy;
+    - gold_accuracy_low: at least gold_min_answers revealed gold answers (gold_reveal: the person
+      sees their flags, so the flag moves only with the revealed record) and smoothed gold accuracy
+      over them under gold_min_accuracy;
     - too_fast: at least 5 answers under min_duration_ms, making up 20% or more of their answers;
     - same_option_run: a run of at least same_option_run_limit identical options that the campaign's
       labels make unlikely: run_probability (the class prior of that option to the power of the run
@@ -489,9 +525,9 @@ def annotator_flags(*, stats: AnnotatorStats, campaign: Campaign, run_probabilit
       nearly always right is no spam; twenty "none"s where a third of tasks are "none" is.
     """
     flags = []
-    gold_accuracy = stats.gold_accuracy
+    gold_accuracy = stats.gold_shown_accuracy
     if (
-        stats.gold_answer_count >= campaign.gold_min_answers
+        stats.gold_shown_answer_count >= campaign.gold_min_answers
         and gold_accuracy is not None
         and gold_accuracy < campaign.gold_min_accuracy
     ):
@@ -530,9 +566,13 @@ def _stats_write(
     bounds = np.searchsorted(worker_idx[order], np.arange(W + 1))
     durations = data["duration"][order]
     longest, current = _longest_runs(data["user"], label_idx)
-    rows = []
+    rows = [
+        stats_rows.get(user_id) or AnnotatorStats(campaign=campaign, annotator_id=user_id)
+        for user_id in user_ids.tolist()
+    ]
+    gold_reveal(campaign=campaign, stats=rows, now=now)
     for w, user_id in enumerate(user_ids.tolist()):
-        stats = stats_rows.get(user_id) or AnnotatorStats(campaign=campaign, annotator_id=user_id)
+        stats = rows[w]
         run_label, run_length = current.get(user_id, (None, 0))
         stats.answer_count = int(answer_count[w])
         stats.too_fast_count = int(too_fast[w])
@@ -550,12 +590,14 @@ def _stats_write(
         run_probability = float(result.class_prior[longest_label]) ** longest_length
         stats.flags = annotator_flags(stats=stats, campaign=campaign, run_probability=run_probability)
         stats.computed_at = now
-        rows.append(stats)
     fields = [
         "answer_count",
         "too_fast_count",
         "gold_answer_count",
         "gold_correct_count",
+        "gold_shown_answer_count",
+        "gold_shown_correct_count",
+        "gold_shown_through",
         "agreement_total",
         "agreement_count",
         "reliability",

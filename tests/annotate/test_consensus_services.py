@@ -1,8 +1,11 @@
 """Consensus on the database: per-task updates, dynamic overlap, routing by priority, gold mixing, the
 full recompute (idempotent, version-checked) and annotator flags."""
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
+from django.db.models import F
 
 from annotate import services
 from annotate.consensus import em
@@ -198,6 +201,9 @@ class TestFullRecompute:
         campaign.same_option_run_limit = 8
         campaign.save()
         good, bad, tasks = self._answered_campaign(campaign)
+        # Gold answers count towards what people see (the gold_accuracy_low flag) once past the undo
+        # window (consensus.gold_reveal).
+        Answer.objects.update(created_at=F("created_at") - timedelta(minutes=11))
         report = consensus.consensus_recompute(campaign_id=campaign.pk)
         assert report.answer_count == 32 and report.task_count == 8 and report.tasks_skipped == 0
         first = {t.pk: (t.label, t.posterior, t.status) for t in Task.objects.filter(campaign=campaign)}

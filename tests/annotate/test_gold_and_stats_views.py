@@ -2,9 +2,11 @@
 
 import json
 import re
+from datetime import timedelta
 from html.parser import HTMLParser
 
 import pytest
+from django.db.models import F
 from django.urls import reverse
 
 from annotate import services
@@ -151,9 +153,9 @@ def _assert_no_telltale_json(data) -> None:
 
 
 def _gold_campaign(*, regular: int = 4, **fields) -> tuple[Campaign, Task, list[Task]]:
-    """A campaign whose annotators get its one gold task first (gold_first_count=5), then only regular
-    tasks (gold_rate=0)."""
-    campaign = CampaignFactory(gold_first_count=5, gold_rate=0.0, **fields)
+    """A campaign whose annotators get its one gold task first (gold_first_count=5 at gold_early_rate
+    1), then only regular tasks (gold_rate=0)."""
+    campaign = CampaignFactory(gold_first_count=5, gold_early_rate=1.0, gold_rate=0.0, **fields)
     gold = task_with_candidates(campaign, shuffle_key=1)
     services.gold_set(task=gold, label=GOLD_LABEL)
     tasks = [task_with_candidates(campaign, shuffle_key=10 + i) for i in range(regular)]
@@ -304,33 +306,66 @@ def test_a_gold_task_was_prefetched_like_a_regular_one(client, employee):
     assert second_gold.photo.image.url in _prefetched(page)
 
 
-def test_my_stats_does_not_move_on_a_gold_answer_until_the_full_recompute(client, api, employee, employee2):
-    # gold_min_answers=1: one gold answer would be enough to show a gold accuracy, if it were counted.
-    campaign, gold, _ = _gold_campaign(gold_min_answers=1)
+def test_my_stats_moves_only_after_five_checks_past_the_undo_window(client, api, employee, employee2):
+    # gold_min_answers=1: one gold answer would be enough to show a gold accuracy, if it were shown.
+    campaign, gold, regular = _gold_campaign(gold_min_answers=1, regular=2)
+    checks = [gold]
+    for i in range(5):
+        task = task_with_candidates(campaign, shuffle_key=2 + i)
+        services.gold_set(task=task, label=GOLD_LABEL)
+        checks.append(task)
+    Campaign.objects.filter(pk=campaign.pk).update(gold_first_count=10)
     api.force_authenticate(employee)
-    assert api.get(next_task_url(campaign)).json()["uuid"] == str(gold.uuid)
+    served = api.get(next_task_url(campaign)).json()["uuid"]
+    assert served in {str(t.uuid) for t in checks}
     right = {"choice": GOLD_LABEL, "duration_ms": 1500, "idempotency_key": "g"}
-    assert api.post(api_answer_url(gold), right, format="json").status_code == 201
+    assert api.post(f"/api/v1/tasks/{served}/answers", right, format="json").status_code == 201
     # Someone who answered one regular task, for comparison.
-    regular = next(t for t in Task.objects.filter(campaign=campaign, is_gold=False))
-    _answer(employee2, regular, choice=GOLD_LABEL)
+    _answer(employee2, regular[0], choice=GOLD_LABEL)
 
+    def pages():
+        client.force_login(employee)
+        after_gold = client.get(reverse("annotate:my-stats")).content.decode()
+        client.force_login(employee2)
+        return after_gold, client.get(reverse("annotate:my-stats")).content.decode()
+
+    # The full recompute counts the check (admins see it), but the person's page does not move: it
+    # looks exactly like the page of someone who answered a regular task.
+    consensus_recompute(campaign_id=campaign.pk)
     stats = AnnotatorStats.objects.get(campaign=campaign, annotator=employee)
-    assert (stats.answer_count, stats.gold_answer_count, stats.gold_correct_count) == (1, 0, 0)
-    client.force_login(employee)
-    after_gold = client.get(reverse("annotate:my-stats")).content.decode()
-    client.force_login(employee2)
-    after_regular = client.get(reverse("annotate:my-stats")).content.decode()
+    assert (stats.gold_answer_count, stats.gold_correct_count) == (1, 1)
+    assert (stats.gold_shown_answer_count, stats.gold_shown_through) == (0, None)
+    after_gold, after_regular = pages()
     assert "after 1 checks" in after_gold
     assert _skeleton(_anonymise(after_gold)) == _skeleton(_anonymise(after_regular))
 
+    # Five checks, all still undoable: nothing shown yet.
+    for task in checks:
+        if not Answer.objects.filter(task=task, annotator=employee).exists():
+            if Answer.objects.filter(task__campaign=campaign, annotator=employee, task__is_gold=True).count() < 5:
+                _answer(employee, task, choice=GOLD_LABEL)
     consensus_recompute(campaign_id=campaign.pk)
     stats.refresh_from_db()
-    assert (stats.gold_answer_count, stats.gold_correct_count) == (1, 1)
-    client.force_login(employee)
-    recomputed = client.get(reverse("annotate:my-stats")).content.decode()
-    assert "after 1 checks" not in recomputed
-    assert "0.75" in recomputed  # (0.5 + 1) / (1 + 1)
+    assert (stats.gold_answer_count, stats.gold_shown_answer_count) == (5, 0)
+    assert "after 1 checks" in pages()[0]
+
+    # Past the undo window, the five are revealed together.
+    Answer.objects.update(created_at=F("created_at") - timedelta(minutes=11))
+    Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
+    consensus_recompute(campaign_id=campaign.pk)
+    stats.refresh_from_db()
+    assert (stats.gold_shown_answer_count, stats.gold_shown_correct_count) == (5, 5)
+    shown = pages()[0]
+    assert "after 1 checks" not in shown
+    assert "0.92" in shown and "of 5" in shown  # (0.5 + 5) / (1 + 5)
+
+    # One more check, even past the undo window, waits for four more.
+    last = next(t for t in checks if not Answer.objects.filter(task=t, annotator=employee).exists())
+    _answer(employee, last, choice="none")
+    Answer.objects.filter(task=last).update(created_at=F("created_at") - timedelta(minutes=11))
+    consensus_recompute(campaign_id=campaign.pk)
+    stats.refresh_from_db()
+    assert (stats.gold_answer_count, stats.gold_shown_answer_count) == (6, 5)
 
 
 # -- a paused annotator gets no tasks ----------------------------------------------------------------

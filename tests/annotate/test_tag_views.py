@@ -607,15 +607,16 @@ def test_answer_partial_query_count_is_pinned(client, campaign, schema, django_a
     # (3), the locked task, the answer, its values, the stats counters (first answer: the row is
     # created), the task counter, the taggers' reliability per attribute, the consensus upserts, with
     # their savepoints, and the campaign's dirty flag; then the next
-    # product: today's count, the calibration team, routing (stats, held leases, queue) and the new
-    # lease, the product with its images, the attributes again (3) and the model's suggestions.
-    with django_assert_num_queries(47):
+    # product: today's count, the calibration team, routing (stats, held leases, the server's gold
+    # draw read and redrawn, queue) and the new lease, the product with its images, the attributes
+    # again (3) and the model's suggestions.
+    with django_assert_num_queries(49):
         response = client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert response.status_code == 200 and Answer.objects.count() == 1
     _tasks(campaign, 10)
     Task.objects.update(shuffle_key=F("id") + 1000)
     fields = _hidden(response.content.decode())
-    with django_assert_num_queries(43):  # the stats row exists now: no get_or_create
+    with django_assert_num_queries(45):  # the stats row exists now: no get_or_create
         client.post(answer_url(campaign), {**fields, **SANDAL_VALUES, "duration_ms": "2000"}, **HTMX)
     assert Answer.objects.count() == 2
 

@@ -3,10 +3,11 @@ the consensus hooks): hand-made crowds with known outcomes, tallies kept equal t
 
 import io
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from annotate.consensus.services import consensus_recompute
 from annotate.models import AnnotatorStats, Answer, ConsensusMethod, Lease, Task, Team, TeamMember
@@ -158,24 +159,42 @@ def test_bulk_path_resettles_only_changed_tasks_in_one_batch(campaign, people, d
     assert_tallies_match_answers()
 
 
-def test_gold_answers_settle_at_the_full_recompute_not_on_answer(campaign, people):
+def test_gold_answers_settle_five_at_a_time_once_past_the_undo_window(campaign, people):
     ann, ben, *_ = people
-    gold_task = task_with_candidates(campaign)
-    gold_set(task=gold_task, label="2")
-    answer(ann, gold_task, "2")
-    answer(ben, gold_task, "none")
-    # Nothing on screen may tell a gold task apart: its answers stay pending after the answer.
+    gold_tasks = [task_with_candidates(campaign) for _ in range(AnnotatorStats.GOLD_REVEAL_BATCH)]
+    for i, task in enumerate(gold_tasks):
+        gold_set(task=task, label="2")
+        answer(ann, task, "2")
+        answer(ben, task, "none" if i == 0 else "2")  # 4 of 5 right: not flagged
+    # Nothing on screen may tell a gold task apart: its answers stay pending after the answer, and
+    # after the full recompute too while they can still be undone.
     assert set(AnswerPoints.objects.values_list("outcome", flat=True)) == {"pending"}
     consensus_recompute(campaign_id=campaign.pk)
-    assert points_of(ann) == 10 and points_of(ben) == 0
-    assert AnswerPoints.objects.get(annotator=ben).outcome == "disagree"
-    consensus_recompute(campaign_id=campaign.pk)  # idempotent
-    assert points_of(ann) == 10
-    gold_set(task=gold_task, label="none")  # the ML team corrects the known answer
-    assert points_of(ann) == 10  # still nothing moves on screen until the recompute
+    assert set(AnswerPoints.objects.values_list("outcome", flat=True)) == {"pending"}
+    Answer.objects.update(created_at=F("created_at") - timedelta(minutes=11))
     consensus_recompute(campaign_id=campaign.pk)
-    assert points_of(ann) == 0 and points_of(ben) == 10
+    assert points_of(ann) == 50 and points_of(ben) == 40
+    assert AnswerPoints.objects.get(annotator=ben, answer__task=gold_tasks[0]).outcome == "disagree"
+    consensus_recompute(campaign_id=campaign.pk)  # idempotent
+    assert points_of(ann) == 50
+    gold_set(task=gold_tasks[0], label="none")  # the ML team corrects a known answer
+    assert points_of(ann) == 50  # still nothing moves on screen until the recompute
+    consensus_recompute(campaign_id=campaign.pk)
+    assert points_of(ann) == 40 and points_of(ben) == 50
     assert_tallies_match_answers()
+
+
+def test_fewer_than_five_gold_answers_stay_pending(campaign, people):
+    ann, *_ = people
+    for _ in range(AnnotatorStats.GOLD_REVEAL_BATCH - 1):
+        task = task_with_candidates(campaign)
+        gold_set(task=task, label="2")
+        answer(ann, task, "2")
+    Answer.objects.update(created_at=F("created_at") - timedelta(minutes=11))
+    consensus_recompute(campaign_id=campaign.pk)
+    assert points_of(ann) == 0
+    assert set(AnswerPoints.objects.values_list("outcome", flat=True)) == {"pending"}
+    assert AnnotatorStats.objects.get(annotator=ann).gold_shown_answer_count == 0
 
 
 def test_flagged_or_paused_people_lose_their_points_at_the_recompute_and_regain_them(campaign, people):
@@ -259,7 +278,9 @@ def test_backfill_settles_answers_given_before_gamify(campaign, people, monkeypa
     monkeypatch.undo()
     assert not AnswerPoints.objects.exists()
     call_command("gamify_backfill", stdout=io.StringIO())
-    assert points_of(ann) == 2 * 10 + 10 and points_of(ben) == 20
+    # The gold answer waits, pending, until ann's gold record is revealed (five checks at once).
+    assert points_of(ann) == 2 * 10 and points_of(ben) == 20
+    assert AnswerPoints.objects.get(answer__task=gold_task).outcome == "pending"
     assert tally(ann).answer_count == 3
     out = io.StringIO()
     call_command("gamify_backfill", "--campaign", campaign.slug, stdout=out)
