@@ -379,6 +379,7 @@ class AnnotatorStats(models.Model):
     computed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = verbose_name_plural = "annotator stats"
         constraints = [
             models.UniqueConstraint(fields=["campaign", "annotator"], name="annotate_annotatorstats_unique"),
         ]
@@ -619,6 +620,7 @@ class AttributeReliability(models.Model):
     computed_at = models.DateTimeField()
 
     class Meta:
+        verbose_name_plural = "attribute reliabilities"
         constraints = [
             models.UniqueConstraint(
                 fields=["campaign", "annotator", "attribute"], name="annotate_attributereliability_unique"

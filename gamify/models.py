@@ -60,6 +60,7 @@ class AnswerPoints(models.Model):
     settled_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        verbose_name = verbose_name_plural = "answer points"
         indexes = [
             # points_settle: every answer of the tasks being settled.
             models.Index(fields=["task"], name="gamify_answerpoints_task"),
@@ -97,6 +98,7 @@ class Tally(models.Model):
     match_count = models.IntegerField(default=0, help_text="Agreeing answers that matched a photo to a product.")
 
     class Meta:
+        verbose_name_plural = "tallies"
         constraints = [
             models.UniqueConstraint(fields=["user", "period", "period_start"], name="gamify_tally_unique"),
         ]

@@ -247,3 +247,13 @@ def test_admin_lists_load_for_an_admin_and_not_for_an_employee(client, as_role, 
     assert client.get(url).status_code == 302  # to the admin login
     as_role("admin")
     assert client.get(url).status_code == 200
+
+
+def test_the_admin_index_names_every_model_in_plain_english(client, as_role):
+    # Django's default plurals read "Annotator statss", "Answer pointss", "Tallys" (issue 16, bug 9).
+    as_role("admin")
+    html = client.get("/admin/").content.decode()
+    for wrong in ("statss", "pointss", "Tallys"):
+        assert wrong not in html
+    for right in ("Annotator stats", "Answer points", "Tallies"):
+        assert right in html
