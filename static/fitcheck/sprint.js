@@ -62,6 +62,8 @@
     if (!state.running || !bar || !bar.classList.contains("running")) return;
     var count = document.getElementById("sprint-count");
     if (count) count.textContent = String(state.answer_count);
+    var unit = document.getElementById("sprint-count-unit");
+    if (unit) unit.textContent = state.answer_count === 1 ? "answer" : "answers";
     sync(state.remaining_ms);
   }
 

@@ -257,3 +257,17 @@ def test_the_admin_index_names_every_model_in_plain_english(client, as_role):
         assert wrong not in html
     for right in ("Annotator stats", "Answer points", "Tallies"):
         assert right in html
+
+
+def test_the_campaign_progress_line_survives_an_answer(client, employee, campaign):
+    # The answer partial does not recount the campaign; it keeps the page's line with hx-preserve, so
+    # "campaign N/M tasks settled" no longer vanishes after the first answer (issue 16, bug 13).
+    for key in range(1, 4):
+        task_with_candidates(campaign, shuffle_key=key)
+    client.force_login(employee)
+    page = client.get(verify_url(campaign)).content.decode()
+    assert "campaign 0/3 tasks settled" in page
+    fields = _form_fields(page)
+    partial = client.post(answer_url(campaign), {**fields, "pick": "none", "duration_ms": "900"}, **HTMX)
+    html = partial.content.decode()
+    assert re.search(r'<span id="campaign-progress" hx-preserve="true"[^>]*></span>', html)

@@ -305,3 +305,19 @@ def test_admin_lists_load_for_an_admin_only(client, as_role, campaign, url):
     as_role("admin")
     response = client.get(url)
     assert response.status_code == 200 and "ann" in response.content.decode()
+
+
+@pytest.mark.parametrize("count, unit", [(0, "answers"), (1, "answer"), (2, "answers")])
+def test_the_sprint_bar_says_1_answer_not_1_answers(count, unit):
+    # Issue 16, bug 14; sprint.js keeps the unit right as the count moves.
+    import uuid
+    from types import SimpleNamespace
+
+    from django.template.loader import render_to_string
+
+    state = {"is_over": False, "remaining_ms": 1000, "duration_ms": 300_000, "clock": "4:59", "elapsed_pct": 1}
+    html = render_to_string(
+        "gamify/_sprint.html",
+        {"sprint": SimpleNamespace(uuid=uuid.uuid4()), "state": {**state, "answer_count": count}, "campaign": None},
+    )
+    assert f'<b id="sprint-count">{count}</b> <span id="sprint-count-unit">{unit}</span>' in html
