@@ -285,3 +285,42 @@ def test_an_http_error_of_an_allowed_server_is_named(loopback):
 def test_credentials_in_a_url_are_refused():
     with pytest.raises(ImageRejected, match="user name or password"):
         image_read("http://user:pw@example.com/a.png")
+
+
+@pytest.fixture
+def tls_server(tmp_path, monkeypatch):
+    """An HTTPS server on 127.0.0.2 (treated as public) with a self-signed certificate for
+    images.test, which the client context is told to trust."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=images.test",
+         "-addext", "subjectAltName=DNS:images.test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    _Handler.hosts = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real_check = images._address_is_public
+    monkeypatch.setattr(images, "_address_is_public", lambda ip: str(ip) == "127.0.0.2" or real_check(ip))
+    monkeypatch.setattr(images, "_resolve", lambda host, port: ["127.0.0.2"])
+    default_context = ssl.create_default_context
+    monkeypatch.setattr(images.ssl, "create_default_context", lambda: default_context(cafile=str(cert)))
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_host_name(tls_server):
+    assert image_read(f"https://images.test:{tls_server}/img.png") == png(7)
+    assert _Handler.hosts == [f"images.test:{tls_server}"]
+    # The certificate names images.test: the same server under another name is not trusted.
+    with pytest.raises(ImageRejected, match=URL_REFUSED):
+        image_read(f"https://other.test:{tls_server}/img.png")
