@@ -4,16 +4,18 @@ import json
 from urllib.parse import urlencode
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import selectors, services
 from .exports import services as export_services
@@ -23,7 +25,9 @@ from .serializers import (
     AnswerInputSerializer,
     AnswerSerializer,
     ConflictSerializer,
+    ErrorSerializer,
     ExportCreateSerializer,
+    ExportSnapshotPageSerializer,
     ExportSnapshotSerializer,
     GoldInputSerializer,
     GoldSerializer,
@@ -31,6 +35,45 @@ from .serializers import (
     TaskSerializer,
 )
 from .views import export_file_response
+
+
+def api_exception_handler(exc, context):
+    """DRF's exception handler, with a `code` beside every `detail`: {"code": "permission_denied",
+    "detail": "..."} (the code is DRF's, e.g. not_authenticated, not_found, parse_error,
+    unsupported_media_type, method_not_allowed). Per-field validation errors (400) stay
+    {field: [reasons]}. Returns None for exceptions DRF does not handle (Django then answers)."""
+    # The conversion DRF's handler makes itself, done first so that the code is known.
+    if isinstance(exc, Http404):
+        exc = NotFound(*exc.args)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = PermissionDenied(*exc.args)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and set(response.data) == {"detail"}:
+        code = exc.get_codes() if isinstance(exc, APIException) else "error"
+        response.data = {"code": code if isinstance(code, str) else "error", "detail": response.data["detail"]}
+    return response
+
+
+class FitcheckAPIView(APIView):
+    """APIView whose error bodies carry a `code` (api_exception_handler)."""
+
+    def get_exception_handler(self):
+        return api_exception_handler
+
+
+def _errors(*statuses: int, **descriptions: str) -> dict:
+    """Schema responses for the error statuses an operation can answer, all ErrorSerializer bodies;
+    `descriptions` override the default text (keyword `e404="No such task."`)."""
+    default = {
+        401: "Not authenticated (code not_authenticated): send a token or log in.",
+        403: "Not allowed for your role (code permission_denied).",
+        404: "No such object, or not one you may see (code not_found).",
+        415: "Not JSON (code unsupported_media_type).",
+    }
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=descriptions.get(f"e{code}", default[code]))
+        for code in statuses
+    }
 
 
 def _verifier_only(fn):
@@ -52,14 +95,18 @@ def _verifier_only(fn):
     return wrapper
 
 
-class NextTaskView(APIView):
+class NextTaskView(FitcheckAPIView):
     @extend_schema(
         summary="Lease the next task",
         parameters=[OpenApiParameter("seed", int, description="Orders this client's queue; default: per user.")],
         responses={
             200: TaskSerializer,
             204: OpenApiResponse(description="No task left for you."),
-            403: OpenApiResponse(ConflictSerializer, description="Not allowed, or paused (code annotator_paused)."),
+            400: OpenApiResponse(description="seed is not an integer."),
+            **_errors(401, 404, e404="No such campaign, or not one you verify."),
+            403: OpenApiResponse(
+                ErrorSerializer, description="Not allowed (code permission_denied), or paused (code annotator_paused)."
+            ),
         },
     )
     @_verifier_only
@@ -82,7 +129,7 @@ class NextTaskView(APIView):
         return Response(TaskSerializer(task, context={"request": request}).data)
 
 
-class AnswerCreateView(APIView):
+class AnswerCreateView(FitcheckAPIView):
     @extend_schema(
         summary="Answer a task",
         request=AnswerInputSerializer,
@@ -90,8 +137,11 @@ class AnswerCreateView(APIView):
         responses={
             201: AnswerSerializer,
             200: OpenApiResponse(AnswerSerializer, description="Replay of an idempotency key: the first answer."),
-            400: OpenApiResponse(description="Invalid fields, with reasons per field."),
-            403: OpenApiResponse(ConflictSerializer, description="Not allowed, or paused (code annotator_paused)."),
+            400: OpenApiResponse(description="Invalid fields, with reasons per field; or not JSON (code parse_error)."),
+            **_errors(401, 404, e404="No such task, or not one you may answer."),
+            403: OpenApiResponse(
+                ErrorSerializer, description="Not allowed (code permission_denied), or paused (code annotator_paused)."
+            ),
             409: ConflictSerializer,
         },
     )
@@ -130,13 +180,17 @@ class AnswerCreateView(APIView):
         )
 
 
-class GoldView(APIView):
+class GoldView(FitcheckAPIView):
     """Gold (known-answer) tasks, for the ML team and admins. An annotator never sees this."""
 
     @extend_schema(
         summary="Make a task gold, with its known answer",
         request=GoldInputSerializer,
-        responses={200: GoldSerializer, 400: OpenApiResponse(description="Invalid fields, per field.")},
+        responses={
+            200: GoldSerializer,
+            400: OpenApiResponse(description="Invalid fields, per field."),
+            **_errors(401, 403, 404, e404="No such task, or not one you may edit."),
+        },
     )
     @_verifier_only
     def put(self, request, uuid):
@@ -157,7 +211,10 @@ class GoldView(APIView):
         gold.task = task
         return Response(GoldSerializer(gold).data)
 
-    @extend_schema(summary="Make a gold task regular again", responses={204: None})
+    @extend_schema(
+        summary="Make a gold task regular again",
+        responses={204: None, **_errors(401, 403, 404, e404="No such task, or not one you may edit.")},
+    )
     @_verifier_only
     def delete(self, request, uuid):
         """Remove the task's known answer; its answers stay. 204 whether or not it was gold."""
@@ -174,10 +231,22 @@ class ExportPagination(CursorPagination):
     page_size = 50
 
 
-class ExportListCreateView(APIView):
-    """Gold-dataset export snapshots. ML team and admins only; taggers and employees get 403."""
+class ExportListCreateView(FitcheckAPIView):
+    """Gold-dataset export snapshots. ML team and admins only; taggers and employees get 403.
+    POST takes JSON only: a form or multipart body cannot carry the nested `filters` (DRF would drop
+    them without a word), so it is refused with 415."""
 
-    @extend_schema(summary="List export snapshots, newest first", responses={200: ExportSnapshotSerializer(many=True)})
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        operation_id="v1_exports_list",
+        summary="List export snapshots, newest first (cursor-paginated, 50 a page)",
+        parameters=[OpenApiParameter("cursor", str, description="From a page's `next` or `previous`.")],
+        responses={
+            200: ExportSnapshotPageSerializer,
+            **_errors(401, 403, 404, e404="The cursor is not valid (code not_found)."),
+        },
+    )
     def get(self, request):
         paginator = ExportPagination()
         page = paginator.paginate_queryset(selectors.snapshots_for_user(request.user), request, view=self)
@@ -190,7 +259,8 @@ class ExportListCreateView(APIView):
         request=ExportCreateSerializer,
         responses={
             202: OpenApiResponse(ExportSnapshotSerializer, description="Queued; poll it until status is done."),
-            400: OpenApiResponse(description="Invalid fields, with reasons per field."),
+            400: OpenApiResponse(description="Invalid fields, with reasons per field; or not JSON (code parse_error)."),
+            **_errors(401, 403, 415),
         },
     )
     def post(self, request):
@@ -210,19 +280,29 @@ class ExportListCreateView(APIView):
         return response
 
 
-class ExportDetailView(APIView):
-    @extend_schema(summary="One export snapshot, with progress and files", responses={200: ExportSnapshotSerializer})
+class ExportDetailView(FitcheckAPIView):
+    @extend_schema(
+        summary="One export snapshot, with progress and files",
+        responses={200: ExportSnapshotSerializer, **_errors(401, 403, 404)},
+    )
     def get(self, request, uuid):
         snapshot = selectors.get_snapshot_for_user(request.user, uuid)
         return Response(ExportSnapshotSerializer(snapshot, context={"request": request}).data)
 
 
-class ExportFileView(APIView):
+class ExportFileView(FitcheckAPIView):
     @extend_schema(
         summary="Download one file of a finished snapshot",
+        parameters=[
+            OpenApiParameter(
+                "X-Checksum-Sha256", str, location=OpenApiParameter.HEADER, response=[200],
+                description="The file's sha256 (hex), as in the snapshot's files.",
+            ),
+        ],
         responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            404: OpenApiResponse(description="No such file."),
+            # The type follows the file: application/json, text/csv, application/octet-stream, ...
+            (200, "*/*"): OpenApiTypes.BINARY,
+            **_errors(401, 403, 404, e404="No such snapshot or file."),
         },
     )
     def get(self, request, uuid, path):
@@ -235,14 +315,22 @@ class ExportFileView(APIView):
         return export_file_response(snapshot, path, full)
 
 
-class RawAnswersView(APIView):
+class RawAnswersView(FitcheckAPIView):
     @extend_schema(
         summary="Raw answers of a campaign, oldest first, cursor-paginated and streamed",
         parameters=[
             OpenApiParameter("cursor", str, description="From the previous page's `next`; none: the first page."),
-            OpenApiParameter("limit", int, description=f"Rows per page, 1-{export_services.ANSWERS_PAGE_MAX} (1000)."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": export_services.ANSWERS_PAGE_MAX, "default": 1000},
+                description=f"Rows per page, 1-{export_services.ANSWERS_PAGE_MAX} (1000).",
+            ),
         ],
-        responses={200: RawAnswerPageSerializer, 400: OpenApiResponse(description="A bad cursor or limit.")},
+        responses={
+            200: RawAnswerPageSerializer,
+            400: OpenApiResponse(description="A bad cursor or limit."),
+            **_errors(401, 403, 404, e404="No such campaign."),
+        },
     )
     def get(self, request, slug):
         """Live (not undone) answers, annotators pseudonymised as in exports. The body is streamed

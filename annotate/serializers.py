@@ -88,6 +88,15 @@ class ConflictSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class ErrorSerializer(serializers.Serializer):
+    """Every error body that is not a per-field validation error: a stable machine `code`
+    (not_authenticated, permission_denied, not_found, parse_error, unsupported_media_type, ...)
+    and a `detail` for people."""
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
 class GoldInputSerializer(serializers.Serializer):
     choice = serializers.ChoiceField(choices=Answer.MATCH_CHOICES)
     product = serializers.UUIDField(required=False, allow_null=True, help_text="Required when choice is product.")
@@ -117,9 +126,21 @@ class ExportFiltersSerializer(serializers.Serializer):
     exclude_contested = serializers.BooleanField(required=False)
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": {"type": "string", "enum": list(ExportSnapshot.Format.values)},
+        "minItems": 1,
+        "uniqueItems": True,
+    }
+)
+class _FormatListField(serializers.ListField):
+    """The export's formats: at least one, each once (export_create refuses a repeated one)."""
+
+
 class ExportCreateSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=80)
-    formats = serializers.ListField(child=serializers.ChoiceField(choices=ExportSnapshot.Format.choices))
+    formats = _FormatListField(child=serializers.ChoiceField(choices=ExportSnapshot.Format.choices), allow_empty=False)
     filters = ExportFiltersSerializer(required=False)
     include_answers = serializers.BooleanField(default=False)
     include_reliability = serializers.BooleanField(default=False)
@@ -137,7 +158,9 @@ class ExportFileSerializer(serializers.Serializer):
 
 
 class ExportSnapshotSerializer(serializers.ModelSerializer):
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="Null when built by a command."
+    )
     progress = serializers.FloatField(help_text="Share of items written, in [0, 1].")
     files = serializers.SerializerMethodField()
 
@@ -181,6 +204,15 @@ class ExportSnapshotSerializer(serializers.ModelSerializer):
             }
             for f in snapshot.files
         ]
+
+
+class ExportSnapshotPageSerializer(serializers.Serializer):
+    """One page of GET /exports (cursor pagination, newest first; for the schema, the paginator
+    writes the page)."""
+
+    next = serializers.URLField(allow_null=True, help_text="The next page's URL; null on the last page.")
+    previous = serializers.URLField(allow_null=True, help_text="The previous page's URL; null on the first.")
+    results = ExportSnapshotSerializer(many=True)
 
 
 class RawAnswerSerializer(serializers.Serializer):

@@ -1,10 +1,13 @@
 """HTML pages of attribute tagging (campaign kind "attributes"): the keyboard-first tagging page with
 its htmx partial, and the campaign's printable guide."""
 
+import re
 import uuid
+from urllib.parse import urlsplit
 
 import markdown
 import nh3
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -33,8 +36,33 @@ CONFIDENCE_PREFIX = "confidence-"
 
 def markdown_html(text: str) -> str:
     """Markdown rendered to HTML and sanitised with nh3 (no script, event handler or javascript:
-    URL survives), so that an admin-written guide cannot run code in a tagger's browser."""
-    return nh3.clean(markdown.markdown(text or "", extensions=["sane_lists", "tables"]))
+    URL survives), so that an admin-written guide cannot run code in a tagger's browser. Images
+    keep their src only when it is this server's (`_same_origin_src`): an external image would
+    tell a third party who opened the guide and when (a tracking pixel)."""
+    return nh3.clean(
+        markdown.markdown(text or "", extensions=["sane_lists", "tables"]), attribute_filter=_guide_attribute
+    )
+
+
+def _guide_attribute(tag: str, attribute: str, value: str) -> str | None:
+    if tag == "img" and attribute == "src":
+        return value if _same_origin_src(value) else None
+    return value
+
+
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))  # what browsers strip from both ends of a URL
+
+
+def _same_origin_src(value: str) -> bool:
+    """Whether an image URL stays on this server: relative ("a.png", "/media/a.png") or starting
+    with FITCHECK_PUBLIC_URL's origin. Browsers drop tabs and newlines from URLs and read "\\" as
+    "/", so "/\\evil.example" and "//evil.example" are other servers and refused."""
+    url = re.sub(r"[\t\n\r]", "", value).strip(_C0_AND_SPACE).replace("\\", "/")
+    parts = urlsplit(url)
+    if not parts.scheme and not parts.netloc and not url.startswith("//"):
+        return ":" not in url.split("/", 1)[0]  # no "data:" or other scheme hiding in the first segment
+    public = urlsplit(settings.FITCHECK_PUBLIC_URL)
+    return (parts.scheme.lower(), parts.netloc.lower()) == (public.scheme.lower(), public.netloc.lower())
 
 
 # -- reads ---------------------------------------------------------------------------------------------

@@ -347,8 +347,9 @@ def catalog_import(
 
     Columns: retailer, sku, title, image (path relative to the manifest, or http(s) URL; several
     separated by "|"), and optionally description, native_category_path, master_category_path,
-    is_active. Bad rows are reported in the returned ImportReport with their line number; good rows
-    are imported regardless.
+    is_active. Image files are read only inside settings.FITCHECK_IMPORT_ROOTS and URLs only from
+    public addresses (catalog.images.image_read). Bad rows are reported in the returned ImportReport
+    with their line number; good rows are imported regardless.
 
     Raises:
         ManifestError: the manifest as a whole is unusable; nothing was imported.
@@ -419,7 +420,8 @@ def photo_upsert(*, image_name: str, info, source: str, caption: str, posted_at:
 
 def photos_import(*, path: Path, progress: Callable[[int], None] | None = None) -> ImportReport:
     """Import customer photos from a CSV or JSONL manifest with columns source, image, and optionally
-    caption and posted_at (ISO 8601). Idempotent; bad rows are reported, good rows imported.
+    caption and posted_at (ISO 8601). Images come from the same places as `catalog_import`'s.
+    Idempotent; bad rows are reported, good rows imported.
 
     Raises:
         ManifestError: the manifest as a whole is unusable; nothing was imported.

@@ -189,6 +189,11 @@ FITCHECK_DEVICE = env("FITCHECK_DEVICE", default="auto")  # "auto", "cpu", "cuda
 FITCHECK_MAX_IMAGE_PIXELS = env.int("FITCHECK_MAX_IMAGE_PIXELS", default=40_000_000)
 FITCHECK_MAX_IMAGE_BYTES = env.int("FITCHECK_MAX_IMAGE_BYTES", default=25 * 1024 * 1024)
 FITCHECK_FETCH_TIMEOUT_S = env.float("FITCHECK_FETCH_TIMEOUT_S", default=20.0)
+# Importers (catalog_import, photos_import, label_studio_import) read image files only inside these
+# folders (comma-separated; realpath-checked) and download only from public addresses unless
+# FITCHECK_IMPORT_ALLOW_PRIVATE_URLS is set (catalog.images.image_read).
+FITCHECK_IMPORT_ROOTS = [Path(p) for p in env.list("FITCHECK_IMPORT_ROOTS", default=[str(VAR_DIR / "import")])]
+FITCHECK_IMPORT_ALLOW_PRIVATE_URLS = env.bool("FITCHECK_IMPORT_ALLOW_PRIVATE_URLS", default=False)
 # Gold-dataset exports (annotate.exports): built by the worker, downloaded through permission-checked
 # views only, so never under MEDIA_ROOT (which any logged-in user may read).
 # Model checkpoints of the learning loop (mlcore.training); like exports, not under MEDIA_ROOT.

@@ -24,3 +24,7 @@ if settings.FITCHECK_SERVE_MEDIA:
     # Images are served to logged-in users only. In production, put a CDN or nginx in front of
     # MEDIA_ROOT (or object storage) and set FITCHECK_SERVE_MEDIA=false.
     urlpatterns += [re_path(r"^media/(?P<path>.*)$", catalog_views.media, name="media")]
+
+# A 400 page that does not read the request body again; JSON 400 and 404 under /api/ (config/errors.py).
+handler400 = "config.errors.bad_request"
+handler404 = "config.errors.page_not_found"

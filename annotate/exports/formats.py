@@ -201,6 +201,48 @@ class JsonlWriter(Writer):
             self.answers.close()
 
 
+CSV_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value):
+    """`value` made safe for a CSV cell that a spreadsheet may open: text starting with "=", "+",
+    "-", "@", tab or CR gets a leading "'" so that it is shown as text, never run as a formula
+    (OWASP "CSV injection"; "=HYPERLINK(...)" in a SKU, say). Numbers, booleans and None pass
+    unchanged. A reader that wants the original text drops a leading "'" followed by one of those
+    characters (docs/exports.md)."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def _csv_row(row: dict) -> dict:
+    return {key: csv_cell(value) for key, value in row.items()}
+
+
+class _LfRows:
+    """The file under a csv writer whose lineterminator is "\r\n", ending each row with "\n".
+
+    The csv module quotes a field only for the characters of its lineterminator, so with "\n" alone
+    a bare CR inside a field ("\rCR" in a SKU) is written unquoted and splits the row when read
+    back. The writer hands over one whole row per write(), so only the row's own end is changed."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, text: str) -> int:
+        if text.endswith("\r\n"):
+            text = text[:-2] + "\n"
+        return self._fh.write(text)
+
+
+def _csv_writer(fh):
+    return csv.writer(_LfRows(fh), lineterminator="\r\n")
+
+
+def _csv_dict_writer(fh, fieldnames):
+    return csv.DictWriter(_LfRows(fh), fieldnames, lineterminator="\r\n")
+
+
 def _flat_record(record: dict, attributes: tuple[str, ...]) -> dict:
     flat = {k: v for k, v in record.items() if k not in ("candidates", "labels")}
     flat["candidates"] = _dumps(record["candidates"])
@@ -214,7 +256,8 @@ def _flat_record(record: dict, attributes: tuple[str, ...]) -> dict:
 
 class CsvWriter(Writer):
     """items.csv with one column per field; nested values (candidates, posterior) as JSON text;
-    `<attribute>.<field>` columns per attribute. answers.csv and annotators.csv when asked for."""
+    `<attribute>.<field>` columns per attribute. answers.csv and annotators.csv when asked for.
+    Every text cell goes through `csv_cell` (no formula injection)."""
 
     name = "csv"
 
@@ -234,25 +277,25 @@ class CsvWriter(Writer):
         ]
         columns += [f"{a}.{k}" for a in self.attributes for k in LABEL_FIELDS]
         self._items_file = open(folder / "items.csv", "w", encoding="utf-8", newline="")
-        self.items = csv.DictWriter(self._items_file, columns, lineterminator="\n")
+        self.items = _csv_dict_writer(self._items_file, columns)
         self.items.writeheader()
         self._answers_file = None
         if self.include_answers:
             self._answers_file = open(folder / "answers.csv", "w", encoding="utf-8", newline="")
-            self.answers = csv.DictWriter(self._answers_file, ANSWERS_SCHEMA.names, lineterminator="\n")
+            self.answers = _csv_dict_writer(self._answers_file, ANSWERS_SCHEMA.names)
             self.answers.writeheader()
 
     def write(self, chunk):
-        self.items.writerows(_flat_record(r, self.attributes) for r in chunk.records)
+        self.items.writerows(_csv_row(_flat_record(r, self.attributes)) for r in chunk.records)
         if self._answers_file:
             for rows in chunk.answers.values():
-                self.answers.writerows(rows)
+                self.answers.writerows(_csv_row(row) for row in rows)
 
     def write_annotators(self, rows):
         with open(self.folder / "annotators.csv", "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, ANNOTATORS_SCHEMA.names, lineterminator="\n")
+            writer = _csv_dict_writer(f, ANNOTATORS_SCHEMA.names)
             writer.writeheader()
-            writer.writerows({**r, "flags": _dumps(r["flags"])} for r in rows)
+            writer.writerows(_csv_row({**r, "flags": _dumps(r["flags"])}) for r in rows)
 
     def close(self):
         self._items_file.close()
@@ -400,7 +443,7 @@ class CrowdKitWriter(Writer):
     """Crowd-Kit's raw format: answers.csv with columns worker, task, label (annotator pseudonym,
     task uuid, label key), ready for `pd.read_csv` and any `crowdkit.aggregation` model; gold.csv
     with task, label for the gold items (Crowd-Kit's `true_labels`). Too-fast answers are left out,
-    as fitcheck's own consensus gives them weight 0."""
+    as fitcheck's own consensus gives them weight 0. Cells go through `csv_cell`."""
 
     name = "crowdkit"
     needs_answers = True
@@ -408,22 +451,22 @@ class CrowdKitWriter(Writer):
     def __init__(self, folder, **kwargs):
         super().__init__(folder, **kwargs)
         self._answers = open(folder / "answers.csv", "w", encoding="utf-8", newline="")
-        self.answers = csv.writer(self._answers, lineterminator="\n")
+        self.answers = _csv_writer(self._answers)
         self.answers.writerow(["worker", "task", "label"])
         self._gold = open(folder / "gold.csv", "w", encoding="utf-8", newline="")
-        self.gold = csv.writer(self._gold, lineterminator="\n")
+        self.gold = _csv_writer(self._gold)
         self.gold.writerow(["task", "label"])
 
     def write(self, chunk):
         for record in chunk.records:
             self.answers.writerows(
-                (a["annotator"], record["task"], a["label"])
+                (csv_cell(a["annotator"]), csv_cell(record["task"]), csv_cell(a["label"]))
                 for a in chunk.answers.get(record["task"], ())
                 if not a["is_too_fast"]
             )
             for value in record["labels"].values():
                 if value["provenance"] == "gold":
-                    self.gold.writerow((record["task"], value["label"]))
+                    self.gold.writerow((csv_cell(record["task"]), csv_cell(value["label"])))
                     break
 
     def close(self):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable
@@ -27,13 +28,13 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils.dateparse import parse_datetime
 
-from catalog.images import ImageRejected, image_inspect, image_read, image_store
+from catalog.images import ImageRejected, image_inspect, image_read, image_store, path_within
 from catalog.models import Photo, Product
 from catalog.services import photo_upsert
 
 from ..consensus import services as consensus_services
 from ..models import Answer, Campaign, GoldLabel, Task, TaskCandidate
-from ..services import gold_set
+from ..services import MAX_DURATION_MS, gold_set
 from .formats import Writer, _dumps
 from .records import Chunk
 
@@ -176,24 +177,24 @@ class _TaskInvalid(ValueError):
 
 
 def _image_bytes(url: str, *, images_root: Path | None) -> bytes:
-    """The bytes of a Label Studio task's image: this server's own media URLs resolve to MEDIA_ROOT;
-    Label Studio upload and local-files URLs, and relative paths, to `images_root`; other http(s) URLs
-    are downloaded (size-capped, with a timeout)."""
+    """The bytes of a Label Studio task's image: this server's own media URLs resolve inside
+    MEDIA_ROOT; Label Studio upload and local-files URLs, and relative paths, inside `images_root`;
+    other http(s) URLs are downloaded from public addresses only (catalog.images.url_fetch). Every path
+    is realpath-checked, so "/media/../../x", "/media//tmp/x" and symlinks stay inside their folder;
+    a refused and a missing file give the same message."""
     parts = urlsplit(url)
     media_path = settings.MEDIA_URL
     path = unquote(parts.path)
     if path.startswith(media_path) and (not parts.netloc or url.startswith(settings.FITCHECK_PUBLIC_URL)):
-        return image_read(path[len(media_path) :], base_dir=Path(settings.MEDIA_ROOT))
+        media_root = Path(settings.MEDIA_ROOT)
+        return image_read(path[len(media_path) :].lstrip("/") or ".", base_dir=media_root, roots=[media_root])
     if images_root is not None and not (parts.scheme in ("http", "https") and parts.netloc):
         if path.startswith("/data/local-files/"):
             path = parse_qs(parts.query).get("d", [""])[0]
         elif path.startswith("/data/"):
             path = path[len("/data/") :]
-        candidate = (images_root / path.lstrip("/")).resolve()
-        if not candidate.is_relative_to(images_root.resolve()):
-            raise ImageRejected(f"image path {url} leaves the images folder")
-        return image_read(str(candidate))
-    if parts.scheme in ("http", "https"):
+        return image_read(path.lstrip("/") or ".", base_dir=images_root, roots=[images_root])
+    if parts.scheme.lower() in ("http", "https"):
         return image_read(url)
     raise ImageRejected(f"cannot resolve image {url!r}: pass the folder holding Label Studio's files as images_root")
 
@@ -272,6 +273,27 @@ def _candidates(data: dict, campaign: Campaign) -> list[tuple[int, Product, floa
     return found
 
 
+def _duration_ms(annotation: dict) -> int:
+    """An annotation's lead_time (seconds, a number or numeric text; absent: 0) in ms, clamped to
+    annotate.services.MAX_DURATION_MS (6 h): Label Studio adds up every session a task was open, so
+    a day-long lead_time is a tab left open, not a measurement. Raises _TaskInvalid for text that is
+    no number, NaN, infinity (JSON's 1e400) and negative times."""
+    raw = annotation.get("lead_time")
+    if raw in (None, ""):
+        return 0
+    try:
+        if isinstance(raw, bool):
+            raise TypeError
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        raise _TaskInvalid(f"annotation {annotation.get('id')}: lead_time {raw!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise _TaskInvalid(
+            f"annotation {annotation.get('id')}: lead_time {raw!r} must be a finite number of seconds, 0 or more"
+        )
+    return min(round(seconds * 1000), MAX_DURATION_MS)
+
+
 def _is_uuid(value) -> bool:
     try:
         uuid.UUID(str(value))
@@ -301,16 +323,16 @@ def _import_task(item: dict, *, campaign: Campaign, images_root: Path | None, us
         label = _choice(annotation, labels)
         if annotation.get("completed_by") in (None, "", {}):
             raise _TaskInvalid(f"annotation {annotation.get('id')}: no completed_by")
-        parsed.append((annotation, label))
+        parsed.append((annotation, label, _duration_ms(annotation)))
     try:
         blob = _image_bytes(str(data.get("image") or ""), images_root=images_root)
         info = image_inspect(blob)
     except ImageRejected as exc:
         raise _TaskInvalid(f"image: {exc}") from exc
     name = image_store(blob, info, prefix="photos")
-    photo_upsert(image_name=name, info=info, source="label-studio import", caption="", posted_at=None)
-    photo = Photo.objects.get(sha256=info.sha256)
     with transaction.atomic():
+        photo_upsert(image_name=name, info=info, source="label-studio import", caption="", posted_at=None)
+        photo = Photo.objects.get(sha256=info.sha256)
         task = Task.objects.filter(campaign=campaign, photo=photo).first()
         if task is None:
             task = Task.objects.create(campaign=campaign, photo=photo, shuffle_key=random.randrange(2**31))
@@ -321,7 +343,7 @@ def _import_task(item: dict, *, campaign: Campaign, images_root: Path | None, us
         else:
             report.task_existing_count += 1
         by_rank = {rank: p for rank, p, _ in candidates}
-        for annotation, label in parsed:
+        for annotation, label, duration_ms in parsed:
             is_gold_marker = annotation.get("completed_by") == GOLD_ANNOTATOR
             user = None if is_gold_marker else _annotator(annotation.get("completed_by"), users)
             if annotation.get("ground_truth") or user is None:
@@ -332,7 +354,6 @@ def _import_task(item: dict, *, campaign: Campaign, images_root: Path | None, us
             if Answer.objects.filter(task=task, annotator=user, revoked_at__isnull=True).exists():
                 report.answer_existing_count += 1
                 continue
-            duration_ms = max(int(round(float(annotation.get("lead_time") or 0) * 1000)), 0)
             choice = Answer.Choice.PRODUCT if label.isdigit() else label
             answer = Answer.objects.create(
                 task=task,
@@ -370,14 +391,20 @@ def label_studio_import(
     Args:
         path: a Label Studio JSON export (a JSON array of tasks), at most 2 GiB; it is read whole.
         images_root: the folder that Label Studio's "/data/upload/..." and "/data/local-files/?d="
-            URLs and relative paths resolve against.
+            URLs and relative paths resolve against (never outside it); it must lie inside
+            settings.FITCHECK_IMPORT_ROOTS.
 
     Raises:
-        LabelStudioFileInvalid: unreadable, not JSON, not an array, too big, or the campaign is not
-            a match campaign; nothing was imported.
+        LabelStudioFileInvalid: unreadable, not JSON, not an array, too big, the campaign is not
+            a match campaign, or images_root is outside the import roots; nothing was imported.
     """
     if campaign.kind != Campaign.Kind.MATCH:
         raise LabelStudioFileInvalid(f"campaign {campaign.slug} is not a match campaign")
+    if images_root is not None and path_within(images_root, settings.FITCHECK_IMPORT_ROOTS) is None:
+        raise LabelStudioFileInvalid(
+            f"images_root {images_root} is not inside FITCHECK_IMPORT_ROOTS "
+            f"({', '.join(str(r) for r in settings.FITCHECK_IMPORT_ROOTS) or 'none set'})"
+        )
     try:
         size = path.stat().st_size
         if size > MAX_IMPORT_BYTES:

@@ -430,7 +430,7 @@ class TestLabelStudioImportErrors:
         outside["data"]["image"] = "/data/upload/../../../etc/passwd"
         report = label_studio_import(campaign=target, path=self._write(tmp_path, [inside, outside]), images_root=root)
         assert report.task_created_count == 1
-        assert [(p, "leaves the images folder" in r) for p, r in report.errors] == [(2, True)]
+        assert [(p, "is outside FITCHECK_IMPORT_ROOTS" in r) for p, r in report.errors] == [(2, True)]
 
     def test_the_command_reports_counts_and_fails_on_bad_tasks(self, target, good_task, tmp_path):
         from io import StringIO

@@ -20,7 +20,10 @@ class Command(BaseCommand):
         parser.add_argument("--campaign", required=True, help="slug of the match campaign to import into")
         parser.add_argument(
             "--images-root",
-            help="folder that Label Studio's /data/upload/... and /data/local-files/?d= image URLs resolve against",
+            help=(
+                "folder that Label Studio's /data/upload/... and /data/local-files/?d= image URLs resolve "
+                "against (never outside it); it must lie inside FITCHECK_IMPORT_ROOTS"
+            ),
         )
 
     def handle(self, *args, file, campaign, images_root, **options):
