@@ -194,7 +194,8 @@ def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, conf
     """Snapshot the campaign's labels and queue a retrain on queue gpu (after commit).
 
     Raises:
-        ValueError: the campaign is not an attribute campaign or has no embedding model version.
+        ValueError: the campaign is not an attribute campaign, has no embedding model version, or has
+            no settled human label yet (a run would only fail on an empty snapshot).
     """
     from mlcore.tasks import train_task
 
@@ -202,6 +203,8 @@ def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, conf
         raise ValueError("the learning loop runs on attribute campaigns")
     if campaign.model_version_id is None:
         raise ValueError("the campaign needs an embedding model version (campaign.model_version)")
+    if not human_labels(campaign).exists():
+        raise ValueError("There are no settled labels to learn from yet: tag some products first.")
     snapshot = learning_snapshot(campaign=campaign, created_by=created_by)
     learned = learned_attributes(campaign)
     settings = {
@@ -515,8 +518,9 @@ def backbone_apply_start(*, campaign: Campaign, version: ModelVersion) -> None:
 
     products = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
     photos = ml_services.embedding_run_create(version=version, target=EmbeddingRun.Target.PHOTOS)
-    pipeline = chain(embed_run_task.si(products.pk), embed_run_task.si(photos.pk),
-                     backbone_apply_task.si(campaign.pk, version.pk))
+    pipeline = chain(
+        embed_run_task.si(products.pk), embed_run_task.si(photos.pk), backbone_apply_task.si(campaign.pk, version.pk)
+    )
     transaction.on_commit(pipeline.delay)
 
 

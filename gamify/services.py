@@ -508,7 +508,8 @@ def sprint_start(*, user, campaign: Campaign, duration_s: int, now=None) -> Spri
     rank for the summary's rank change.
 
     Raises:
-        SprintInvalid: a duration other than 300 or 600 s, or a campaign that is not a match campaign.
+        SprintInvalid: a duration other than 300 or 600 s, a campaign that is not a match campaign,
+            or one with no open task (still preparing, or finished): the clock would run on nothing.
     """
     from .selectors import rank_of
 
@@ -516,6 +517,10 @@ def sprint_start(*, user, campaign: Campaign, duration_s: int, now=None) -> Spri
         raise SprintInvalid("A sprint lasts 5 or 10 minutes.")
     if campaign.kind != Campaign.Kind.MATCH:
         raise SprintInvalid("Sprints are for match campaigns.")
+    if not Task.objects.filter(campaign=campaign, status=Task.Status.OPEN).exists():
+        if campaign.status == Campaign.Status.PREPARING:
+            raise SprintInvalid("No tasks yet: the campaign is still preparing its suggestions.")
+        raise SprintInvalid("Nothing is left to answer in this campaign.")
     now = now or timezone.now()
     with transaction.atomic():
         running = Sprint.objects.filter(user=user, campaign=campaign, ends_at__gt=now).order_by("-ends_at").first()

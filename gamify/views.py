@@ -93,14 +93,13 @@ def sprint(request, slug):
         try:
             duration_s = int(request.POST.get("duration_s", ""))
             running = services.sprint_start(user=request.user, campaign=campaign, duration_s=duration_s)
-        except (ValueError, services.SprintInvalid):
-            return render(
-                request,
-                "gamify/_sprint.html",
-                {"campaign": campaign, "error": "A sprint lasts 5 or 10 minutes."},
-                status=400,
-            )
-        return _sprint_bar(request, campaign, running)
+        except services.SprintInvalid as exc:
+            error = str(exc)
+        except ValueError:  # duration_s is no integer
+            error = "A sprint lasts 5 or 10 minutes."
+        else:
+            return _sprint_bar(request, campaign, running)
+        return render(request, "gamify/_sprint.html", {"campaign": campaign, "error": error}, status=400)
     return _sprint_bar(request, campaign, selectors.sprint_running(user=request.user, campaign=campaign))
 
 

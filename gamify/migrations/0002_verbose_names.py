@@ -4,18 +4,17 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('gamify', '0001_points_tallies_badges_sprints'),
+        ("gamify", "0001_points_tallies_badges_sprints"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='answerpoints',
-            options={'verbose_name': 'answer points', 'verbose_name_plural': 'answer points'},
+            name="answerpoints",
+            options={"verbose_name": "answer points", "verbose_name_plural": "answer points"},
         ),
         migrations.AlterModelOptions(
-            name='tally',
-            options={'verbose_name_plural': 'tallies'},
+            name="tally",
+            options={"verbose_name_plural": "tallies"},
         ),
     ]

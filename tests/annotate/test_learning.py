@@ -567,3 +567,18 @@ def test_metric_rows_put_each_option_after_its_attribute_whatever_the_stored_ord
     rows = learning.metric_rows({"attributes": stored})
     assert [slug for slug, _ in rows] == ["color", "season", "season:summer", "season:winter", "persona_x"]
     assert rows[2] == ("season:summer", option) and learning.metric_rows({}) == []
+
+
+def test_retrain_now_without_a_settled_label_is_refused_with_a_message(client, db):
+    # Issue 16, bug 15: it used to make a run that failed on the worker with a traceback.
+    from annotate.models import Campaign
+    from mlcore.models import TrainingRun
+
+    from ..factories import CampaignFactory, user_with_role
+
+    campaign = CampaignFactory(slug="empty-tagging", kind=Campaign.Kind.ATTRIBUTES)
+    client.force_login(user_with_role("ml", username="mia"))
+    response = client.post(f"/learning/{campaign.slug}/retrain", follow=True)
+    assert response.status_code == 200
+    assert any("no settled labels" in str(m) for m in response.context["messages"])
+    assert not TrainingRun.objects.exists()

@@ -23,7 +23,9 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 
 @pytest.fixture
 def campaign(db):
-    return CampaignFactory(consensus_method=ConsensusMethod.MAJORITY_VOTE, overlap_min=3, overlap_max=3)
+    campaign = CampaignFactory(consensus_method=ConsensusMethod.MAJORITY_VOTE, overlap_min=3, overlap_max=3)
+    task_with_candidates(campaign)  # a sprint needs something to answer
+    return campaign
 
 
 def expect(response, role, allowed):
@@ -269,7 +271,7 @@ def test_announce_page_has_live_numbers_and_a_draft(client, campaign):
         task = task_with_candidates(campaign)
         for person in (ann, ben, cat):
             answer(person, task, "1")
-    task_with_candidates(campaign)
+    # The fixture's task is the third, unanswered one.
     services.profile_name_hide(user=ben, hidden=True)
     client.force_login(admin)
     html = client.get(reverse("gamify:announce")).content.decode()
@@ -321,3 +323,18 @@ def test_the_sprint_bar_says_1_answer_not_1_answers(count, unit):
         {"sprint": SimpleNamespace(uuid=uuid.uuid4()), "state": {**state, "answer_count": count}, "campaign": None},
     )
     assert f'<b id="sprint-count">{count}</b> <span id="sprint-count-unit">{unit}</span>' in html
+
+
+def test_a_sprint_cannot_start_before_the_campaign_has_a_task(client, db):
+    # Issue 16, bug 6: the clock would run while the campaign is still preparing.
+    from annotate.models import Campaign
+    from gamify.models import Sprint
+
+    from ..factories import CampaignFactory, user_with_role
+
+    campaign = CampaignFactory(slug="fresh", status=Campaign.Status.PREPARING)
+    client.force_login(user_with_role("employee", username="early"))
+    response = client.post(f"/verify/{campaign.slug}/sprint", {"duration_s": 300}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "still preparing" in response.content.decode()
+    assert not Sprint.objects.exists()
