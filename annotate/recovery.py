@@ -32,8 +32,10 @@ PREPARE_STALLED_AFTER = timedelta(minutes=10)
 def campaigns_recover(*, now=None) -> list[Campaign]:
     """Prepare again (annotate.services.campaign_prepare) every match campaign still PREPARING whose
     suggestion pipeline was lost: it was prepared (its embedding model has embedding runs) but none of
-    those runs was created, beat or finished within PREPARE_STALLED_AFTER. campaign_prepare is safe
-    to repeat: each step does only what is missing. A campaign never prepared is left alone.
+    those runs was created, beat (RUNNING) or finished (DONE) within PREPARE_STALLED_AFTER; a FAILED
+    run (a lost worker's, failed by mlcore.jobs.embedding_runs_recover, or an error) is retried this
+    way too. campaign_prepare is safe to repeat: each step does only what is missing. A campaign
+    never prepared is left alone.
     Returns the campaigns prepared again."""
     from mlcore.models import EmbeddingRun
 
@@ -48,7 +50,11 @@ def campaigns_recover(*, now=None) -> list[Campaign]:
         runs = EmbeddingRun.objects.filter(model_version_id=campaign.model_version_id)
         if not runs.exists():
             continue
-        alive = Q(created_at__gte=quiet_since) | Q(heartbeat_at__gte=quiet_since) | Q(finished_at__gte=quiet_since)
+        alive = (
+            Q(created_at__gte=quiet_since)
+            | Q(status=EmbeddingRun.Status.RUNNING, heartbeat_at__gte=quiet_since)
+            | Q(status=EmbeddingRun.Status.DONE, finished_at__gte=quiet_since)
+        )
         if runs.filter(alive).exists():
             continue
         logger.info("campaign %s: its suggestion pipeline was lost; preparing it again", campaign.slug)
