@@ -551,7 +551,8 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     stale = Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER)
     given_up = TrainingRun.objects.filter(stale, started_at__lt=now - GIVE_UP_AFTER).update(
         status=TrainingRun.Status.FAILED,
-        error=f"given up: its worker was lost again and again, {GIVE_UP_AFTER} after it started",
+        error=f"given up: no heartbeat for {STALE_RUN_AFTER} and started over {GIVE_UP_AFTER} ago (its worker "
+        "keeps getting lost, or no gpu worker runs); the next retrain starts afresh",
         finished_at=now,
     )
     if given_up:
