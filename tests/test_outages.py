@@ -10,10 +10,8 @@ from django.db import OperationalError, connection
 from django.db.backends import utils as db_utils
 from rest_framework.test import APIClient
 
-from config.celery import app as celery_app
-
 from .factories import CampaignFactory, task_with_candidates, user_with_role
-from .test_worker import _use_broker
+from .test_worker import broker_down  # noqa: F401 (the fixture)
 
 SECRET = "could not connect to server at db-secret-host.internal:5432"
 
@@ -33,15 +31,6 @@ def database_down(db):
 
     yield start
     patch.undo()
-
-
-@pytest.fixture
-def broker_down(settings):
-    celery_app.conf.task_always_eager = False
-    _use_broker("redis://127.0.0.1:1/0")
-    yield
-    _use_broker(settings.CELERY_BROKER_URL)
-    celery_app.conf.task_always_eager = True
 
 
 def test_the_api_answers_a_database_outage_with_json_503_and_retry_after(database_down, db):
@@ -68,7 +57,7 @@ def test_an_html_page_answers_a_database_outage_with_a_plain_503_page(client, da
     assert "secret" not in body and "Traceback" not in body and "OperationalError" not in body
 
 
-def test_a_broker_outage_outside_a_saved_row_answers_json_503(db, broker_down, monkeypatch):
+def test_a_broker_outage_outside_a_saved_row_answers_json_503(db, broker_down, monkeypatch):  # noqa: F811
     """A view that publishes directly (none should; this is the safety net) still answers 503 JSON."""
     from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -100,7 +89,7 @@ def test_healthz_reports_a_database_outage_as_503_without_its_error_text(client,
     assert "secret" not in response.content.decode()
 
 
-def test_healthz_reports_a_dead_broker_as_degraded(client, db, broker_down):
+def test_healthz_reports_a_dead_broker_as_degraded(client, db, broker_down):  # noqa: F811
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "degraded", "database": "ok", "broker": "unavailable", "storage": "ok"}

@@ -50,6 +50,40 @@ def _use_broker(url: str) -> None:
     kombu_pools.reset()
 
 
+class BrokerDown:
+    """Celery not eager and its broker a closed port (nothing listens on port 1: every publish is
+    refused), until `restore()`: eager again, on the settings' broker. Celery prefers the
+    CELERY_BROKER_URL environment variable (the PostgreSQL pass sets it) to conf.broker_url, so both
+    are pointed at the dead broker."""
+
+    URL = "redis://127.0.0.1:1/0"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setenv("CELERY_BROKER_URL", self.URL)
+        celery_app.conf.task_always_eager = False
+        _use_broker(self.URL)
+        with celery_app.connection_for_write() as conn:
+            pointed = (conn.hostname, conn.port) == ("127.0.0.1", 1)
+        if not pointed:
+            self.restore()
+            raise AssertionError("Celery is not pointed at the dead broker")
+
+    def restore(self) -> None:
+        self.patch.undo()
+        _use_broker(self.settings.CELERY_BROKER_URL)
+        celery_app.conf.task_always_eager = True
+
+
+@pytest.fixture
+def broker_down(settings):
+    """A BrokerDown for the test, restored at its end."""
+    down = BrokerDown(settings)
+    yield down
+    down.restore()
+
+
 @pytest.fixture
 def broker_url(tmp_path):
     if settings.CELERY_BROKER_URL.startswith("sqla+"):

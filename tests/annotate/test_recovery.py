@@ -4,48 +4,29 @@ while saving one leaves it PENDING instead of turning into an error after the ro
 
 from datetime import timedelta
 
-import pytest
 from django.urls import reverse
 from django.utils import timezone
 
 from annotate import learning, recovery
 from annotate.exports import services as export_services
 from annotate.models import Campaign, ExportSnapshot
-from config.celery import app as celery_app
 from mlcore import training
 from mlcore.jobs import task_send
 from mlcore.models import EmbeddingRun, ModelVersion, TrainingRun
 
 from ..factories import CampaignFactory, ModelVersionFactory, user_with_role
-from ..test_worker import _use_broker
+from ..test_worker import broker_down  # noqa: F401 (the fixture)
 from .test_learning import CONFIG, loop  # noqa: F401 (the fixture)
 
-DEAD_BROKER = "redis://127.0.0.1:1/0"  # nothing listens on port 1: every publish is refused
 
-
-@pytest.fixture
-def broker_down(settings):
-    """Celery not eager, its broker a closed port; restored afterwards."""
-    celery_app.conf.task_always_eager = False
-    _use_broker(DEAD_BROKER)
-    yield
-    _use_broker(settings.CELERY_BROKER_URL)
-    celery_app.conf.task_always_eager = True
-
-
-def _broker_back(settings):
-    _use_broker(settings.CELERY_BROKER_URL)
-    celery_app.conf.task_always_eager = True
-
-
-def test_task_send_reports_a_dead_broker_instead_of_raising(broker_down):
+def test_task_send_reports_a_dead_broker_instead_of_raising(broker_down):  # noqa: F811
     from annotate.tasks import export_build_task
 
     assert task_send(export_build_task.si(1)) is False
 
 
 def test_an_export_asked_for_while_the_broker_is_down_is_queued_and_built_once_it_is_back(
-    db, api, broker_down, settings, django_capture_on_commit_callbacks
+    db, api, broker_down, settings, django_capture_on_commit_callbacks  # noqa: F811
 ):
     """Before: the publish failure after commit became an HTML 500, leaving a PENDING snapshot that
     nothing would ever build."""
@@ -57,7 +38,7 @@ def test_an_export_asked_for_while_the_broker_is_down_is_queued_and_built_once_i
     snapshot = ExportSnapshot.objects.get(name="outage")
     assert snapshot.status == ExportSnapshot.Status.PENDING
 
-    _broker_back(settings)
+    broker_down.restore()
     assert export_services.exports_recover() == 0  # too fresh: its message may still be on its way
     ExportSnapshot.objects.filter(pk=snapshot.pk).update(created_at=timezone.now() - timedelta(minutes=3))
     assert export_services.exports_recover() == 1
@@ -97,7 +78,7 @@ def test_a_retrain_asked_for_while_the_broker_is_down_stays_pending_and_the_swee
     run = TrainingRun.objects.get(scope=learning.scope_of(campaign))
     assert run.status == TrainingRun.Status.PENDING
 
-    _broker_back(settings)
+    broker_down.restore()
     TrainingRun.objects.filter(pk=run.pk).update(
         created_at=timezone.now() - timedelta(minutes=3), config={**run.config, **CONFIG}
     )
