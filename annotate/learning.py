@@ -34,6 +34,7 @@ from catalog.attribute_schema import CATEGORY_SLUG, category_paths
 from catalog.models import Attribute
 from catalog.services import TAXONOMY_SEPARATOR
 from mlcore import training
+from mlcore.jobs import send_on_commit, task_send
 from mlcore.models import AttributePrediction, ModelVersion, TrainingRun
 
 from .exports.formats import file_sha256
@@ -191,7 +192,9 @@ def _snapshot_finish(snapshot: ExportSnapshot, *, partial, count: int) -> Export
 
 
 def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None) -> TrainingRun:
-    """Snapshot the campaign's labels and queue a retrain on queue gpu (after commit).
+    """Snapshot the campaign's labels and queue a retrain on queue gpu (after commit). When the broker
+    cannot take the message the run stays PENDING and the beat sweep sends it again
+    (mlcore.training.training_runs_recover); no error reaches the caller.
 
     Raises:
         ValueError: the campaign is not an attribute campaign, has no embedding model version, or has
@@ -223,14 +226,17 @@ def retrain_start(*, campaign: Campaign, reason: str = "", created_by=None, conf
         config=settings,
         reason=reason,
     )
-    transaction.on_commit(lambda: train_task.delay(run.pk))
+    send_on_commit(train_task.si(run.pk))
     return run
 
 
 def learning_due(*, now=None) -> list[TrainingRun]:
     """Start a retrain for each learning campaign with enough new settled labels: at least
     campaign.retrain_every_labels since the last run's snapshot, or any after RETRAIN_AT_LEAST_EVERY.
-    A campaign with a run pending or running is left alone. Returns the runs started."""
+    A campaign with a run pending or running is left alone: the beat sweep re-queues such a run when
+    its message or worker was lost, and fails one whose worker keeps dying
+    (mlcore.training.training_runs_recover), so no run holds the campaign up for good.
+    Returns the runs started."""
     now = now or timezone.now()
     started = []
     for campaign in Campaign.objects.filter(
@@ -521,7 +527,7 @@ def backbone_apply_start(*, campaign: Campaign, version: ModelVersion) -> None:
     pipeline = chain(
         embed_run_task.si(products.pk), embed_run_task.si(photos.pk), backbone_apply_task.si(campaign.pk, version.pk)
     )
-    transaction.on_commit(pipeline.delay)
+    send_on_commit(pipeline)
 
 
 def backbones_unapplied_resume() -> list[Campaign]:
@@ -630,7 +636,7 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
         reason=reason,
         epochs=int((config or {}).get("epochs", 5)),
     )
-    transaction.on_commit(lambda: train_task.delay(run.pk))
+    send_on_commit(train_task.si(run.pk))
     return run
 
 
@@ -922,7 +928,7 @@ def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=No
         if campaign is not None:
             from .tasks import matching_apply_task
 
-            matching_apply_task.delay(campaign.pk)
+            task_send(matching_apply_task.si(campaign.pk))
         return
     if not scope.startswith("campaign:"):
         return
@@ -933,7 +939,7 @@ def on_model_activated(sender, *, version: ModelVersion, scope: str, replaced=No
         model_labels_withdraw(campaign=campaign, version=replaced)
     from .tasks import learning_apply_task
 
-    learning_apply_task.delay(campaign.pk)
+    task_send(learning_apply_task.si(campaign.pk))
 
 
 def model_labels_withdraw(*, campaign: Campaign, version: ModelVersion) -> int:

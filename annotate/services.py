@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from catalog.models import Photo, Product
 from mlcore import services as ml_services
+from mlcore.jobs import send_on_commit
 from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
 from mlcore.tasks import embed_run_task
 
@@ -119,7 +120,7 @@ def campaign_prepare(*, campaign: Campaign, demo_gold_count: int = 0) -> tuple[E
             # After the first tasks exist: people start on the pretrained model's suggestions.
             steps.append(matching_pretrain_task.si(run.pk))
         pipeline = chain(*steps)
-        transaction.on_commit(pipeline.delay)
+        send_on_commit(pipeline)  # a broker outage: the beat sweep prepares it again
     return products_run, photos_run
 
 
@@ -702,7 +703,7 @@ def consensus_recompute_queue(*, campaign: Campaign) -> None:
     """Queue a full consensus recompute of `campaign` after the transaction commits (Celery)."""
     from .tasks import consensus_recompute_task
 
-    transaction.on_commit(lambda: consensus_recompute_task.delay(campaign.pk))
+    send_on_commit(consensus_recompute_task.si(campaign.pk))
 
 
 def annotator_pause(*, campaign: Campaign, annotator, paused: bool, by=None) -> AnnotatorStats:

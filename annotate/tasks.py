@@ -55,6 +55,15 @@ def learning_due_task() -> None:
     learning.backbones_unapplied_resume()
 
 
+@shared_task(name="annotate.jobs_recover", ignore_result=True)
+def jobs_recover_task() -> None:
+    """Run by Celery beat on queue default: send again the jobs whose rows wait for them (training
+    runs, exports, campaign preparation) after a killed worker or a broker outage (annotate.recovery)."""
+    from . import recovery
+
+    recovery.jobs_recover()
+
+
 @shared_task(name="annotate.learning_apply", acks_late=True, ignore_result=True)
 def learning_apply_task(campaign_id: int) -> None:
     """After a model is activated: predict open tasks, auto-accept, re-rank (queue gpu: it runs the

@@ -52,6 +52,10 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
+# Outages: a database or broker that is down answers 503 (JSON with Retry-After on /api/, a plain
+# page elsewhere), never a traceback. Last, so it is the first to see a view's exception.
+MIDDLEWARE += ["config.middleware.OutageMiddleware"]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 
@@ -76,10 +80,14 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'f
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server and the Celery worker write to the same file: WAL lets readers run beside one
     # writer, IMMEDIATE takes the write lock at BEGIN so two writers queue instead of deadlocking.
+    # "timeout" is how long a writer waits for that lock (SQLite's busy timeout): every write
+    # transaction in the app is short (a chunk of at most 500 rows), so 5 s is plenty for the web and
+    # the demo's two workers to queue behind each other, and a lock held longer (a stuck process)
+    # answers 503 in 5 s (config.middleware) instead of hanging a request for 30.
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 30,
+        "timeout": env.float("FITCHECK_SQLITE_TIMEOUT_S", default=5.0),
     }
     # A file, not :memory:, so a real Celery worker started by a test sees the test database; one per
     # test process, so two test runs in one checkout do not delete each other's database.
@@ -87,6 +95,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    # A database that does not answer fails a request in 5 s (503, config.middleware), not libpq's
+    # default of waiting for the TCP timeout.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "connect_timeout", env.int("FITCHECK_DB_CONNECT_TIMEOUT_S", default=5)
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -145,9 +158,24 @@ SPECTACULAR_SETTINGS = {
 
 # Celery. Embedded default: a SQLite file as broker, polled by a real worker process.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
-# kombu's SQLAlchemy transport hands every transport option to create_engine(), so none are set
-# here; it polls the SQLite file once a second.
+# kombu's SQLAlchemy transport hands every transport option to create_engine(), so only engine
+# arguments are set for it below; it polls the SQLite file once a second.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A dead broker fails a publish in about 1.5 s (then the row stays PENDING and the beat sweep sends
+# it again, mlcore.jobs), not 2.7-15 s or forever: one connect/read timeout of
+# FITCHECK_BROKER_TIMEOUT_S and one retry. Workers keep reconnecting as before (the socket timeout
+# does not apply to their event loop).
+FITCHECK_BROKER_TIMEOUT_S = env.float("FITCHECK_BROKER_TIMEOUT_S", default=1.0)
+CELERY_BROKER_CONNECTION_TIMEOUT = FITCHECK_BROKER_TIMEOUT_S
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": FITCHECK_BROKER_TIMEOUT_S,
+        "socket_connect_timeout": FITCHECK_BROKER_TIMEOUT_S,
+    }
+elif CELERY_BROKER_URL.startswith("sqla+sqlite"):
+    # Passed to create_engine(): how long a publish waits for the broker file's lock (pysqlite: 5 s).
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"connect_args": {"timeout": 2 * FITCHECK_BROKER_TIMEOUT_S}}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "mlcore.embed": {"queue": "gpu"},
@@ -157,15 +185,18 @@ CELERY_TASK_ROUTES = {
     "annotate.backbone_apply": {"queue": "gpu"},
     "mlcore.matching_pretrain": {"queue": "gpu"},
     "mlcore.training_runs_recover": {"queue": "default"},
+    "annotate.jobs_recover": {"queue": "default"},
 }
 CELERY_TASK_IGNORE_RESULT = True
 # Full consensus recompute of campaigns whose answers changed (annotate.consensus). Each answer
 # already updates its own task; this re-fits annotator reliability over the whole campaign.
 CELERY_BEAT_SCHEDULE = {
-    "training-runs-recover": {
-        "task": "mlcore.training_runs_recover",
-        "schedule": env.float("FITCHECK_TRAINING_RECOVER_S", default=300.0),
-        "options": {"expires": 290},
+    # Jobs that finish: re-send the jobs of training runs, exports and campaign preparations whose
+    # message was lost to a killed worker or a broker outage (annotate.recovery).
+    "jobs-recover": {
+        "task": "annotate.jobs_recover",
+        "schedule": env.float("FITCHECK_JOBS_RECOVER_S", default=120.0),
+        "options": {"expires": 110},
     },
     "consensus-recompute-dirty": {
         "task": "annotate.consensus_recompute_dirty",

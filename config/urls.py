@@ -6,10 +6,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from annotate import views as annotate_views
 from catalog import views as catalog_views
+from config import health
 
 urlpatterns = [
     path("", annotate_views.home, name="home"),
-    path("healthz", catalog_views.healthz, name="healthz"),
+    path("healthz", health.healthz, name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("annotate.urls")),
@@ -19,6 +20,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
 ]
+
+# A database or broker outage raised outside a view still answers 503 (config.middleware).
+handler500 = "config.middleware.server_error"
 
 if settings.FITCHECK_SERVE_MEDIA:
     # Images are served to logged-in users only. In production, put a CDN or nginx in front of

@@ -60,6 +60,8 @@ from .models import ModelVersion, ProductEmbedding, TrainingRun
 logger = logging.getLogger(__name__)
 
 STALE_RUN_AFTER = timedelta(minutes=10)  # a RUNNING run without a heartbeat this long is re-claimed
+# A stale run this long after it started is failed rather than re-queued (training_runs_recover).
+GIVE_UP_AFTER = timedelta(hours=24)
 # Sent after a candidate becomes active (or a rollback): annotate re-ranks and auto-accepts.
 # Arguments: version (the new active ModelVersion), scope, and replaced (the model that was active
 # before, or None) with rollback=True when an admin rolled `replaced` back.
@@ -523,28 +525,50 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     return run
 
 
-def training_runs_recover(*, pending_after: timedelta = STALE_RUN_AFTER) -> int:
+def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -> int:
     """Re-queue every run nobody is working on: RUNNING with a heartbeat older than STALE_RUN_AFTER
     (its worker died; the message may never be redelivered, as with the SQLite-file broker), or
-    PENDING for longer than `pending_after` (its message was lost). Safe to call at any time:
-    training_run_execute claims with a conditional update, so a duplicate message does nothing.
-    Returns the number of runs re-queued."""
+    PENDING for longer than `pending_after` (mlcore.jobs.PENDING_RESEND_AFTER by default: its message
+    was lost, or never reached a broker that was down). The re-queued run resumes from its last
+    per-epoch checkpoint. Run by Celery beat (annotate.jobs_recover) on either broker.
+
+    A stale run that started more than GIVE_UP_AFTER ago is not re-queued but FAILED (its worker
+    keeps dying, or no gpu worker has run for that long), so a run can never hold up the learning
+    loop (annotate.learning.learning_due skips a scope with a live run) for good.
+
+    Safe to call at any time: training_run_execute claims with a conditional update, so a duplicate
+    message does nothing; the messages sent here expire (mlcore.jobs.RESEND_EXPIRES_S) so a long
+    worker outage does not pile them up. A broker outage is logged, not raised.
+    Returns the number of runs re-queued.
+    """
     from django.db.models import Q
 
+    from .jobs import PENDING_RESEND_AFTER, RESEND_EXPIRES_S, task_send
     from .tasks import matching_pretrain_task, train_task
 
-    now = timezone.now()
+    now = now or timezone.now()
+    pending_after = PENDING_RESEND_AFTER if pending_after is None else pending_after
+    stale = Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER)
+    given_up = TrainingRun.objects.filter(stale, started_at__lt=now - GIVE_UP_AFTER).update(
+        status=TrainingRun.Status.FAILED,
+        error=f"given up: no heartbeat for {STALE_RUN_AFTER} and started over {GIVE_UP_AFTER} ago (its worker "
+        "keeps getting lost, or no gpu worker runs); the next retrain starts afresh",
+        finished_at=now,
+    )
+    if given_up:
+        logger.warning("failed %s training runs whose workers kept getting lost", given_up)
     runs = list(
         TrainingRun.objects.filter(
-            Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER)
-            | Q(status=TrainingRun.Status.PENDING, created_at__lt=now - pending_after)
+            stale | Q(status=TrainingRun.Status.PENDING, created_at__lt=now - pending_after)
         ).values_list("pk", "kind")
     )
+    sent = 0
     for pk, kind in runs:
-        (matching_pretrain_task if kind == ModelVersion.Kind.BACKBONE else train_task).delay(pk)
+        task = matching_pretrain_task if kind == ModelVersion.Kind.BACKBONE else train_task
+        sent += task_send(task.si(pk), expires=RESEND_EXPIRES_S)
     if runs:
-        logger.info("re-queued %s stale training runs", len(runs))
-    return len(runs)
+        logger.info("re-queued %s of %s stale training runs", sent, len(runs))
+    return sent
 
 
 def _train(run: TrainingRun) -> None:

@@ -50,6 +50,40 @@ def _use_broker(url: str) -> None:
     kombu_pools.reset()
 
 
+class BrokerDown:
+    """Celery not eager and its broker a closed port (nothing listens on port 1: every publish is
+    refused), until `restore()`: eager again, on the settings' broker. Celery prefers the
+    CELERY_BROKER_URL environment variable (the PostgreSQL pass sets it) to conf.broker_url, so both
+    are pointed at the dead broker."""
+
+    URL = "redis://127.0.0.1:1/0"
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setenv("CELERY_BROKER_URL", self.URL)
+        celery_app.conf.task_always_eager = False
+        _use_broker(self.URL)
+        with celery_app.connection_for_write() as conn:
+            pointed = (conn.hostname, conn.port) == ("127.0.0.1", 1)
+        if not pointed:
+            self.restore()
+            raise AssertionError("Celery is not pointed at the dead broker")
+
+    def restore(self) -> None:
+        self.patch.undo()
+        _use_broker(self.settings.CELERY_BROKER_URL)
+        celery_app.conf.task_always_eager = True
+
+
+@pytest.fixture
+def broker_down(settings):
+    """A BrokerDown for the test, restored at its end."""
+    down = BrokerDown(settings)
+    yield down
+    down.restore()
+
+
 @pytest.fixture
 def broker_url(tmp_path):
     if settings.CELERY_BROKER_URL.startswith("sqla+"):
@@ -57,9 +91,9 @@ def broker_url(tmp_path):
     return settings.CELERY_BROKER_URL
 
 
-def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log"):
+def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log", extra_args=()):
     """Start a `celery worker` process on queues default and gpu, sharing this test's database and
-    media. Returns (process, log file opened w+)."""
+    media; `extra_args` are added to its command line. Returns (process, log file opened w+)."""
     env = os.environ | {
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
@@ -87,6 +121,7 @@ def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log"):
             "--without-mingle",
             "--loglevel",
             "INFO",
+            *extra_args,
         ],
         cwd=ROOT,
         env=env,
@@ -234,11 +269,53 @@ def test_an_export_is_built_by_a_real_worker(worker, settings):
     assert "annotate.export_build" in _log_tail(log)
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie nobody reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.worker
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_beat_embedded_in_a_worker_dies_when_the_worker_is_killed(broker_url, settings, tmp_path):
+    """bin/demo runs beat inside the default worker (`--beat`). Before: after kill -9 of the worker the
+    beat lived on as an orphan, scheduling jobs no worker of its own would run."""
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    process, log = _worker_start(
+        broker_url, settings, log_name="worker-beat.log", extra_args=["--beat", "--schedule", str(tmp_path / "beat")]
+    )
+    try:
+        beat = None
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and process.poll() is None and beat is None:
+            if "beat: Starting" in _log_tail(log):
+                with open(f"/proc/{process.pid}/task/{process.pid}/children") as fh:
+                    children = [int(pid) for pid in fh.read().split()]
+                beat = children[0] if children else None
+            time.sleep(0.2)
+        assert beat is not None and _alive(beat), f"no beat process:\n{_log_tail(log)}"
+        process.kill()  # SIGKILL: the worker cannot stop its beat itself
+        process.wait(timeout=20)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(beat):
+            time.sleep(0.2)
+        survived = _alive(beat)
+        if survived:
+            os.kill(beat, 9)  # leave no orphan behind, whatever the outcome
+        assert not survived, "the embedded beat outlived its worker"
+    finally:
+        _worker_stop(process, log)
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is_killed(broker_url, settings):
     """Stage 1 of the matching CNN (tiny model, 16 products) on a real worker; kill -9 it mid-run; a
     second worker, sent the run by the stale-run sweep, resumes from the last epoch's checkpoint."""
+    from annotate.tasks import jobs_recover_task
     from mlcore import training
     from mlcore.matching_pretrain import matching_pretrain_create
     from mlcore.models import ModelVersion, TrainingRun
@@ -271,11 +348,12 @@ def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is
     killed_at = TrainingRun.objects.get(pk=run.pk).epoch
     assert TrainingRun.objects.get(pk=run.pk).status == TrainingRun.Status.RUNNING
 
-    # The heartbeat goes stale (made so here instead of waiting STALE_RUN_AFTER); the sweep re-sends it.
+    # The heartbeat goes stale (made so here instead of waiting STALE_RUN_AFTER); the beat sweep,
+    # sent through the broker as beat sends it and run by the new worker, re-sends the run.
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - training.STALE_RUN_AFTER * 2)
     second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
     try:
-        assert training.training_runs_recover() >= 1
+        jobs_recover_task.delay()
         deadline = time.monotonic() + 2 * WAIT_S
         while time.monotonic() < deadline and second.poll() is None:
             run.refresh_from_db()

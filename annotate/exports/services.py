@@ -19,6 +19,8 @@ from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from mlcore.jobs import PENDING_RESEND_AFTER, RESEND_EXPIRES_S, send_on_commit, task_send
+
 from ..models import Answer, ExportSnapshot
 from . import records
 from .formats import file_sha256, writers_for
@@ -51,7 +53,9 @@ def export_create(
     created_by=None,
 ) -> ExportSnapshot:
     """Validate the options and create a PENDING snapshot, numbered one past the last snapshot of
-    `name`; the Celery task annotate.export_build builds it after the transaction commits.
+    `name`; the Celery task annotate.export_build builds it after the transaction commits. When the
+    broker cannot take that message, the snapshot stays PENDING ("Queued") and `exports_recover`
+    sends it again once the broker is back (mlcore.jobs): no error reaches the caller.
 
     Args:
         name: a slug; snapshots of one name are versions 1, 2, 3...
@@ -100,7 +104,7 @@ def export_create(
                     embed_images=embed_images,
                     created_by=created_by,
                 )
-                transaction.on_commit(lambda pk=snapshot.pk: export_build_task.delay(pk))
+                send_on_commit(export_build_task.si(snapshot.pk))
             return snapshot
         except IntegrityError:  # someone took the same version number at the same moment
             continue
@@ -284,6 +288,30 @@ def export_build(*, snapshot_id: int) -> ExportSnapshot | None:
         progress.close()
     snapshot.refresh_from_db()
     return snapshot
+
+
+def exports_recover(*, now=None) -> int:
+    """Send annotate.export_build again for every snapshot nobody is building: PENDING for longer
+    than mlcore.jobs.PENDING_RESEND_AFTER (its message was lost, or never reached a broker that was
+    down) or RUNNING with a heartbeat older than STALE_AFTER (its worker died; the build starts
+    again from scratch, `export_build`). Run by Celery beat (annotate.jobs_recover). Idempotent: the
+    build claims with a conditional update, and the messages sent here expire. A broker outage is
+    logged, not raised. Returns the number of snapshots sent again."""
+    from django.db.models import Q
+
+    from ..tasks import export_build_task
+
+    now = now or timezone.now()
+    ids = list(
+        ExportSnapshot.objects.filter(
+            Q(status=ExportSnapshot.Status.PENDING, created_at__lt=now - PENDING_RESEND_AFTER)
+            | Q(status=ExportSnapshot.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
+        ).values_list("pk", flat=True)
+    )
+    sent = sum(task_send(export_build_task.si(pk), expires=RESEND_EXPIRES_S) for pk in ids)
+    if ids:
+        logger.info("sent %s of %s stalled export builds again", sent, len(ids))
+    return sent
 
 
 def export_file_path(*, snapshot: ExportSnapshot, path: str) -> Path:

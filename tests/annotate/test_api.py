@@ -194,4 +194,4 @@ def test_schema_and_docs_are_served_without_a_cdn(client, employee):
 def test_healthz_needs_no_login(client, db):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "storage": "ok"}

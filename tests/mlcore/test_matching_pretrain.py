@@ -107,10 +107,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_model(catalog, mon
 
 def test_the_sweep_requeues_stale_and_lost_runs_only(catalog, monkeypatch):
     sent = []
-    from mlcore import tasks
+    from mlcore import jobs
 
-    monkeypatch.setattr(tasks.matching_pretrain_task, "delay", lambda pk: sent.append(("pretrain", pk)))
-    monkeypatch.setattr(tasks.train_task, "delay", lambda pk: sent.append(("train", pk)))
+    names = {"mlcore.matching_pretrain": "pretrain", "mlcore.train": "train"}
+    monkeypatch.setattr(jobs, "task_send", lambda sig, **kw: sent.append((names[sig.task], sig.args[0])) or True)
     fresh = _run(scope="backbone:fresh")
     lost = _run(scope="backbone:lost")
     stale = _run(scope="backbone:stale")
