@@ -700,9 +700,12 @@ def gold_clear(*, task: Task) -> bool:
 
 
 def consensus_recompute_queue(*, campaign: Campaign) -> None:
-    """Queue a full consensus recompute of `campaign` after the transaction commits (Celery)."""
+    """Queue a full consensus recompute of `campaign` after the transaction commits (Celery). The
+    campaign is marked dirty first, so a message lost to a broker outage is made up for by the beat's
+    consensus_recompute_dirty within a minute of the broker coming back."""
     from .tasks import consensus_recompute_task
 
+    Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=True)
     send_on_commit(consensus_recompute_task.si(campaign.pk))
 
 

@@ -26,7 +26,11 @@ def test_task_send_reports_a_dead_broker_instead_of_raising(broker_down):  # noq
 
 
 def test_an_export_asked_for_while_the_broker_is_down_is_queued_and_built_once_it_is_back(
-    db, api, broker_down, settings, django_capture_on_commit_callbacks  # noqa: F811
+    db,
+    api,
+    broker_down,
+    settings,
+    django_capture_on_commit_callbacks,  # noqa: F811
 ):
     """Before: the publish failure after commit became an HTML 500, leaving a PENDING snapshot that
     nothing would ever build."""
@@ -67,7 +71,11 @@ def test_the_export_sweep_resends_lost_and_stale_builds_only(db, monkeypatch):
 
 
 def test_a_retrain_asked_for_while_the_broker_is_down_stays_pending_and_the_sweep_trains_it(
-    client, loop, broker_down, settings, django_capture_on_commit_callbacks  # noqa: F811
+    client,
+    loop,
+    broker_down,
+    settings,
+    django_capture_on_commit_callbacks,  # noqa: F811
 ):
     """Before: the Models page's retrain button answered 500 after saving the run and its snapshot."""
     campaign, *_ = loop
@@ -184,3 +192,20 @@ def test_the_jobs_recover_task_is_on_the_beat_schedule(settings):
     from annotate.tasks import jobs_recover_task
 
     assert jobs_recover_task.name == "annotate.jobs_recover"
+
+
+def test_a_recompute_asked_for_while_the_broker_is_down_is_made_up_by_the_dirty_sweep(
+    transactional_db,
+    broker_down,  # noqa: F811
+):
+    from annotate.consensus.services import consensus_recompute_dirty
+    from annotate.services import consensus_recompute_queue
+
+    campaign = CampaignFactory(slug="lost-click")
+    Campaign.objects.filter(pk=campaign.pk).update(consensus_dirty=False)
+    consensus_recompute_queue(campaign=campaign)  # the message is lost: nothing listens
+    assert Campaign.objects.get(pk=campaign.pk).consensus_dirty
+    broker_down.restore()
+    consensus_recompute_dirty()  # the beat's every-minute sweep, once the broker is back
+    campaign.refresh_from_db()
+    assert not campaign.consensus_dirty and campaign.consensus_computed_at is not None
