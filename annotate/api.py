@@ -20,7 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from . import selectors, services
 from .exports import services as export_services
 from .exports.records import ExportInvalid
-from .models import GoldLabel, Lease
+from .models import Campaign, GoldLabel, Lease
 from .serializers import (
     AnswerInputSerializer,
     AnswerSerializer,
@@ -103,6 +103,11 @@ class NextTaskView(FitcheckAPIView):
             200: TaskSerializer,
             204: OpenApiResponse(description="No task left for you."),
             400: OpenApiResponse(description="seed is not an integer."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="The campaign is still preparing its first tasks (code campaign_preparing); "
+                "try again after Retry-After seconds.",
+            ),
             **_errors(401, 404, e404="No such campaign, or not one you verify."),
             403: OpenApiResponse(
                 ErrorSerializer, description="Not allowed (code permission_denied), or paused (code annotator_paused)."
@@ -122,6 +127,13 @@ class NextTaskView(FitcheckAPIView):
         except services.AnnotatorPaused as exc:
             return Response({"code": exc.code, "detail": exc.message}, status=status.HTTP_403_FORBIDDEN)
         if task is None:
+            if campaign.status == Campaign.Status.PREPARING:
+                # "Nothing left" would be wrong: the first tasks are still being built.
+                return Response(
+                    {"code": "campaign_preparing", "detail": "The campaign is still preparing its tasks."},
+                    status=status.HTTP_409_CONFLICT,
+                    headers={"Retry-After": "15"},
+                )
             return Response(status=status.HTTP_204_NO_CONTENT)
         task = selectors.task_with_candidates(task.pk)
         lease = Lease.objects.filter(task=task, annotator=request.user, expires_at__gt=timezone.now()).first()
@@ -295,7 +307,10 @@ class ExportFileView(FitcheckAPIView):
         summary="Download one file of a finished snapshot",
         parameters=[
             OpenApiParameter(
-                "X-Checksum-Sha256", str, location=OpenApiParameter.HEADER, response=[200],
+                "X-Checksum-Sha256",
+                str,
+                location=OpenApiParameter.HEADER,
+                response=[200],
                 description="The file's sha256 (hex), as in the snapshot's files.",
             ),
         ],

@@ -224,6 +224,11 @@ class RawAnswerSerializer(serializers.Serializer):
     annotator = serializers.CharField(help_text="Pseudonym, stable across exports.")
     choice = serializers.CharField()
     label = serializers.CharField()
+    values = serializers.DictField(
+        allow_null=True,
+        help_text="Attributes campaigns: {attribute slug: value} (a multi choice a list of options); "
+        "null for match campaigns.",
+    )
     product = serializers.UUIDField(allow_null=True)
     duration_ms = serializers.IntegerField()
     is_too_fast = serializers.BooleanField()

@@ -348,11 +348,34 @@ def answers_cursor_decode(cursor: str | None) -> int:
         raise ExportInvalid({"cursor": ["not a cursor this server issued"]}) from None
 
 
+def _attribute_values(answer_ids) -> dict[int, dict]:
+    """{answer id: {attribute slug: value}} of attribute answers: a multi choice as a list of options,
+    the rest as stored (str). One query."""
+    from catalog.models import Attribute
+
+    from ..models import AttributeAnswer
+
+    values: dict[int, dict] = {}
+    rows = AttributeAnswer.objects.filter(answer_id__in=answer_ids).values_list(
+        "answer_id", "attribute__slug", "attribute__kind", "value"
+    )
+    for answer_id, slug, kind, value in rows:
+        values.setdefault(answer_id, {})[slug] = (
+            [v for v in value.split("|") if v] if kind == Attribute.Kind.MULTI else value
+        )
+    return values
+
+
 def answers_page(*, campaign, after_pk: int, limit: int):
     """Live answers of `campaign` after `after_pk`, oldest first, as an iterator of dicts (the raw
-    answers rows of records.chunks) read with a chunked iterator; the caller streams them. The
-    last row carries "_pk" for the next cursor.
+    answers rows of records.chunks) read in chunks of 2,000; the caller streams them. Each row has
+    "values": for an attributes campaign {attribute slug: value} (a multi choice a list), else
+    None. The last row carries "_pk" for the next cursor.
     """
+    from itertools import islice
+
+    from ..models import Campaign
+
     qs = (
         Answer.objects.filter(task__campaign=campaign, revoked_at__isnull=True, pk__gt=after_pk)
         .order_by("pk")
@@ -370,30 +393,35 @@ def answers_page(*, campaign, after_pk: int, limit: int):
         )[:limit]
     )
     pseudonyms: dict[int, str] = {}
-    for (
-        pk,
-        a_uuid,
-        task_uuid,
-        annotator_id,
-        choice,
-        label,
-        product,
-        duration_ms,
-        is_too_fast,
-        created_at,
-    ) in qs.iterator(chunk_size=2_000):
-        if annotator_id not in pseudonyms:
-            pseudonyms[annotator_id] = records.annotator_pseudonym(annotator_id)
-        yield {
-            "_pk": pk,
-            "answer": str(a_uuid),
-            "task": str(task_uuid),
-            "campaign": campaign.slug,
-            "annotator": pseudonyms[annotator_id],
-            "choice": choice,
-            "label": label,
-            "product": str(product) if product else None,
-            "duration_ms": duration_ms,
-            "is_too_fast": is_too_fast,
-            "created_at": records._iso(created_at),
-        }
+    tagging = campaign.kind == Campaign.Kind.ATTRIBUTES
+    rows = qs.iterator(chunk_size=2_000)
+    while chunk := list(islice(rows, 2_000)):
+        values = _attribute_values([row[0] for row in chunk]) if tagging else {}
+        for (
+            pk,
+            a_uuid,
+            task_uuid,
+            annotator_id,
+            choice,
+            label,
+            product,
+            duration_ms,
+            is_too_fast,
+            created_at,
+        ) in chunk:
+            if annotator_id not in pseudonyms:
+                pseudonyms[annotator_id] = records.annotator_pseudonym(annotator_id)
+            yield {
+                "_pk": pk,
+                "answer": str(a_uuid),
+                "task": str(task_uuid),
+                "campaign": campaign.slug,
+                "annotator": pseudonyms[annotator_id],
+                "choice": choice,
+                "label": label,
+                "values": values.get(pk, {}) if tagging else None,
+                "product": str(product) if product else None,
+                "duration_ms": duration_ms,
+                "is_too_fast": is_too_fast,
+                "created_at": records._iso(created_at),
+            }

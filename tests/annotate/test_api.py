@@ -195,3 +195,17 @@ def test_healthz_needs_no_login(client, db):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "storage": "ok"}
+
+
+def test_next_task_while_the_campaign_prepares_is_409_with_retry_after_not_nothing_left(api, employee, db):
+    # Issue 16, bug 5: 204 means "nothing left for you"; a preparing campaign has not started yet.
+    from annotate.models import Campaign
+
+    campaign = CampaignFactory(slug="warming-up", status=Campaign.Status.PREPARING)
+    api.force_authenticate(employee)
+    response = api.get(f"/api/v1/campaigns/{campaign.slug}/next-task")
+    assert response.status_code == 409
+    assert response.json()["code"] == "campaign_preparing"
+    assert int(response["Retry-After"]) > 0
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.ACTIVE)
+    assert api.get(f"/api/v1/campaigns/{campaign.slug}/next-task").status_code == 204

@@ -284,3 +284,35 @@ def test_raw_answers_rejects_a_bad_cursor_or_limit(api, campaign, query):
 def test_raw_answers_of_a_missing_campaign_is_404(api, db):
     _api_login(api, "ml")
     assert api.get("/api/v1/campaigns/nope/answers").status_code == 404
+
+
+def test_raw_answers_of_an_attributes_campaign_carry_the_values(api, db):
+    # Issue 16, bug 4: tagging answers came out as "choice": "tags", "label": "" and nothing else.
+    from annotate import tagging
+    from annotate.models import Campaign, Task
+    from catalog.attribute_schema import attribute_schema_ensure
+    from catalog.models import TaxonomyNode
+    from catalog.services import taxonomy_path_ensure
+
+    from ..factories import ProductFactory
+
+    taxonomy_path_ensure(path="Shoes › Sandal")
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign = CampaignFactory(slug="tags", kind=Campaign.Kind.ATTRIBUTES, gold_first_count=0, gold_rate=0)
+    campaign.attributes.set([schema["color"], schema["season"]])
+    product = ProductFactory(master_category=TaxonomyNode.objects.get(path="Shoes › Sandal"))
+    tagging.tag_tasks_build(campaign=campaign, products=[product])
+    task = Task.objects.get(campaign=campaign)
+    tagger = user_with_role("tagger", username="tess")
+    tagging.tag_submit(
+        user=tagger,
+        task=task,
+        values={"color": "red", "season": ["summer", "spring"]},
+        duration_ms=2500,
+        idempotency_key="k1",
+    )
+    api.force_authenticate(user_with_role("ml", username="mia"))
+    response = api.get(f"/api/v1/campaigns/{campaign.slug}/answers")
+    (row,) = json.loads(b"".join(response.streaming_content))["results"]
+    assert row["values"]["color"] == "red"
+    assert sorted(row["values"]["season"]) == ["spring", "summer"]
