@@ -211,3 +211,25 @@ def test_the_image_creates_the_volume_folders_for_the_app_user():
     chown = re.search(r"chown app:app ([^\n]+)", dockerfile).group(1).split()
     for setting in SHARED_PATHS:
         assert env[setting] in chown, f"the Dockerfile does not create {env[setting]} owned by app"
+
+
+# -- Content-Security-Policy ------------------------------------------------------------------------
+
+
+def test_pages_are_sent_a_strict_content_security_policy(client, db):
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["script-src"] == "'self'" and directives["style-src"] == "'self'"
+    assert directives["object-src"] == "'none'" and directives["frame-ancestors"] == "'none'"
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+
+
+def test_templates_have_no_inline_script_style_or_event_handler():
+    """What the policy refuses (tests/e2e/test_csp.py checks the pages in a browser): <script>
+    without src, <style>, style="" and on*="" attributes."""
+    found = []
+    for path in sorted((ROOT / "templates").rglob("*.html")):
+        html = path.read_text()
+        for pattern in (r"<script(?![^>]*\bsrc=)[^>]*>", r"<style\b", r"\sstyle=", r"\son[a-z]+\s*="):
+            found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in re.finditer(pattern, html)]
+    assert found == []
