@@ -233,3 +233,12 @@ def test_templates_have_no_inline_script_style_or_event_handler():
         for pattern in (r"<script(?![^>]*\bsrc=)[^>]*>", r"<style\b", r"\sstyle=", r"\son[a-z]+\s*="):
             found += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in re.finditer(pattern, html)]
     assert found == []
+
+
+def test_docs_operations_lists_every_variable_the_settings_read():
+    source = (ROOT / "config" / "settings.py").read_text()
+    variables = set(re.findall(r'env(?:\.\w+)?\("([A-Z][A-Z0-9_]+)"', source))
+    variables |= set(re.findall(r'_secret\(\s*"([A-Z][A-Z0-9_]+)"', source))
+    assert {"DJANGO_SECRET_KEY", "FITCHECK_PSEUDONYM_KEY", "DATABASE_URL"} <= variables
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert sorted(v for v in variables if f"`{v}`" not in docs) == []
