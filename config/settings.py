@@ -2,7 +2,8 @@
 
 The defaults are the embedded setup used by `make demo`: SQLite for data and a SQLite file as the
 Celery broker (kombu's SQLAlchemy transport), both under `var/`. Set DATABASE_URL and
-CELERY_BROKER_URL to run the same code on PostgreSQL and Redis.
+CELERY_BROKER_URL to run the same code on PostgreSQL and Redis. Secrets have no default: see
+FITCHECK_ENV below, and docs/operations.md for every variable of a production install.
 """
 
 import os

@@ -68,6 +68,7 @@ def _campaigns():
     match = CampaignFactory(slug="lunch", overlap_min=1, overlap_max=1, min_duration_ms=0)
     for k in range(4):
         task_with_candidates(match, shuffle_key=10 * (k + 1))
+    CampaignFactory(slug="dinner")  # a second match campaign: the announce page offers a choice
     taxonomy_path_ensure(path="Clothing › Dresses › Dress")
     schema = {a.slug: a for a in attribute_schema_ensure()}
     tags = CampaignFactory(
@@ -134,6 +135,11 @@ def test_the_main_pages_report_no_csp_violation(live_server, browser):
         assert "Server Error" not in browser.title and "Forbidden" not in browser.page_source[:2000], name
         if name == "tag":
             _wait_for(lambda: browser.execute_script("return !!document.querySelector('#tag-task');"))
+        if name == "announce":  # the campaign select submits its form by itself (app.js, no onchange="")
+            from selenium.webdriver.support.select import Select
+
+            Select(browser.find_element(By.NAME, "campaign")).select_by_value("dinner")
+            _wait_for(lambda: "campaign=dinner" in browser.current_url)
         if name == "api docs":
             _wait_for(lambda: browser.execute_script("return !!document.querySelector('.swagger-ui .info');"))
         found[name] = _violations(browser)
