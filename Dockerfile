@@ -21,14 +21,19 @@ RUN uv sync --frozen --no-dev --no-cache
 COPY . .
 
 # Code stays root-owned and read-only to the app; it writes only to var/ (collectstatic, beat's
-# schedule) and to MEDIA_ROOT, a volume shared by web and workers.
+# schedule) and to /data: media, exports and models, volumes shared by web and workers (created
+# here so that a fresh named volume starts owned by the app user).
 RUN useradd --system --create-home --home-dir /home/app --uid 10001 app \
-    && mkdir -p /app/var /data/media \
-    && chown app:app /app/var /data/media
+    && mkdir -p /app/var /data/media /data/exports /data/models \
+    && chown app:app /app/var /data/media /data/exports /data/models
 
+# No FITCHECK_ENV: production, which refuses to start without DJANGO_SECRET_KEY and
+# FITCHECK_PSEUDONYM_KEY (docs/operations.md).
 ENV PATH=/app/.venv/bin:$PATH \
     FITCHECK_VAR_DIR=/app/var \
-    MEDIA_ROOT=/data/media
+    MEDIA_ROOT=/data/media \
+    FITCHECK_EXPORTS_ROOT=/data/exports \
+    FITCHECK_MODELS_ROOT=/data/models
 
 USER app
 EXPOSE 8000

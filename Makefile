@@ -18,7 +18,7 @@ demo: install
 
 lint: install
 	$(PY) -m ruff check .
-	$(PY) manage.py makemigrations --check --dry-run
+	FITCHECK_ENV=test $(PY) manage.py makemigrations --check --dry-run
 
 # Both passes start a real Celery worker: on SQLite with the embedded SQLite-file broker (the demo's
 # setup), on PostgreSQL with Redis (production's).

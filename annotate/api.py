@@ -3,21 +3,25 @@
 import json
 from urllib.parse import urlencode
 
+from django.contrib.auth import authenticate
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from knox.auth import TokenAuthentication
 from rest_framework import status
-from rest_framework.exceptions import APIException, NotFound, PermissionDenied
+from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle, ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import selectors, services
+from . import auth, selectors, services
 from .exports import services as export_services
 from .exports.records import ExportInvalid
 from .models import Campaign, GoldLabel, Lease
@@ -33,6 +37,8 @@ from .serializers import (
     GoldSerializer,
     RawAnswerPageSerializer,
     TaskSerializer,
+    TokenCreateInputSerializer,
+    TokenSerializer,
 )
 from .views import export_file_response
 
@@ -387,3 +393,53 @@ class RawAnswersView(FitcheckAPIView):
             yield '],"next":' + json.dumps(following) + "}"
 
         return StreamingHttpResponse(body(), content_type="application/json")
+
+
+# -- API tokens --------------------------------------------------------------------------------------
+
+
+class TokenCreateView(APIView):
+    """Trade a username and password for an API token (hashed, expiring: django-rest-knox)."""
+
+    authentication_classes = []  # the password is the credential; no session, hence no CSRF
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonRateThrottle, ScopedRateThrottle]
+    throttle_scope = "token"
+
+    @extend_schema(
+        summary="Create an API token",
+        request=TokenCreateInputSerializer,
+        responses={
+            200: TokenSerializer,
+            400: OpenApiResponse(description="Wrong username or password (as DRF's own token view)."),
+            403: OpenApiResponse(description="Too many live tokens for this user."),
+            429: OpenApiResponse(description="Too many attempts: throttled, or the login is locked out."),
+        },
+    )
+    def post(self, request):
+        """A new token for the user whose password this is. Wrong passwords count towards the login
+        lockout (django-axes) like the login page's; the endpoint is throttled (scope "token")."""
+        data = TokenCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        # The Django request, so that django-axes records the failure and its middleware answers a
+        # locked-out client.
+        user = authenticate(request._request, **data.validated_data)
+        if user is None:
+            raise ValidationError({"non_field_errors": ["Wrong username or password."]})
+        try:
+            instance, token = auth.token_create(user=user)
+        except auth.TokenLimitReached as exc:
+            raise PermissionDenied(str(exc)) from exc
+        return Response(TokenSerializer({"token": token, "expiry": instance.expiry}).data)
+
+
+class TokenRevokeView(APIView):
+    """Revoke the token this request is authenticated with."""
+
+    authentication_classes = [TokenAuthentication]
+
+    @extend_schema(summary="Revoke this API token", request=None, responses={204: None})
+    def post(self, request):
+        """Delete the calling token; it is rejected from now on. Other tokens of the user stay."""
+        request._auth.delete()
+        return Response(status=status.HTTP_204_NO_CONTENT)

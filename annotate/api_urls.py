@@ -3,6 +3,8 @@ from django.urls import path
 from . import api
 
 urlpatterns = [
+    path("auth/token", api.TokenCreateView.as_view(), name="api-token-create"),
+    path("auth/token/revoke", api.TokenRevokeView.as_view(), name="api-token-revoke"),
     path("campaigns/<slug:slug>/next-task", api.NextTaskView.as_view(), name="api-next-task"),
     path("tasks/<uuid:uuid>/answers", api.AnswerCreateView.as_view(), name="api-answer-create"),
     path("tasks/<uuid:uuid>/gold", api.GoldView.as_view(), name="api-task-gold"),

@@ -109,6 +109,19 @@ class GoldSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+# -- API tokens --------------------------------------------------------------------------------------
+
+
+class TokenCreateInputSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send as `Authorization: Token <token>`. Shown once; only a hash is kept.")
+    expiry = serializers.DateTimeField(help_text="After this the token is rejected (401).")
+
+
 # -- exports -----------------------------------------------------------------------------------------
 
 

@@ -68,6 +68,11 @@ def bench_environment(name: str, *, database_url: str | None = None) -> dict[str
             "STATIC_ROOT": str(var_dir / "staticfiles"),
             "DATABASE_URL": database_url,
             "DJANGO_SETTINGS_MODULE": "config.settings",
+            # A local install (keys generated under var_dir) whose API is not throttled: the benches
+            # measure the app, not the rate limits.
+            "FITCHECK_ENV": os.environ.get("FITCHECK_ENV", "demo"),
+            "FITCHECK_THROTTLE_ANON": "1000000/minute",
+            "FITCHECK_THROTTLE_USER": "1000000/minute",
         }
     )
     # A Celery broker is never contacted by the benches, but keep the default one under var/bench too.

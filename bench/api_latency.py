@@ -217,12 +217,11 @@ def campaign_build(*, slug: str, answers_per_task: int, product_ids, photo_ids, 
 
 
 def annotators_build(*, prefix: str, count: int) -> list[tuple[int, str]]:
-    """`count` users in the employee group, each with a DRF token. Returns [(user id, token key)]."""
+    """`count` users in the employee group, each with an API token. Returns [(user id, token)]."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
 
-    from annotate import roles
+    from annotate import auth, roles
 
     roles.roles_ensure()
     group = Group.objects.get(name=roles.EMPLOYEE)
@@ -230,7 +229,7 @@ def annotators_build(*, prefix: str, count: int) -> list[tuple[int, str]]:
     for i in range(count):
         user = get_user_model().objects.create_user(username=f"{prefix}-{i:02d}", password=None)
         user.groups.add(group)
-        out.append((user.pk, Token.objects.create(user=user).key))
+        out.append((user.pk, auth.token_create(user=user)[1]))
     return out
 
 

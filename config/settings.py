@@ -2,13 +2,19 @@
 
 The defaults are the embedded setup used by `make demo`: SQLite for data and a SQLite file as the
 Celery broker (kombu's SQLAlchemy transport), both under `var/`. Set DATABASE_URL and
-CELERY_BROKER_URL to run the same code on PostgreSQL and Redis.
+CELERY_BROKER_URL to run the same code on PostgreSQL and Redis. Secrets have no default: see
+FITCHECK_ENV below, and docs/operations.md for every variable of a production install.
 """
 
 import os
+import secrets
+import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
@@ -18,7 +24,64 @@ VAR_DIR = Path(env("FITCHECK_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production")
+
+# Secrets. FITCHECK_ENV says what kind of install this is: "production" (the default) refuses to
+# start without DJANGO_SECRET_KEY and FITCHECK_PSEUDONYM_KEY; "demo" (bin/demo) and "test" (the test
+# suite, set by default under pytest) generate both once and keep them in var/ (mode 0600), so a
+# fresh clone runs with no environment while a deployment can never fall back to a public key.
+# DJANGO_DEBUG=true allows the same local keys. docs/operations.md lists every variable.
+FITCHECK_ENV = env("FITCHECK_ENV", default="test" if "pytest" in sys.modules else "production")
+if FITCHECK_ENV not in ("production", "demo", "test"):
+    raise ImproperlyConfigured(f"FITCHECK_ENV={FITCHECK_ENV!r}: use production, demo or test")
+FITCHECK_LOCAL_KEYS = DEBUG or FITCHECK_ENV != "production"
+# The key this file shipped with before issue 14: public, so never accepted.
+_PUBLIC_KEYS = {"insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production"}
+
+
+def _local_key(name: str) -> str:
+    """A random key generated once and kept in VAR_DIR/<name> (0600), for demo and test installs.
+    O_EXCL makes two processes starting together (web server and worker) agree on one key."""
+    path = VAR_DIR / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # the creator may not have written it yet
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.02)
+        raise ImproperlyConfigured(f"{path} is empty: delete it and start again") from None
+    key = secrets.token_urlsafe(50)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _secret(var: str, local_file: str, purpose: str) -> str:
+    """The secret in environment variable `var`, or a local one kept in var/ for demo and test
+    installs. Raises ImproperlyConfigured in production when it is missing, public or short."""
+    value = env(var, default="")
+    if value and value not in _PUBLIC_KEYS and not value.startswith("django-insecure-") and len(value) >= 50:
+        return value
+    if FITCHECK_LOCAL_KEYS and not value:
+        return _local_key(local_file)
+    problem = "is not set" if not value else "is a public or short key (it needs 50 random characters or more)"
+    raise ImproperlyConfigured(
+        f"{var} {problem}. It {purpose}. Set {var} to a random string, e.g. the output of "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`; for a local demo set "
+        "FITCHECK_ENV=demo instead (keys are then generated in var/). See docs/operations.md."
+    )
+
+
+SECRET_KEY = _secret("DJANGO_SECRET_KEY", "secret_key", "signs sessions, CSRF tokens and password reset links")
+# Annotator pseudonyms in exports are HMAC-SHA256 under this key (annotate.exports.records), kept
+# apart from SECRET_KEY so that rotating one does not change or reveal the other.
+FITCHECK_PSEUDONYM_KEY = _secret(
+    "FITCHECK_PSEUDONYM_KEY", "pseudonym_key", "keys the annotator pseudonyms in gold-dataset exports"
+)
+if FITCHECK_PSEUDONYM_KEY == SECRET_KEY:
+    raise ImproperlyConfigured("FITCHECK_PSEUDONYM_KEY must differ from DJANGO_SECRET_KEY")
+
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
@@ -30,7 +93,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
+    "csp",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_htmx",
@@ -42,6 +107,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -50,6 +116,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 # Outages: a database or broker that is down answers 503 (JSON with Retry-After on /api/, a plain
@@ -110,6 +178,67 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 
+# Security (issue 14). Every switch comes from the environment; the defaults suit `make demo` on
+# http://localhost, docker-compose.yml sets the production values (docs/operations.md).
+# Reverse proxies in front of the app (nginx, a load balancer): how many, and whether they set
+# X-Forwarded-Proto / X-Forwarded-Host. 0 proxies: the client address is REMOTE_ADDR.
+FITCHECK_PROXY_COUNT = env.int("FITCHECK_PROXY_COUNT", default=0)
+if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env.bool("DJANGO_USE_X_FORWARDED_HOST", default=False)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # the container health check speaks plain HTTP
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+
+# Login lockout (django-axes): FITCHECK_LOGIN_FAILURE_LIMIT wrong passwords for one username from one
+# address lock that pair out for FITCHECK_LOGIN_COOLOFF_MINUTES; a right password resets the count.
+# It covers the login page, the admin and the API's token endpoint (they all call authenticate()).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("FITCHECK_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("FITCHECK_LOGIN_COOLOFF_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The client address, behind FITCHECK_PROXY_COUNT proxies, by the same rule as the API throttle.
+AXES_CLIENT_IP_CALLABLE = "annotate.auth.client_ip"
+
+# API tokens (django-rest-knox): stored as SHA-512 digests, valid FITCHECK_TOKEN_TTL_HOURS from
+# creation. Clients send `Authorization: Token <token>` as before.
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=env.float("FITCHECK_TOKEN_TTL_HOURS", default=24.0 * 30)),
+    "AUTH_HEADER_PREFIX": "Token",
+    "TOKEN_LIMIT_PER_USER": env.int("FITCHECK_TOKEN_LIMIT_PER_USER", default=20),
+    "AUTO_REFRESH": False,
+}
+
+# Content-Security-Policy (django-csp 4): scripts and styles only from our own static files (htmx
+# and the fitcheck scripts); no inline script, style or event handler, no framing, no plugins.
+# Images may also come from FITCHECK_CSP_IMG_SRC (a CDN in front of MEDIA_ROOT, say).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", *env.list("FITCHECK_CSP_IMG_SRC", default=[])],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
+# The cache holds the API throttle counters: set CACHE_URL (redis://...) when several processes
+# serve the API, or each keeps its own count. The default is per process.
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -132,11 +261,24 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 30 * 1024 * 1024
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so an anonymous client gets 401 with a WWW-Authenticate header, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Per client: anonymous by IP, signed in by user; "token" is the stricter scope of the endpoint
+    # that trades a password for a token (annotate.api.TokenCreateView).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env("FITCHECK_THROTTLE_ANON", default="60/minute"),
+        "user": env("FITCHECK_THROTTLE_USER", default="1200/minute"),
+        "token": env("FITCHECK_THROTTLE_TOKEN", default="10/minute"),
+    },
+    # X-Forwarded-For is trusted only as far as FITCHECK_PROXY_COUNT proxies (0: REMOTE_ADDR).
+    "NUM_PROXIES": FITCHECK_PROXY_COUNT,
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

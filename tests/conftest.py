@@ -1,15 +1,21 @@
 """Shared fixtures. Celery runs eagerly here (tests only); tests/test_worker.py turns that off and
 uses a real worker process."""
 
+import os
 import random
 
 import pytest
+from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from annotate import services as annotate_services
 from config.celery import app as celery_app
 
 from .factories import user_with_role
+
+# config.settings picks FITCHECK_ENV=test under pytest by itself (local keys in var/); the worker
+# processes some tests start inherit it from here.
+os.environ.setdefault("FITCHECK_ENV", "test")
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +34,7 @@ def _test_settings(settings, tmp_path):
     settings.FITCHECK_DEVICE = "cpu"
     settings.FITCHECK_MATCH_PRETRAIN = False  # tests that want the matching CNN trained turn it on
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    cache.clear()  # the API throttle counts live in the cache: every test starts with none
     celery_app.conf.task_always_eager = True
     celery_app.conf.task_eager_propagates = True
     yield

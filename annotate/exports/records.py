@@ -190,10 +190,13 @@ def items_queryset(filters: ExportFilters):
 
 
 def annotator_pseudonym(annotator_id: int) -> str:
-    """A stable pseudonym for an annotator: "a-" and 16 hex digits of HMAC-SHA256 under SECRET_KEY.
-    The same person has the same pseudonym in every export (so reliability joins answers), and it
-    cannot be turned back into a user without the server's secret."""
-    digest = hmac.new(settings.SECRET_KEY.encode(), f"fitcheck-annotator:{annotator_id}".encode(), hashlib.sha256)
+    """A stable pseudonym for an annotator: "a-" and 16 hex digits of HMAC-SHA256 under
+    settings.FITCHECK_PSEUDONYM_KEY (its own secret, not SECRET_KEY: a leaked or public SECRET_KEY
+    must not turn the pseudonyms of every export back into user ids, and rotating SECRET_KEY must
+    not change them). The same person has the same pseudonym in every export (so reliability joins
+    answers), and it cannot be turned back into a user without that key."""
+    key = settings.FITCHECK_PSEUDONYM_KEY.encode()
+    digest = hmac.new(key, f"fitcheck-annotator:{annotator_id}".encode(), hashlib.sha256)
     return "a-" + digest.hexdigest()[:16]
 
 

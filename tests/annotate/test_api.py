@@ -3,7 +3,7 @@
 import uuid
 
 import pytest
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from annotate.models import Answer, Task
 
@@ -80,8 +80,8 @@ def test_unknown_campaign_is_404(api, employee):
 
 def test_token_auth(api, campaign, employee):
     task_with_candidates(campaign)
-    token = Token.objects.create(user=employee)
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _, token = AuthToken.objects.create(user=employee)
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert api.get(f"/api/v1/campaigns/{campaign.slug}/next-task").status_code == 200
     api.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert api.get(f"/api/v1/campaigns/{campaign.slug}/next-task").status_code == 401

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from annotate import services
 from annotate.exports import services as exports
@@ -232,7 +232,7 @@ def test_api_raw_answers_permission_matrix(api, campaign, role):
 
 def test_token_auth_drives_an_export_end_to_end(api, campaign, django_capture_on_commit_callbacks):
     ml = user_with_role("ml", username="scientist")
-    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ml).key}")
+    api.credentials(HTTP_AUTHORIZATION=f"Token {AuthToken.objects.create(user=ml)[1]}")
     with django_capture_on_commit_callbacks(execute=True):
         created = api.post("/api/v1/exports", {"name": "tok", "formats": ["csv"]}, format="json").json()
     detail = api.get(f"/api/v1/exports/{created['uuid']}").json()
