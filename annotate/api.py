@@ -398,7 +398,7 @@ class RawAnswersView(FitcheckAPIView):
 # -- API tokens --------------------------------------------------------------------------------------
 
 
-class TokenCreateView(APIView):
+class TokenCreateView(FitcheckAPIView):
     """Trade a username and password for an API token (hashed, expiring: django-rest-knox)."""
 
     authentication_classes = []  # the password is the credential; no session, hence no CSRF
@@ -412,7 +412,7 @@ class TokenCreateView(APIView):
         responses={
             200: TokenSerializer,
             400: OpenApiResponse(description="Wrong username or password (as DRF's own token view)."),
-            403: OpenApiResponse(description="Too many live tokens for this user."),
+            **_errors(403, e403="Too many live tokens for this user (code permission_denied)."),
             429: OpenApiResponse(description="Too many attempts: throttled, or the login is locked out."),
         },
     )
@@ -433,12 +433,16 @@ class TokenCreateView(APIView):
         return Response(TokenSerializer({"token": token, "expiry": instance.expiry}).data)
 
 
-class TokenRevokeView(APIView):
+class TokenRevokeView(FitcheckAPIView):
     """Revoke the token this request is authenticated with."""
 
     authentication_classes = [TokenAuthentication]
 
-    @extend_schema(summary="Revoke this API token", request=None, responses={204: None})
+    @extend_schema(
+        summary="Revoke this API token",
+        request=None,
+        responses={204: None, **_errors(401, 403, e403="Not allowed (code permission_denied).")},
+    )
     def post(self, request):
         """Delete the calling token; it is rejected from now on. Other tokens of the user stay."""
         request._auth.delete()

@@ -14,7 +14,6 @@ from django.core import signals
 from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
-from rest_framework.authtoken.models import Token
 
 from annotate import services
 from annotate.exports import services as exports
@@ -58,8 +57,10 @@ def auth_headers(user) -> dict:
     how API tokens are made, so a switch of the token scheme changes only this function."""
     if user is None:
         return {}
-    token, _ = Token.objects.get_or_create(user=user)
-    return {"Authorization": f"Token {token.key}"}
+    from annotate.auth import token_create
+
+    _, token = token_create(user=user)
+    return {"Authorization": f"Token {token}"}
 
 
 @pytest.fixture
