@@ -10,6 +10,8 @@ Under /api/ both answer JSON with a `code`, as the API's own errors do (annotate
 matches no URL pattern (a slug with a space, say) got Django's HTML 404 page.
 """
 
+import logging
+
 from django.core.exceptions import BadRequest
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.http.multipartparser import MultiPartParserError
@@ -49,3 +51,16 @@ def page_not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse({"code": "not_found", "detail": "Not found."}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+class ClientErrorWithoutTraceback(logging.Filter):
+    """Logging filter for `django.request`: a 4xx record (a 403 for the wrong role, a 404) keeps its
+    one line but loses the traceback Django attaches to it; a client's mistake is not a server
+    error, and the tracebacks buried the demo's terminal. 5xx records are untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if status is not None and 400 <= status < 500:
+            record.exc_info = None
+            record.exc_text = None
+        return True
