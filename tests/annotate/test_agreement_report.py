@@ -139,3 +139,14 @@ def test_home_page_lists_attribute_campaigns_by_role(client, as_role, campaign, 
     body = client.get("/").content.decode()
     assert (f'href="{reverse("annotate:tag", args=[campaign.slug])}"' in body) is tag_link
     assert (reverse("annotate:agreement-report", args=[campaign.slug]) in body) is report_link
+
+
+def test_the_tagger_reliability_section_sits_in_a_card_and_scrolls_inside_it(client, as_role, campaign):
+    # Issue 16, bug 10: the section rendered outside its card and overflowed at 1280 px.
+    from django.conf import settings
+
+    as_role("ml")
+    html = client.get(reverse("annotate:agreement-report", args=[campaign.slug])).content.decode()
+    assert '<section class="card">\n  <h2>Tagger reliability per attribute</h2>' in html
+    css = (settings.BASE_DIR / "static" / "fitcheck" / "app.css").read_text()
+    assert ".table-scroll { overflow-x: auto;" in css
