@@ -767,3 +767,13 @@ def test_annotators_page_query_count_does_not_grow_with_annotators(
         response = client.get(annotators_url(campaign))
     assert len(_rows(response.content.decode())) == 6
     assert len(captured_again.captured_queries) == first_count
+
+
+def test_a_taggers_stats_promise_no_checks_in_a_campaign_without_gold(client, db):
+    # Issue 16, bug 11: "Gold accuracy: after 5 checks" in an attributes campaign, which has no gold.
+    tagging = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES)
+    tagger = user_with_role("tagger", username="tess")
+    AnnotatorStats.objects.create(campaign=tagging, annotator=tagger, answer_count=3)
+    client.force_login(tagger)
+    html = client.get(reverse("annotate:my-stats")).content.decode()
+    assert "checks</span>" not in html and "This campaign has no checks with a known answer." in html
