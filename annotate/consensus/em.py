@@ -129,6 +129,16 @@ def _argmax_label(posterior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return label, posterior[np.arange(len(posterior)), label]
 
 
+def gold_check(gold: dict[int, int] | None, *, n_tasks: int, n_classes: int) -> None:
+    """Raises ValueError unless every gold entry is {task index in [0, n_tasks): class index in
+    [0, n_classes)} (a label of -1 used to become the last class silently, by numpy indexing)."""
+    for task, label in (gold or {}).items():
+        if not (0 <= int(task) < n_tasks and 0 <= int(label) < n_classes):
+            raise ValueError(
+                f"gold entry {task}: {label} out of range (tasks [0, {n_tasks}), classes [0, {n_classes}))"
+            )
+
+
 def _clamp_gold(posterior: np.ndarray, gold: dict[int, int] | None) -> None:
     if gold:
         idx = np.fromiter(gold.keys(), dtype=np.int64, count=len(gold))
@@ -163,8 +173,12 @@ def majority_vote(answers: AnswerArrays, *, gold: dict[int, int] | None = None) 
 
     Returns:
         Consensus with confusion = pooled = the vote-vs-majority confusion of the whole crowd.
+
+    Raises:
+        ValueError: a gold entry is out of range (gold_check).
     """
     T, K = answers.n_tasks, answers.n_classes
+    gold_check(gold, n_tasks=T, n_classes=K)
     votes = np.zeros((T, K))
     np.add.at(votes, (answers.task, answers.label), answers.weight)
     totals = votes.sum(axis=1, keepdims=True)
@@ -253,14 +267,17 @@ def dawid_skene(
         Consensus. Tasks without answers carry the class prior.
 
     Raises:
-        ValueError: worker_vote_weight has the wrong shape or values outside [0, 1].
+        ValueError: worker_vote_weight has the wrong shape, a NaN or values outside [0, 1]; a gold
+            entry is out of range (gold_check).
     """
     T, W, K = answers.n_tasks, answers.n_workers, answers.n_classes
+    gold_check(gold, n_tasks=T, n_classes=K)
     if worker_vote_weight is None:
         worker_vote_weight = np.ones(W)
     worker_vote_weight = np.asarray(worker_vote_weight, dtype=np.float64)
     if (
         worker_vote_weight.shape != (W,)
+        or not np.isfinite(worker_vote_weight).all()
         or worker_vote_weight.min(initial=0) < 0
         or worker_vote_weight.max(initial=0) > 1
     ):

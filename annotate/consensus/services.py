@@ -172,7 +172,7 @@ def consensus_task_update(*, task: Task, campaign: Campaign, now=None) -> Task:
             gold_label=None if gold is None else index[gold],
         )
     human_count = len(answers)
-    _apply(task, campaign, params, posterior, human_count, now=now)
+    _apply(task, campaign, params, posterior, human_count, now=now, weighed=sum(weights) > 0)
     Task.objects.filter(pk=task.pk).update(
         answer_count=human_count,
         label=task.label,
@@ -191,15 +191,21 @@ def consensus_task_update(*, task: Task, campaign: Campaign, now=None) -> Task:
     return task
 
 
-def _apply(task: Task, campaign: Campaign, params: Params, posterior: np.ndarray, human_count: int, *, now) -> None:
-    """Set label, posterior, confidence, status, completed_at and priority on `task` (not saved)."""
+def _apply(
+    task: Task, campaign: Campaign, params: Params, posterior: np.ndarray, human_count: int, *, now, weighed=True
+) -> None:
+    """Set label, posterior, confidence, status, completed_at and priority on `task` (not saved).
+    A task none of whose answers weighs anything (`weighed` False: every one too fast, or from people
+    weighted 0) keeps no label and stays open: its posterior is only the class prior."""
     best = int(posterior.argmax())
     task.answer_count = human_count
     task.posterior = {label: round(float(p), 6) for label, p in zip(params.labels, posterior, strict=True)}
     task.confidence = float(posterior[best])
-    task.label = params.labels[best] if (human_count or task.is_gold) else ""
-    settled = not task.is_gold and bool(
-        is_settled(campaign=campaign, answer_count=human_count, confidence=task.confidence)
+    task.label = params.labels[best] if ((human_count and weighed) or task.is_gold) else ""
+    settled = (
+        not task.is_gold
+        and weighed
+        and bool(is_settled(campaign=campaign, answer_count=human_count, confidence=task.confidence))
     )
     if settled and task.status != Task.Status.COMPLETE:
         task.completed_at = now
@@ -358,7 +364,12 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeRe
     versions[answer_task_idx] = data["version"]
     is_gold = np.zeros(len(task_ids), dtype=bool)
     is_gold[list(gold)] = True
-    written, skipped = _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, result, now=now)
+    # Tasks whose answers all weigh 0 (too fast, or people weighted 0) keep no label (_tasks_write).
+    worker_weight = vote_weight if campaign.consensus_method != ConsensusMethod.MAJORITY_VOTE else np.ones(n_workers)
+    weighed = np.bincount(answers.task, weights=answers.weight * worker_weight[answers.worker], minlength=len(task_ids))
+    written, skipped = _tasks_write(
+        campaign, labels, task_ids, versions, human_counts, is_gold, result, now=now, weighed=weighed > 0
+    )
     _unanswered_priority(campaign, result)
     _stats_write(
         campaign, labels, data, user_ids, worker_idx, answer_task_idx, label_idx, gold, result, stats_rows, now=now
@@ -393,16 +404,21 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeRe
     return report
 
 
-def _tasks_write(campaign, labels, task_ids, versions, human_counts, is_gold, result, *, now) -> tuple[int, int]:
+def _tasks_write(
+    campaign, labels, task_ids, versions, human_counts, is_gold, result, *, now, weighed=None
+) -> tuple[int, int]:
     """Write label, posterior, confidence, status, completed_at and priority of each task, if its
-    consensus_version is unchanged. Returns (written, skipped)."""
+    consensus_version is unchanged. A task that is not `weighed` ((T,) bool: some answer weighs more
+    than 0) and not gold gets no label and stays open. Returns (written, skipped)."""
     confidence = result.confidence
-    settled = is_settled(campaign=campaign, answer_count=human_counts, confidence=confidence) & ~is_gold
+    weighed = np.ones(len(task_ids), dtype=bool) if weighed is None else weighed
+    settled = is_settled(campaign=campaign, answer_count=human_counts, confidence=confidence) & ~is_gold & weighed
     priority = task_priority(
         campaign=campaign, posterior=result.posterior, pooled=result.pooled, answer_count=human_counts
     )
     posterior = result.posterior.round(6)
     label_names = np.asarray(labels, dtype=object)[result.label]
+    label_names[~weighed & ~is_gold] = ""
     sql = (
         "UPDATE annotate_task SET answer_count = %s, label = %s, posterior = %s, confidence = %s, status = %s, "
         "completed_at = CASE WHEN %s THEN COALESCE(completed_at, %s) ELSE NULL END, priority = %s "

@@ -178,3 +178,24 @@ class TestShrinkageAndGain:
         # Rows of a batch are independent.
         both = em.settle_probability(np.array([[0.7, 0.3], [0.5, 0.5]]), _coin(0.9), 0.95)
         np.testing.assert_allclose(both, [0.66, 0.0])
+
+
+# -- bad inputs (issue 15, item 4) ---------------------------------------------------------------------
+
+
+def _two_tasks():
+    return em.AnswerArrays.build([0, 0, 1], [0, 1, 0], [0, 0, 1], n_tasks=2, n_workers=2, n_classes=3)
+
+
+def test_a_nan_vote_weight_is_refused_not_an_all_nan_posterior():
+    with pytest.raises(ValueError, match="worker_vote_weight"):
+        em.dawid_skene(_two_tasks(), worker_vote_weight=np.array([1.0, np.nan]))
+
+
+@pytest.mark.parametrize("gold", [{0: -1}, {0: 3}, {2: 0}, {-1: 0}])
+def test_a_gold_entry_out_of_range_is_refused(gold):
+    # {0: -1} used to become the last class by numpy indexing.
+    with pytest.raises(ValueError, match="gold entry"):
+        em.dawid_skene(_two_tasks(), gold=gold)
+    with pytest.raises(ValueError, match="gold entry"):
+        em.majority_vote(_two_tasks(), gold=gold)

@@ -298,3 +298,22 @@ class TestFullRecompute:
 
     def test_a_missing_campaign_is_logged_and_skipped(self, db):
         assert consensus.consensus_recompute(campaign_id=999_999) is None
+
+
+@pytest.mark.parametrize("method", ["dawid_skene", "majority_vote"])
+def test_a_task_whose_answers_all_weigh_nothing_stays_unlabelled(campaign, method):
+    # Issue 15, item 4: a task answered only too fast used to get the class prior's label written.
+    Campaign.objects.filter(pk=campaign.pk).update(consensus_method=method, min_duration_ms=700)
+    campaign.refresh_from_db()
+    task = task_with_candidates(campaign)
+    other = task_with_candidates(campaign)
+    (person,) = _people(1)
+    _answer(person, task, "none", duration_ms=100)  # too fast: weight 0
+    _answer(person, other, "1")
+    task.refresh_from_db()
+    assert (task.label, task.status, task.answer_count) == ("", Task.Status.OPEN, 1)
+    consensus.consensus_recompute(campaign_id=campaign.pk)
+    task.refresh_from_db()
+    other.refresh_from_db()
+    assert (task.label, task.status) == ("", Task.Status.OPEN)
+    assert other.label == "1"
