@@ -15,6 +15,7 @@ urlpatterns = [
     path("exports/", views.exports, name="exports"),
     path("exports/<uuid:uuid>/", views.export_detail, name="export-detail"),
     path("exports/<uuid:uuid>/files/<path:path>", views.export_download, name="export-download"),
+    path("exports/<uuid:uuid>/download.zip", views.export_download_all, name="export-download-all"),
     # The learning loop (annotate.learning_views).
     path("learning/", learning_views.learning_page, name="learning"),
     path("learning/<slug:slug>/retrain", learning_views.learning_retrain, name="learning-retrain"),

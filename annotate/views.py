@@ -238,6 +238,22 @@ def export_download(request, uuid, path):
     return export_file_response(snapshot, path, full)
 
 
+@login_required
+@require_GET
+def export_download_all(request, uuid):
+    """Download every file of a finished snapshot as one ZIP archive, streamed."""
+    from django.http import StreamingHttpResponse
+
+    snapshot = selectors.get_snapshot_for_user(request.user, uuid)
+    try:
+        chunks = export_services.export_zip_stream(snapshot=snapshot)
+    except FileNotFoundError:
+        raise Http404("This export is not ready, or its files are gone.") from None
+    response = StreamingHttpResponse(chunks, content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{snapshot.name}-v{snapshot.version}.zip"'
+    return response
+
+
 def export_file_response(snapshot, path: str, full) -> FileResponse:
     """A streamed download named <name>-v<version>-<path>, with its sha256 in a header."""
     filename = f"{snapshot.name}-v{snapshot.version}-{path.replace('/', '-')}"

@@ -316,3 +316,33 @@ def test_raw_answers_of_an_attributes_campaign_carry_the_values(api, db):
     (row,) = json.loads(b"".join(response.streaming_content))["results"]
     assert row["values"]["color"] == "red"
     assert sorted(row["values"]["season"]) == ["spring", "summer"]
+
+
+@pytest.mark.parametrize("role", ROLE_MATRIX)
+def test_download_all_streams_every_file_in_one_zip(client, as_role, snapshot, role):
+    # Issue 16: exports had no "download all".
+    import io
+    import zipfile
+
+    as_role(role)
+    url = reverse("annotate:export-download-all", args=[snapshot.uuid])
+    response = client.get(url)
+    if role not in EXPORTERS:
+        assert response.status_code == (302 if role == "anonymous" else 403)
+        return
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert 'filename="gold-v1.zip"' in response["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+    assert archive.testzip() is None
+    names = set(archive.namelist())
+    assert names == {f"gold-v1/{f['path']}" for f in snapshot.files}
+    for f in snapshot.files:
+        assert hashlib.sha256(archive.read(f"gold-v1/{f['path']}")).hexdigest() == f["sha256"]
+    page = client.get(reverse("annotate:export-detail", args=[snapshot.uuid])).content.decode()
+    assert url in page
+
+
+def test_download_all_of_an_unfinished_export_is_404(client, as_role, campaign):
+    as_role("ml")
+    pending = ExportSnapshot.objects.create(name="later", version=1, schema_version=1, formats=["csv"])
+    assert client.get(reverse("annotate:export-download-all", args=[pending.uuid])).status_code == 404

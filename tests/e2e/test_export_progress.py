@@ -42,5 +42,7 @@ def test_a_queued_export_page_shows_its_files_when_the_build_ends(live_server, b
     exports.export_build(snapshot_id=snapshot.pk)
     _wait_for(lambda: "jsonl/items.jsonl" in _progress_text(browser), timeout_s=10)
     assert browser.execute_script("return window.__noReload;") == "still here"
-    link = browser.execute_script("return document.querySelector('#export-progress a').href;")
+    link = browser.execute_script("return document.querySelector('#export-progress td a').href;")
     assert link.endswith(f"/exports/{snapshot.uuid}/files/jsonl/items.jsonl")
+    everything = browser.execute_script("return document.querySelector('#export-progress a.button').href;")
+    assert everything.endswith(f"/exports/{snapshot.uuid}/download.zip")
