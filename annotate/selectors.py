@@ -166,11 +166,14 @@ def get_task_for_gold_editor(user, uuid) -> Task:
 
 
 def campaign_progress(campaign: Campaign) -> dict:
-    """Counts for the campaign header and the preparing screen.
+    """Counts for the campaign header and the preparing screen: regular (not gold) tasks and how many
+    settled, live answers, and the latest embedding runs.
 
     Returns {"task_count", "complete_count", "answer_count", "runs": [EmbeddingRun, ...]}.
     """
-    counts = Task.objects.filter(campaign=campaign).aggregate(
+    # Regular tasks only: gold tasks never settle, and the announcement and impact pages count them
+    # so too (issue 16: "16 of 1324" here against "16 of 1284" there, the 40 gold tasks).
+    counts = Task.objects.filter(campaign=campaign, is_gold=False).aggregate(
         task_count=Count("pk"), complete_count=Count("pk", filter=Q(status=Task.Status.COMPLETE))
     )
     counts["answer_count"] = Answer.objects.filter(task__campaign=campaign, revoked_at__isnull=True).count()

@@ -271,3 +271,15 @@ def test_the_campaign_progress_line_survives_an_answer(client, employee, campaig
     partial = client.post(answer_url(campaign), {**fields, "pick": "none", "duration_ms": "900"}, **HTMX)
     html = partial.content.decode()
     assert re.search(r'<span id="campaign-progress" hx-preserve="true"[^>]*></span>', html)
+
+
+def test_the_settled_line_counts_regular_tasks_as_the_other_pages_do(client, employee, campaign):
+    # Issue 16, bug 12: "16 of 1324 settled" here, "16 of 1284" on the announcement page (40 gold).
+    from annotate import services as annotate_services
+    from gamify.selectors import campaign_announcement
+
+    tasks = [task_with_candidates(campaign, shuffle_key=key) for key in range(1, 5)]
+    annotate_services.gold_set(task=tasks[0], label="none")
+    client.force_login(employee)
+    assert "campaign 0/3 tasks settled" in client.get(verify_url(campaign)).content.decode()
+    assert campaign_announcement(campaign)["task_count"] == 3
