@@ -36,6 +36,14 @@ if FITCHECK_ENV not in ("production", "demo", "test"):
 FITCHECK_LOCAL_KEYS = DEBUG or FITCHECK_ENV != "production"
 # The key this file shipped with before issue 14: public, so never accepted.
 _PUBLIC_KEYS = {"insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production"}
+# manage.py commands that only read the code and sign nothing (`makemigrations --check` in a fresh
+# checkout, say) run without keys: they get a random key for this process only, never stored and
+# never seen by a server. `check --deploy` is not among them: it must judge the real keys.
+_MANAGE_ARGS = sys.argv[1:] if Path(sys.argv[0]).name == "manage.py" else None
+_KEYLESS_COMMANDS = {"help", "makemigrations", "showmigrations", "sqlmigrate", "check"}
+FITCHECK_KEYLESS_COMMAND = _MANAGE_ARGS is not None and (
+    not _MANAGE_ARGS or (_MANAGE_ARGS[0] in _KEYLESS_COMMANDS and "--deploy" not in _MANAGE_ARGS)
+)
 
 
 def _local_key(name: str) -> str:
@@ -65,6 +73,8 @@ def _secret(var: str, local_file: str, purpose: str) -> str:
         return value
     if FITCHECK_LOCAL_KEYS and not value:
         return _local_key(local_file)
+    if FITCHECK_KEYLESS_COMMAND and not value:
+        return secrets.token_urlsafe(50)
     problem = "is not set" if not value else "is a public or short key (it needs 50 random characters or more)"
     raise ImproperlyConfigured(
         f"{var} {problem}. It {purpose}. Set {var} to a random string, e.g. the output of "

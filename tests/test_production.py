@@ -40,6 +40,29 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     assert "ImproperlyConfigured: DJANGO_SECRET_KEY is not set" in result.stderr
 
 
+def _manage(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`manage.py args` in a fresh interpreter with none of the install variables set."""
+    clean = {k: v for k, v in os.environ.items() if k not in _INSTALL_VARS}
+    clean |= {"FITCHECK_VAR_DIR": str(tmp_path / "var")}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_commands_that_only_read_the_code_run_in_a_bare_checkout_and_keep_no_key(tmp_path):
+    result = _manage(tmp_path, "makemigrations", "--check", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "No changes detected" in result.stdout
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+def test_check_deploy_and_the_server_commands_still_need_the_keys(tmp_path):
+    for args in (("check", "--deploy"), ("migrate", "--plan")):
+        result = _manage(tmp_path, *args)
+        assert result.returncode != 0
+        assert "DJANGO_SECRET_KEY is not set" in result.stderr
+
+
 @pytest.mark.parametrize(
     "key",
     ["insecure-local-only-key-set-DJANGO_SECRET_KEY-in-production", "django-insecure-" + "x" * 50, "short-key"],
