@@ -46,8 +46,13 @@ from .views import export_file_response
 def api_exception_handler(exc, context):
     """DRF's exception handler, with a `code` beside every `detail`: {"code": "permission_denied",
     "detail": "..."} (the code is DRF's, e.g. not_authenticated, not_found, parse_error,
-    unsupported_media_type, method_not_allowed). Per-field validation errors (400) stay
+    unsupported_media_type, method_not_allowed; wrong_campaign_kind, 404 from a getter and 400 from
+    a service, for a task or campaign of the other kind). Per-field validation errors (400) stay
     {field: [reasons]}. Returns None for exceptions DRF does not handle (Django then answers)."""
+    # A task or campaign of the other kind: 404 from a getter, 400 from a service, each with its code.
+    if isinstance(exc, selectors.CampaignKindMismatch | services.WrongCampaignKind):
+        kind_status = status.HTTP_404_NOT_FOUND if isinstance(exc, Http404) else status.HTTP_400_BAD_REQUEST
+        return Response({"code": exc.code, "detail": str(exc)}, status=kind_status)
     # The conversion DRF's handler makes itself, done first so that the code is known.
     if isinstance(exc, Http404):
         exc = NotFound(*exc.args)
@@ -82,25 +87,6 @@ def _errors(*statuses: int, **descriptions: str) -> dict:
     }
 
 
-def _verifier_only(fn):
-    """Django's PermissionDenied becomes DRF's (403 with a JSON body); a task or campaign of the other
-    kind becomes 404 (getters) or 400 (services) with code "wrong_campaign_kind"."""
-
-    def wrapper(self, request, *args, **kwargs):
-        try:
-            return fn(self, request, *args, **kwargs)
-        except DjangoPermissionDenied as exc:
-            raise PermissionDenied(str(exc)) from exc
-        except selectors.CampaignKindMismatch as exc:
-            return Response({"code": exc.code, "detail": str(exc)}, status=status.HTTP_404_NOT_FOUND)
-        except services.WrongCampaignKind as exc:
-            return Response({"code": exc.code, "detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
 class NextTaskView(FitcheckAPIView):
     @extend_schema(
         summary="Lease the next task",
@@ -120,7 +106,6 @@ class NextTaskView(FitcheckAPIView):
             ),
         },
     )
-    @_verifier_only
     def get(self, request, slug):
         """Lease and return the caller's next task in the campaign (the same one while its lease lives)."""
         campaign = selectors.get_campaign_for_user(request.user, slug)
@@ -163,7 +148,6 @@ class AnswerCreateView(FitcheckAPIView):
             409: ConflictSerializer,
         },
     )
-    @_verifier_only
     def post(self, request, uuid):
         """Record the caller's answer. 201 on creation; 200 with the same answer when the idempotency key
         was seen before; 409 when the caller already answered, the task is complete, or every free slot is
@@ -210,7 +194,6 @@ class GoldView(FitcheckAPIView):
             **_errors(401, 403, 404, e404="No such task, or not one you may edit."),
         },
     )
-    @_verifier_only
     def put(self, request, uuid):
         """Set (or change) the task's known answer. The task leaves the regular queue and is mixed into
         people's queues as a gold task. Idempotent."""
@@ -233,7 +216,6 @@ class GoldView(FitcheckAPIView):
         summary="Make a gold task regular again",
         responses={204: None, **_errors(401, 403, 404, e404="No such task, or not one you may edit.")},
     )
-    @_verifier_only
     def delete(self, request, uuid):
         """Remove the task's known answer; its answers stay. 204 whether or not it was gold."""
         task = selectors.get_task_for_gold_editor(request.user, uuid)
