@@ -11,7 +11,7 @@ from catalog.models import TaxonomyNode
 from catalog.services import taxonomy_path_ensure
 
 from ..factories import CampaignFactory, ProductFactory, task_with_candidates, user_with_role
-from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _wait_for
+from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _wait_for, chrome
 
 pytestmark = [
     pytest.mark.e2e,
@@ -29,26 +29,7 @@ document.addEventListener('securitypolicyviolation', function (e) {
 
 @pytest.fixture
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = chrome(browser_log=True)
     driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": RECORDER})
     yield driver
     driver.quit()

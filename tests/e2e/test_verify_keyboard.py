@@ -22,8 +22,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def browser():
+def chrome(*, browser_log: bool = False):
+    """A headless Chromium driver (Debian's chromium and chromedriver), 1200x900, 30 s page loads;
+    with `browser_log`, the console log kept for driver.get_log("browser"). The caller quits it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -42,8 +43,16 @@ def browser():
         "--window-size=1200,900",
     ):
         options.add_argument(flag)
+    if browser_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser():
+    driver = chrome()
     yield driver
     driver.quit()
 
