@@ -17,9 +17,12 @@ on the same answers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 # Prior on the pooled confusion matrix: each true-class row starts as POOLED_PRIOR_ANSWERS pseudo
 # answers, POOLED_PRIOR_ACCURACY of them correct. Keeps classes from swapping names in EM (label
@@ -83,6 +86,32 @@ class AnswerArrays:
 
 
 @dataclass
+class FitTrace:
+    """How a `dawid_skene` fit went.
+
+    Attributes:
+        objective: the objective after each iteration, in nats: the evidence lower bound (ELBO) of
+            the answers that identify reliability (module docstring), plus the log priors of the
+            point-estimated parameters. Non-decreasing within a round.
+        rounds: the round (0: everyone one-coin; 1: people with confusions of their own get a full
+            matrix) of each iteration, parallel to `objective`.
+        converged: whether the last round stopped on `tol` rather than on `max_iter`.
+        hyper: (alpha, beta) of the learned Beta prior over annotators' accuracies.
+    """
+
+    objective: list[float]
+    rounds: list[int]
+    converged: bool
+    hyper: tuple[float, float]
+
+    @property
+    def final_change(self) -> float:
+        """The objective's change over the last iteration of the last round (nats; nan if it ran one)."""
+        last = [o for o, r in zip(self.objective, self.rounds, strict=True) if r == self.rounds[-1]]
+        return float(last[-1] - last[-2]) if len(last) >= 2 else float("nan")
+
+
+@dataclass
 class Consensus:
     """The result of an aggregation.
 
@@ -95,8 +124,11 @@ class Consensus:
             For majority vote, the pooled matrix repeated.
         pooled: (K, K) float64, the confusion matrix of the crowd as a whole.
         class_prior: (K,) float64.
-        n_iter: EM iterations run (0 for majority vote).
-        log_likelihood: log marginal likelihood of the answers under the final parameters.
+        n_iter: iterations run, all rounds together (0 for majority vote).
+        log_likelihood: log marginal likelihood of the answers under the final parameters (the
+            reported, tempered posterior's normaliser).
+        trace: how the `dawid_skene` fit went (objective per iteration, convergence); None for
+            majority vote.
     """
 
     posterior: np.ndarray
@@ -107,6 +139,7 @@ class Consensus:
     class_prior: np.ndarray
     n_iter: int = 0
     log_likelihood: float = float("nan")
+    trace: FitTrace | None = None
 
     def reliability(self) -> np.ndarray:
         """(W,) float64 in [0, 1]: each annotator's expected accuracy, sum_k prior_k * confusion[w, k, k]."""
@@ -214,62 +247,198 @@ def _normalise_log(log_post: np.ndarray) -> tuple[np.ndarray, float]:
     return unnorm / total, log_marginal
 
 
+# Hyperprior of the population of one-coin accuracies: HYPER_PRIOR_ANNOTATORS pseudo annotators whose
+# accuracy is Beta(POOLED_PRIOR_ACCURACY * POOLED_PRIOR_ANSWERS, (1 - ...) * POOLED_PRIOR_ANSWERS). It keeps
+# the learned Beta proper with one annotator and is outweighed by a crowd of a few dozen.
+HYPER_PRIOR_ANNOTATORS = 2.0
+# Bounds of the learned Beta's strength (pseudo answers of the population prior on each accuracy).
+HYPER_STRENGTH_RANGE = (0.5, 2000.0)
+
+
+def _beta_kl(a1, b1, a0, b0):
+    """KL(Beta(a1, b1) || Beta(a0, b0)), elementwise."""
+    from scipy.special import betaln, digamma
+
+    return (
+        betaln(a0, b0)
+        - betaln(a1, b1)
+        + (a1 - a0) * digamma(a1)
+        + (b1 - b0) * digamma(b1)
+        + (a0 - a1 + b0 - b1) * digamma(a1 + b1)
+    )
+
+
+def _hyper_prior_stats() -> tuple[float, float]:
+    from scipy.special import digamma
+
+    a = POOLED_PRIOR_ACCURACY * POOLED_PRIOR_ANSWERS
+    b = POOLED_PRIOR_ANSWERS - a
+    return float(digamma(a) - digamma(a + b)), float(digamma(b) - digamma(a + b))
+
+
+def beta_hyper_fit(
+    correct: np.ndarray, total: np.ndarray, *, start: tuple[float, float], fixed_strength: float | None = None
+) -> tuple[float, float]:
+    """The Beta(alpha, beta) population prior over annotators' accuracies that best explains their
+    (soft) counts of right and wrong answers: type-II maximum likelihood of the beta-binomial,
+    sum_w log B(alpha + correct_w, beta + wrong_w) - log B(alpha, beta) (the accuracies integrated
+    out; Minka 2000, "Estimating a Dirichlet distribution"), plus HYPER_PRIOR_ANNOTATORS pseudo
+    annotators distributed as Beta(POOLED_PRIOR_ACCURACY * POOLED_PRIOR_ANSWERS, ...), which keep it
+    proper when there are few annotators. Fitted by L-BFGS-B from `start` in (log alpha, log beta); the
+    result is kept only if it scores at least as well as `start`, so a fit never lowers the objective.
+
+    Args:
+        correct, total: (W,) float64 >= 0, each annotator's expected right answers and answers.
+        start: the current (alpha, beta).
+        fixed_strength: keep alpha + beta at this value and fit only the mean.
+
+    Returns:
+        (alpha, beta), alpha + beta within HYPER_STRENGTH_RANGE.
+    """
+    from scipy.optimize import minimize, minimize_scalar
+    from scipy.special import betaln
+
+    m0a, m0b = _hyper_prior_stats()
+    wrong = np.maximum(total - correct, 0.0)
+    n = len(correct)
+    low, high = HYPER_STRENGTH_RANGE
+
+    def score(a: float, b: float) -> float:
+        data = float(np.sum(betaln(a + correct, b + wrong))) - n * float(betaln(a, b))
+        return data + HYPER_PRIOR_ANNOTATORS * ((a - 1) * m0a + (b - 1) * m0b - float(betaln(a, b)))
+
+    a0, b0 = start
+    if fixed_strength is not None:
+        a0, b0 = fixed_strength * a0 / (a0 + b0), fixed_strength * b0 / (a0 + b0)
+    best = (a0, b0)
+    best_score = score(a0, b0)
+    if fixed_strength is not None:
+        found = minimize_scalar(
+            lambda x: -score(fixed_strength / (1 + np.exp(-x)), fixed_strength / (1 + np.exp(x))),
+            bounds=(-12.0, 12.0),
+            method="bounded",
+        )
+        candidate = (fixed_strength / (1 + np.exp(-found.x)), fixed_strength / (1 + np.exp(found.x)))
+    else:
+        def objective(u):
+            return -score(float(np.exp(u[0])), float(np.exp(u[1])))
+
+        found = minimize(
+            objective,
+            np.log([a0, b0]),
+            method="L-BFGS-B",
+            bounds=[(np.log(low / 2) - 8, np.log(high)), (np.log(low / 2) - 8, np.log(high))],
+        )
+        candidate = (float(np.exp(found.x[0])), float(np.exp(found.x[1])))
+        strength = sum(candidate)
+        if not low <= strength <= high:
+            scale = min(max(strength, low), high) / strength
+            candidate = (candidate[0] * scale, candidate[1] * scale)
+    if score(*candidate) >= best_score:
+        best = candidate
+    return float(best[0]), float(best[1])
+
+
+def _coin_log_likelihood(
+    answers: AnswerArrays, e_log_a: np.ndarray, e_log_err: np.ndarray, full_log: np.ndarray | None, full_index: np.ndarray
+) -> np.ndarray:
+    """(N, K) float64: the log-likelihood term of each answer under each true class.
+
+    One-coin annotators: E_q[log a_w] where the class is the answer, E_q[log((1 - a_w) / (K - 1))]
+    elsewhere. Annotators with a full matrix (full_index[w] >= 0): log confusion[full_index[w], k, l].
+    """
+    w, lab = answers.worker, answers.label
+    per_answer = np.repeat(e_log_err[w][:, None], answers.n_classes, axis=1)
+    per_answer[np.arange(len(w)), lab] = e_log_a[w]
+    if full_log is not None and len(full_log):
+        rows = np.flatnonzero(full_index[w] >= 0)
+        per_answer[rows] = full_log[full_index[w[rows]], :, lab[rows]]
+    return per_answer
+
+
+def informing_tasks(answers: AnswerArrays, gold: dict[int, int] | None) -> np.ndarray:
+    """(T,) bool: the tasks whose answers can tell anything about annotators' reliability: gold tasks,
+    and tasks with at least two answers of weight > 0. A task's lone answer agrees with the
+    consensus it alone makes; counting it as evidence is what made one answer look certain."""
+    counted = np.bincount(answers.task, weights=(answers.weight > 0).astype(float), minlength=answers.n_tasks)
+    informs = counted >= 2
+    if gold:
+        informs[np.fromiter(gold.keys(), dtype=np.int64, count=len(gold))] = True
+    return informs
+
+
 def dawid_skene(
     answers: AnswerArrays,
     *,
     gold: dict[int, int] | None = None,
     worker_vote_weight: np.ndarray | None = None,
     one_coin: bool = False,
-    coin_shrinkage_answers: float = COIN_SHRINKAGE_ANSWERS,
+    coin_shrinkage_answers: float | None = None,
     max_iter: int = 100,
-    tol: float = 1e-5,
+    tol: float = 1e-7,
 ) -> Consensus:
-    """Dawid-Skene consensus by EM, with each annotator's confusion matrix shrunk towards their own
-    one-coin matrix by an amount learned from their answers.
+    """Dawid-Skene consensus by variational Bayes, with a learned hierarchical prior over annotators'
+    accuracies, a full confusion matrix only for people whose answers show one, and reliability
+    learned only from answers that can reveal it.
 
-    The model of Dawid & Skene (1979): each task has a true class k drawn from the class prior, and
-    annotator w answers l with probability confusion[w, k, l]. A full K x K matrix per person
-    overfits people with few answers (Crowd-Kit's DawidSkene falls below majority vote on a sparse
-    crowd in bench/consensus.py), and a one-coin model (one accuracy a_w, errors spread evenly)
-    cannot see a person who calls every shirt a T-shirt. So, in each M-step:
-      1. a_w = (correct_w + c * pooled accuracy) / (answers_w + c), c = `coin_shrinkage_answers`
-         (a Beta prior towards the crowd's accuracy, as Toloka's skill q = (K + correct) / (2K + total));
-      2. coin_w = a_w on the diagonal, (1 - a_w) / (K - 1) elsewhere;
-      3. confusion_w[k] = (counts_w[k] + s_w * coin_w[k]) / (n_wk + s_w), with s_w chosen per person by
-         empirical Bayes (`shrinkage_fit`): large when their errors look uniform, small when they
-         have confusions of their own.
-    This is the hierarchical prior of Bayesian classifier combination (Kim & Ghahramani 2012) with
-    the prior's strength estimated per annotator instead of fixed.
+    The model of Dawid & Skene (1979): task t has a true class z_t ~ Categorical(class prior), and
+    annotator w answers l with probability confusion[w, z_t, l]. Fitted as follows.
+      1. Evidence. Only gold tasks and tasks with two or more answers of weight > 0 (`informing_tasks`)
+         inform the parameters. Every task gets a posterior, but a lone answer is judged with what
+         the other answers say about its author, never with itself: with one answer per task the
+         likelihood cannot tell a careful person from a careless one (it is flat along a ridge), and
+         EM fed its own output back (0.998 mean confidence at 0.859 accuracy, issue 15).
+      2. One-coin annotators (everyone in round 0): accuracy a_w ~ Beta(alpha, beta), errors spread
+         evenly over the other K - 1 classes (Karger, Oh & Shah 2011). Variational Bayes keeps the
+         whole posterior q(a_w) = Beta(alpha + correct_w, beta + wrong_w) and the E-step uses
+         E[log a_w] = psi(alpha + correct_w) - psi(alpha + beta + n_w) (psi the digamma function), so a
+         person with few checked answers weighs little and one with none weighs as the population.
+         (alpha, beta) is the population of accuracies, learned by type-II maximum likelihood
+         (`beta_hyper_fit`); this is the hierarchical prior of Bayesian classifier combination
+         (Kim & Ghahramani 2012, "Bayesian classifier combination", AISTATS), for the one-coin model.
+      3. Round 1 (unless one_coin): each person's Dirichlet precision towards their own one-coin matrix
+         is chosen once by empirical Bayes (`shrinkage_fit` on round 0's soft counts); people whose
+         errors are not uniform (a spammer who always picks one option, someone who calls every shirt
+         a T-shirt) get a full matrix, confusion_w[k] = (counts_w[k] + s_w coin_w[k]) / (n_wk + s_w)
+         (a MAP estimate), the others stay one-coin. Then the same iteration runs to convergence again.
+      4. The class prior is a MAP estimate under a Dirichlet(1 + CLASS_PRIOR_COUNT) prior.
+    Each iteration is coordinate ascent on one objective, the evidence lower bound (Bishop 2006,
+    "Pattern recognition and machine learning", ch. 10) of the informing answers plus the log priors
+    of the point estimates, so it never decreases within a round (FitTrace). A round stops when the
+    objective's change is at most tol * |objective|, or after max_iter iterations.
 
     Also:
-      - Gold tasks (semi-supervised EM): their posterior is one-hot on the known class at every
-        step, so gold answers calibrate confusion matrices directly.
-      - Answer weights scale both steps (weight 0 ignores an answer); `worker_vote_weight` tempers a
-        person's votes in the E-step only (a power likelihood), their matrix still being estimated
-        from all their answers.
-      - one_coin=True stops after step 2 (the one-coin model; Karger, Oh & Shah 2011).
-      - The pooled matrix of the crowd (all answers, with a diagonal-heavy Dirichlet prior) is kept
-        for new annotators and for the router's priority.
-
-    Initialised from weighted majority vote; stops when no posterior entry moves by more than `tol`
-    in an iteration, or after `max_iter` iterations. Deterministic.
+      - Gold tasks (semi-supervised): their posterior is one-hot on the known class at every step.
+      - Answer weights scale the likelihood (weight 0 ignores an answer, too fast say).
+        `worker_vote_weight` tempers a person's votes in the reported posterior only (a power
+        likelihood): their reliability is learned from all their answers, untempered.
+      - The pooled matrix of the crowd (informing answers, with a diagonal-heavy Dirichlet prior) is
+        kept for new annotators and for the router's priority.
+    Initialised from weighted majority vote. Deterministic. Cost per iteration O(N K) plus O(K^2) per
+    full-matrix annotator; `shrinkage_fit` runs once.
 
     Args:
         answers: the answer set (N answers).
         gold: {task index: class index}.
         worker_vote_weight: (W,) float64 in [0, 1], default all 1.
-        one_coin: fit one accuracy per annotator instead of a full K x K matrix.
-        coin_shrinkage_answers: pseudo answers pulling each accuracy towards the crowd's.
-        max_iter: EM iteration cap.
-        tol: the largest change of any posterior entry below which EM stops.
+        one_coin: fit one accuracy per annotator (round 0 only).
+        coin_shrinkage_answers: fix the population prior's strength alpha + beta to this many pseudo
+            answers instead of learning it (None, the default: learn it).
+        max_iter: iteration cap per round.
+        tol: relative change of the objective below which a round stops.
 
     Returns:
-        Consensus. Tasks without answers carry the class prior.
+        Consensus: tasks without answers carry the class prior; `confusion` holds, for a one-coin
+        annotator, the normalised matrix the E-step uses (exp E[log a_w] on the diagonal, the errors'
+        counterpart elsewhere, rows scaled to sum to 1, which leaves every posterior unchanged);
+        `trace` says how the fit went.
 
     Raises:
         ValueError: worker_vote_weight has the wrong shape, a NaN or values outside [0, 1]; a gold
             entry is out of range (gold_check).
     """
+    from scipy.special import digamma
+
     T, W, K = answers.n_tasks, answers.n_workers, answers.n_classes
     gold_check(gold, n_tasks=T, n_classes=K)
     if worker_vote_weight is None:
@@ -282,48 +451,143 @@ def dawid_skene(
         or worker_vote_weight.max(initial=0) > 1
     ):
         raise ValueError(f"worker_vote_weight must be ({W},) with values in [0, 1]")
-    vote_weight = answers.weight * worker_vote_weight[answers.worker]
+
+    informs = informing_tasks(answers, gold)
+    gold_idx = np.fromiter((gold or {}).keys(), dtype=np.int64, count=len(gold or {}))
+    gold_lab = np.fromiter((gold or {}).values(), dtype=np.int64, count=len(gold or {}))
+    free_informing = informs.copy()
+    free_informing[gold_idx] = False
+    # The M-step sees informing answers only; the E-step gives every task a posterior.
+    fit_weight = answers.weight * informs[answers.task]
+    by_task = _summing_matrix(answers.task, T, answers.weight)
+    by_worker = _summing_matrix(answers.worker, W, fit_weight)
+    by_label = _summing_matrix(answers.label, K, fit_weight)
+    prior_counts = pooled_prior(K)
+    log_k1 = np.log(K - 1)
 
     posterior = majority_vote(answers, gold=gold).posterior
-    # Tasks nobody answered take no part in the M-step (their posterior is the prior, not evidence).
-    answered = np.bincount(answers.task, minlength=T) > 0
-    prior_counts = pooled_prior(K)
-    # Groups (worker, observed label): M-step counts are sums of task posteriors over each group.
-    by_worker_label = _summing_matrix(answers.worker * K + answers.label, W * K, answers.weight)
-    by_label = _summing_matrix(answers.label, K, answers.weight)
-    uniform_errors = (1 - np.eye(K)) / (K - 1)
+    hyper = (POOLED_PRIOR_ACCURACY * POOLED_PRIOR_ANSWERS, (1 - POOLED_PRIOR_ACCURACY) * POOLED_PRIOR_ANSWERS)
+    if coin_shrinkage_answers is not None:
+        hyper = (POOLED_PRIOR_ACCURACY * coin_shrinkage_answers, (1 - POOLED_PRIOR_ACCURACY) * coin_shrinkage_answers)
+    full_index = np.full(W, -1, dtype=np.int64)  # row in the full matrices, or -1 (one-coin)
+    full_workers = np.zeros(0, dtype=np.int64)
+    full_strength = np.zeros(0)
+    full_centre = np.zeros((0, K, K))
+    full_log = None
+    by_full = None
+    objective, rounds = [], []
+    n_iter, converged = 0, False
+    a_post = b_post = None
 
-    n_iter = 0
-    log_marginal = float("nan")
-    while n_iter < max_iter:
-        n_iter += 1
-        # M-step.
-        class_counts = posterior[answered].sum(axis=0) + CLASS_PRIOR_COUNT
-        class_prior = class_counts / class_counts.sum()
-        post_of_answer = posterior[answers.task]  # (N, K)
-        pooled_counts = (by_label @ post_of_answer).T + prior_counts  # (K true, K observed)
-        pooled = pooled_counts / pooled_counts.sum(axis=1, keepdims=True)
-        counts = (by_worker_label @ post_of_answer).reshape(W, K, K).transpose(0, 2, 1)  # (W, true, observed)
-        correct = np.trace(counts, axis1=1, axis2=2)
-        total = counts.sum(axis=(1, 2))
-        pooled_accuracy = float(np.diagonal(pooled) @ class_prior)
-        accuracy = (correct + coin_shrinkage_answers * pooled_accuracy) / (total + coin_shrinkage_answers)
-        coin = (1 - accuracy)[:, None, None] * uniform_errors[None] + accuracy[:, None, None] * np.eye(K)[None]
-        if one_coin:
-            confusion = coin
-        else:
-            strength = shrinkage_fit(counts, coin)[:, None, None]
-            confusion = (counts + strength * coin) / (counts.sum(axis=2, keepdims=True) + strength)
-        log_confusion = np.log(np.clip(confusion, 1e-12, None))
-        # E-step.
-        log_post = log_posterior_unnormalised(answers, log_confusion, np.log(class_prior), vote_weight)
-        previous = posterior
-        posterior, log_marginal = _normalise_log(log_post)
-        _clamp_gold(posterior, gold)
-        if np.abs(posterior - previous).max(initial=0.0) < tol:
-            break
+    for round_ in (0,) if one_coin else (0, 1):
+        if round_ == 1:
+            counts = _worker_counts(answers, posterior, fit_weight, W, K)
+            accuracy = np.exp(e_log_a) / (np.exp(e_log_a) + np.exp(e_log_err) * (K - 1))
+            coin = _coin_matrices(accuracy, K)
+            strength = shrinkage_fit(counts, coin)
+            full_workers = np.flatnonzero(strength < SHRINKAGE_GRID[-1])
+            if not len(full_workers):
+                break
+            full_index[full_workers] = np.arange(len(full_workers))
+            full_strength = strength[full_workers]
+            full_centre = coin[full_workers]
+            keep = np.isin(answers.worker, full_workers)
+            by_full = (
+                _summing_matrix(
+                    full_index[answers.worker[keep]] * K + answers.label[keep],
+                    len(full_workers) * K,
+                    fit_weight[keep],
+                ),
+                keep,
+            )
+        coin_workers = full_index < 0
+        previous = None
+        converged = False
+        for _ in range(max_iter):
+            n_iter += 1
+            # Variational M-step: q(a_w), the population prior, the full matrices, the class prior.
+            post_of_answer = posterior[answers.task]  # (N, K)
+            correct = by_worker @ post_of_answer[np.arange(len(answers)), answers.label]
+            total = np.asarray(by_worker.sum(axis=1)).ravel()
+            # The population prior with the accuracies integrated out, then q(a_w) given it: together
+            # the best (prior, q(a)) for this q(z), without zig-zagging between the two.
+            hyper = beta_hyper_fit(
+                correct[coin_workers], total[coin_workers], start=hyper, fixed_strength=coin_shrinkage_answers
+            )
+            a_post, b_post = hyper[0] + correct, hyper[1] + total - correct
+            e_log_a = digamma(a_post) - digamma(a_post + b_post)
+            e_log_b = digamma(b_post) - digamma(a_post + b_post)
+            e_log_err = e_log_b - log_k1
+            penalty = -float(_beta_kl(a_post, b_post, hyper[0], hyper[1])[coin_workers].sum())
+            m0a, m0b = _hyper_prior_stats()
+            from scipy.special import betaln
+
+            penalty += HYPER_PRIOR_ANNOTATORS * float(
+                (hyper[0] - 1) * m0a + (hyper[1] - 1) * m0b - betaln(hyper[0], hyper[1])
+            )
+            if by_full is not None:
+                matrix, keep = by_full
+                fc = (matrix @ post_of_answer[keep]).reshape(len(full_workers), K, K).transpose(0, 2, 1)
+                pseudo = full_strength[:, None, None] * full_centre
+                confusion_full = (fc + pseudo) / (fc.sum(axis=2, keepdims=True) + full_strength[:, None, None])
+                full_log = np.log(np.clip(confusion_full, 1e-300, None))
+                penalty += float((pseudo * full_log).sum())
+            class_counts = posterior[informs].sum(axis=0) + CLASS_PRIOR_COUNT
+            class_prior = class_counts / class_counts.sum()
+            log_prior = np.log(class_prior)
+            penalty += CLASS_PRIOR_COUNT * float(log_prior.sum())
+            # E-step.
+            per_answer = _coin_log_likelihood(answers, e_log_a, e_log_err, full_log, full_index)
+            log_post = by_task @ per_answer + log_prior
+            posterior, _ = _normalise_log(log_post)
+            _clamp_gold(posterior, gold)
+            top = log_post[free_informing].max(axis=1, keepdims=True) if free_informing.any() else np.zeros((0, 1))
+            evidence = float((np.log(np.exp(log_post[free_informing] - top).sum(axis=1)) + top[:, 0]).sum())
+            evidence += float(log_post[gold_idx, gold_lab].sum())
+            value = evidence + penalty
+            objective.append(value)
+            rounds.append(round_)
+            if previous is not None and abs(value - previous) <= tol * max(1.0, abs(value)):
+                converged = True
+                break
+            previous = value
+
+    # The reported posterior: tempered votes, gold clamped.
+    per_answer = _coin_log_likelihood(answers, e_log_a, e_log_err, full_log, full_index)
+    vote_weight = answers.weight * worker_vote_weight[answers.worker]
+    log_post = _summing_matrix(answers.task, T, vote_weight) @ per_answer + log_prior
+    posterior, log_marginal = _normalise_log(log_post)
+    _clamp_gold(posterior, gold)
     label, confidence = _argmax_label(posterior)
-    return Consensus(posterior, label, confidence, confusion, pooled, class_prior, n_iter, log_marginal)
+    accuracy = np.exp(e_log_a) / (np.exp(e_log_a) + np.exp(e_log_err) * (K - 1))
+    confusion = _coin_matrices(accuracy, K)
+    if full_log is not None and len(full_workers):
+        confusion[full_workers] = np.exp(full_log)
+    pooled_counts = (by_label @ posterior[answers.task]).T + prior_counts
+    pooled = pooled_counts / pooled_counts.sum(axis=1, keepdims=True)
+    trace = FitTrace(objective, rounds, converged, (float(hyper[0]), float(hyper[1])))
+    logger.debug(
+        "dawid_skene: %d iterations, objective %.6g, last change %.3g, converged %s, hyper %s",
+        n_iter,
+        objective[-1] if objective else float("nan"),
+        trace.final_change,
+        converged,
+        trace.hyper,
+    )
+    return Consensus(posterior, label, confidence, confusion, pooled, class_prior, n_iter, log_marginal, trace)
+
+
+def _coin_matrices(accuracy: np.ndarray, K: int) -> np.ndarray:
+    """(W, K, K) float64: one-coin matrices, accuracy on the diagonal, (1 - accuracy) / (K - 1) elsewhere."""
+    off = ((1 - accuracy) / (K - 1))[:, None, None]
+    return off * (1 - np.eye(K))[None] + accuracy[:, None, None] * np.eye(K)[None]
+
+
+def _worker_counts(answers: AnswerArrays, posterior: np.ndarray, weight: np.ndarray, W: int, K: int) -> np.ndarray:
+    """(W, K true, K observed) float64: soft answer counts per annotator under `posterior`."""
+    matrix = _summing_matrix(answers.worker * K + answers.label, W * K, weight)
+    return (matrix @ posterior[answers.task]).reshape(W, K, K).transpose(0, 2, 1)
+
 
 
 SHRINKAGE_GRID = np.geomspace(0.5, 5000.0, 41)

@@ -71,14 +71,14 @@ def _confusion_of(stats: AnnotatorStats | None, params: Params) -> np.ndarray:
 
 
 def annotator_vote_weight(stats: AnnotatorStats | None, campaign: Campaign) -> float:
-    """How much a person's votes count, in [0, 1]: campaign.paused_vote_weight when paused,
-    flagged_vote_weight when flagged, else 1. Their past answers stay; they only weigh less."""
-    if stats is None:
-        return 1.0
-    if stats.is_paused:
+    """How much a person's votes count, in [0, 1]: campaign.paused_vote_weight when an admin paused
+    them, else 1. Their past answers stay; they only weigh less.
+
+    Flags do not change the weight (issue 15): the model already learns each person's reliability
+    from gold and agreement, so a fixed factor on top counted the same evidence twice. A flag is a
+    signal for admins; pausing is their decision. Campaign.flagged_vote_weight is no longer read."""
+    if stats is not None and stats.is_paused:
         return campaign.paused_vote_weight
-    if stats.flags:
-        return campaign.flagged_vote_weight
     return 1.0
 
 
@@ -270,7 +270,7 @@ def _load_answers(campaign: Campaign):
 
 def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeReport | None:
     """Full consensus over a campaign: EM over all live answers (the campaign's method, gold tasks
-    clamped, too-fast answers weighted 0, paused and flagged people tempered, the model voter if
+    clamped, too-fast answers weighted 0, paused people tempered, the model voter if
     enabled), then every answered or gold task's label, posterior, confidence, status and priority,
     the unanswered tasks' priority, each annotator's stats and flags, and the campaign's parameters.
 
@@ -383,6 +383,8 @@ def consensus_recompute(*, campaign_id: int) -> RecomputeReport | TagRecomputeRe
         "class_prior": result.class_prior.round(6).tolist(),
         "pooled": result.pooled.round(6).tolist(),
         "n_iter": result.n_iter,
+        "objective": None if result.trace is None else round(result.trace.objective[-1], 6),
+        "converged": None if result.trace is None else result.trace.converged,
         "answer_count": len(data["task"]),
         MODEL_VOTER: result.confusion[-1].round(6).tolist() if len(model_task_idx) else None,
     }
