@@ -320,6 +320,7 @@ def beta_hyper_fit(
         )
         candidate = (fixed_strength / (1 + np.exp(-found.x)), fixed_strength / (1 + np.exp(found.x)))
     else:
+
         def objective(u):
             return -score(float(np.exp(u[0])), float(np.exp(u[1])))
 
@@ -340,7 +341,11 @@ def beta_hyper_fit(
 
 
 def _coin_log_likelihood(
-    answers: AnswerArrays, e_log_a: np.ndarray, e_log_err: np.ndarray, full_log: np.ndarray | None, full_index: np.ndarray
+    answers: AnswerArrays,
+    e_log_a: np.ndarray,
+    e_log_err: np.ndarray,
+    full_log: np.ndarray | None,
+    full_index: np.ndarray,
 ) -> np.ndarray:
     """(N, K) float64: the log-likelihood term of each answer under each true class.
 
@@ -477,7 +482,7 @@ def dawid_skene(
     by_full = None
     objective, rounds = [], []
     n_iter, converged = 0, False
-    a_post = b_post = None
+    e_log_a = e_log_err = log_prior = None  # set by round 0's first iteration (max_iter >= 1)
 
     for round_ in (0,) if one_coin else (0, 1):
         if round_ == 1:
@@ -587,7 +592,6 @@ def _worker_counts(answers: AnswerArrays, posterior: np.ndarray, weight: np.ndar
     """(W, K true, K observed) float64: soft answer counts per annotator under `posterior`."""
     matrix = _summing_matrix(answers.worker * K + answers.label, W * K, weight)
     return (matrix @ posterior[answers.task]).reshape(W, K, K).transpose(0, 2, 1)
-
 
 
 SHRINKAGE_GRID = np.geomspace(0.5, 5000.0, 41)
