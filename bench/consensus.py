@@ -76,8 +76,8 @@ from _crowd import N_CLASSES, AnswerStream, Crowd, regimes  # noqa: E402
 
 from annotate.consensus.em import AnswerArrays, Consensus, dawid_skene, majority_vote  # noqa: E402
 
-PARTS = ("accuracy", "overlap", "recompute")  # every part --parts knows, each a `<part>_report(args)`
-DEFAULT_PARTS = "accuracy,overlap,recompute"
+PARTS = ("accuracy", "overlap", "calibration", "recompute")  # every part --parts knows, each a `<part>_report(args)`
+DEFAULT_PARTS = "accuracy,overlap,calibration,recompute"
 REGIME_COUNT = 5
 # Part "accuracy": answers per non-gold item.
 FIXED_ANSWERS = 3
@@ -152,6 +152,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         default=min(2, os.cpu_count() or 1),
         help="processes, one (regime, seed) each at a time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replay-answers",
+        type=float,
+        default=3.0,
+        help="calibration part: the answer budget per non-gold item, gold answers included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replay-recompute",
+        type=int,
+        default=500,
+        help="calibration part: a full recompute after every N answers (default: %(default)s)",
     )
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
     parser.add_argument("--recompute-tasks", type=int, default=300_000, help="recompute part (default: %(default)s)")
@@ -684,6 +696,291 @@ def overlap_report(args: argparse.Namespace) -> None:
     print(f"\npart overlap: {sw.seconds:.0f} s\n", flush=True)
 
 
+# -- part "calibration" ----------------------------------------------------------------------------
+
+CHECKPOINTS = (0.10, 0.25, 0.50, 1.00)
+ECE_BINS = 15
+CALIBRATION_ACCURACY_GOAL = 0.95
+ECE_GOAL = 0.03
+
+
+def _app_rules():
+    """The product's own rules, from the app: dynamic overlap (`is_settled`), routing priority
+    (`task_priority`) and the gold draw's probability (`gold_probability`). They read a campaign's
+    fields only, so a SimpleNamespace stands in for the row; Django is set up without a database."""
+    os.environ.setdefault("FITCHECK_ENV", "test")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from annotate.consensus.services import is_settled, task_priority
+    from annotate.services import gold_probability
+
+    return is_settled, task_priority, gold_probability
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE (Guo et al. 2017): sum over equal-width confidence bins of |accuracy - mean confidence| x
+    the bin's share of tasks. confidence (n,) float in [0, 1], correct (n,) bool; nan when n = 0."""
+    if not len(confidence):
+        return float("nan")
+    edges = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = edges == b
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total)
+
+
+def calibration_job(job: tuple) -> dict:
+    """Part "calibration" for one (regime, seed): replay the campaign answer by answer as the product
+    runs it, and measure calibration at CHECKPOINTS shares of the answer budget.
+
+    Each step a person is drawn by workload (caps respected); their task is gold with the app's
+    `gold_probability` (gold_early_rate during their first gold_first_count answers, then gold_rate),
+    else the open task the app's router would serve (highest `task_priority`, ties in a shuffled
+    order, never one they answered, never one at overlap_max). After each answer the task's posterior
+    is the per-task update of `consensus_task_update` (`em.task_posterior` with each person's matrix
+    from the last full recompute, the pooled matrix for people it has not seen) and its status the
+    app's `is_settled`; a full recompute (`dawid_skene` over all answers, gold clamped) runs every
+    --replay-recompute answers, as Celery beat would.
+
+    Args:
+        job: (truth (T,) int64, regime, seed, gold_count, args).
+
+    Returns:
+        {"regime", "seed", "name", "description", "points": [per checkpoint: {"share", "answers",
+        "answers_per_item", "ece", "settled_accuracy", "settled_share", "accuracy", "confidence",
+        "one_answer_settled": share of non-gold items settled on one answer, "one_answer_accuracy"}],
+        "fits": [(n_iter, converged, final objective change) per full recompute]}.
+    """
+    from types import SimpleNamespace
+
+    from annotate.consensus import em
+
+    is_settled, task_priority, gold_probability = _app_rules()
+    truth, regime, seed, gold_count, args = job
+    setting = setting_build(truth, regime=regime, seed=seed, gold_count=gold_count)
+    crowd, T, K, W = setting.crowd, len(truth), N_CLASSES, setting.crowd.n_workers
+    rng = np.random.default_rng([seed, 3, regime])
+    campaign = SimpleNamespace(
+        overlap_min=args.overlap_min,
+        overlap_max=args.overlap_max,
+        confidence_target=PRODUCT_TARGET,
+        gold_first_count=crowd.gold_first if crowd.gold_first is not None else 5,
+        gold_early_rate=0.5,
+        gold_rate=0.05,
+    )
+    budget = int(round(args.replay_answers * len(setting.items)))
+    marks = sorted({max(1, int(round(share * budget))) for share in CHECKPOINTS})
+    every = max(1, args.replay_recompute)
+    class_prior, pooled = np.full(K, 1.0 / K), em.default_pooled(K)
+    confusion = np.zeros((W, K, K))
+    seen = np.zeros(W, dtype=bool)  # has a matrix from a full recompute
+    posterior = np.tile(class_prior, (T, 1))
+    count = np.zeros(T, dtype=np.int64)
+    settled = np.zeros(T, dtype=bool)
+    key_order = np.empty(T, dtype=np.int64)
+    key_order[rng.permutation(T)] = np.arange(T)[::-1]  # the shuffled tie-break: larger goes first
+    priority = np.full(
+        T, int(task_priority(campaign=campaign, posterior=class_prior, pooled=pooled, answer_count=0)[0])
+    )
+    by_task: list[list[int]] = [[] for _ in range(T)]
+    answered_by: list[list[int]] = [[] for _ in range(W)]
+    worker_count = np.zeros(W, dtype=np.int64)
+    exhausted = np.zeros(W, dtype=bool)
+    gold_items = np.flatnonzero(setting.is_gold)
+    tasks, workers, labels = [], [], []
+    points, fits = [], []
+    regular = ~setting.is_gold
+
+    def per_task(t: int) -> None:
+        idx = by_task[t]
+        if setting.is_gold[t]:
+            posterior[t] = 0.0
+            posterior[t, setting.gold[t]] = 1.0
+            return
+        who = np.asarray([workers[i] for i in idx])
+        rows = np.where(seen[who][:, None, None], confusion[who], pooled[None])
+        posterior[t] = em.task_posterior(np.asarray([labels[i] for i in idx]), rows, class_prior)
+        conf = posterior[t].max()
+        settled[t] = bool(is_settled(campaign=campaign, answer_count=count[t], confidence=conf))
+        priority[t] = int(
+            task_priority(campaign=campaign, posterior=posterior[t], pooled=pooled, answer_count=count[t])[0]
+        )
+
+    def recompute() -> None:
+        nonlocal class_prior, pooled
+        answers = AnswerArrays.build(tasks, workers, labels, n_tasks=T, n_workers=W, n_classes=K)
+        result = dawid_skene(answers, gold=setting.gold)
+        fits.append((result.n_iter, result.trace.converged, result.trace.final_change))
+        class_prior, pooled = result.class_prior, result.pooled
+        used = np.bincount(answers.worker, minlength=W) > 0
+        confusion[used] = result.confusion[used]
+        seen[:] = used
+        answered = count > 0
+        posterior[answered] = result.posterior[answered]
+        posterior[~answered] = class_prior
+        settled[:] = (
+            is_settled(campaign=campaign, answer_count=count, confidence=posterior.max(axis=1)) & regular & answered
+        )
+        priority[:] = task_priority(campaign=campaign, posterior=posterior, pooled=pooled, answer_count=count)
+
+    def measure(given: int) -> None:
+        items = setting.items[count[setting.items] > 0]
+        label = posterior[items].argmax(axis=1)
+        correct = label == truth[items]
+        conf = posterior[items].max(axis=1)
+        done = settled[items]
+        one = done & (count[items] == 1)
+        points.append(
+            {
+                "share": given / budget,
+                "answers": given,
+                "answers_per_item": given / len(setting.items),
+                "ece": expected_calibration_error(conf, correct),
+                "settled_accuracy": float(correct[done].mean()) if done.any() else float("nan"),
+                "settled_share": float(done.sum() / len(setting.items)),
+                "accuracy": float(correct.mean()) if len(items) else float("nan"),
+                "confidence": float(conf.mean()) if len(items) else float("nan"),
+                "one_answer_settled": float(one.sum() / len(setting.items)),
+                "one_answer_accuracy": float(correct[one].mean()) if one.any() else float("nan"),
+            }
+        )
+
+    given = 0
+    while given < budget and not exhausted.all():
+        weights = crowd.workload * ~exhausted
+        if crowd.max_answers is not None:
+            weights = weights * (worker_count < crowd.max_answers)
+        if weights.sum() <= 0:
+            break
+        w = int(rng.choice(W, p=weights / weights.sum()))
+        t = -1
+        if len(gold_items) and rng.random() < gold_probability(answered=int(worker_count[w]), campaign=campaign):
+            fresh = np.setdiff1d(gold_items, answered_by[w], assume_unique=False)
+            if len(fresh):
+                t = int(rng.choice(fresh))
+        if t < 0:
+            wants = regular & ~settled & (count < campaign.overlap_max)
+            wants[answered_by[w]] = False
+            if not wants.any():
+                exhausted[w] = True
+                continue
+            key = np.where(wants, priority * (T + 1) + key_order, -1)
+            t = int(key.argmax())
+        label = int(crowd.answer(np.array([w]), truth[[t]], np.array([t]), rng)[0])
+        by_task[t].append(len(tasks))
+        tasks.append(t)
+        workers.append(w)
+        labels.append(label)
+        answered_by[w].append(t)
+        worker_count[w] += 1
+        count[t] += 1
+        given += 1
+        per_task(t)
+        if given % every == 0:
+            recompute()
+        if given in marks:
+            measure(given)
+    while len(points) < len(marks):  # people ran out or everything settled: the later checkpoints are the end
+        recompute()
+        measure(given)
+    return {
+        "regime": regime,
+        "seed": seed,
+        "name": crowd.name,
+        "description": crowd.description,
+        "points": points,
+        "fits": fits,
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def calibration_report(args: argparse.Namespace) -> None:
+    """Part "calibration": prints, per regime, ECE, accuracy of settled tasks and share settled at each
+    checkpoint of the replay (means over seeds), and the full recomputes' convergence."""
+    truth = labels_load(args)
+    print(
+        f"## Part calibration: the product's router and dynamic overlap replayed answer by answer "
+        f"(overlap {args.overlap_min}-{args.overlap_max}, target {PRODUCT_TARGET}, "
+        f"budget {args.replay_answers} answers per item, full recompute every {args.replay_recompute} answers)\n",
+        flush=True,
+    )
+    jobs = [(truth, regime, seed, args.gold, args) for regime in range(REGIME_COUNT) for seed in range(args.seeds)]
+    with _common.Stopwatch() as sw:
+        results = run_jobs(calibration_job, jobs, n_jobs=args.jobs)
+    fields = (
+        "answers_per_item",
+        "ece",
+        "settled_accuracy",
+        "settled_share",
+        "accuracy",
+        "confidence",
+        "one_answer_settled",
+        "one_answer_accuracy",
+    )
+    summary = []
+    for regime in range(REGIME_COUNT):
+        mine = [r for r in results if r["regime"] == regime]
+        print(f"== {mine[0]['name']}: {mine[0]['description']} ==")
+        rows = []
+        for i, share in enumerate(CHECKPOINTS):
+            mean = {f: _nanmean([r["points"][i][f] for r in mine]) for f in fields}
+            rows.append(
+                [
+                    f"{share:.0%}",
+                    f"{mean['answers_per_item']:.2f}",
+                    f"{mean['ece']:.4f}",
+                    f"{mean['settled_accuracy']:.4f}",
+                    f"{mean['settled_share']:.1%}",
+                    f"{mean['accuracy']:.4f}",
+                    f"{mean['confidence']:.4f}",
+                    f"{mean['one_answer_settled']:.1%}",
+                    "n/a" if np.isnan(mean["one_answer_accuracy"]) else f"{mean['one_answer_accuracy']:.4f}",
+                ]
+            )
+        headers = ["answers", "per item", "ECE", "settled acc.", "settled", "acc. (answered)", "mean conf."]
+        headers += ["settled on 1", "its acc."]
+        print(_common.table(headers, rows))
+        fits = [f for r in mine for f in r["fits"]]
+        iters = [f[0] for f in fits]
+        changes = [abs(f[2]) for f in fits if not np.isnan(f[2])]
+        unconverged = sum(not f[1] for f in fits)
+        print(
+            f"full recomputes: {len(fits)}, iterations {min(iters)}-{max(iters)} (mean {np.mean(iters):.1f}), "
+            f"not converged {unconverged}, "
+            f"final objective change at most {max(changes, default=float('nan')):.2g} nats\n"
+        )
+        worst = min(
+            float(np.nanmin([r["points"][i]["settled_accuracy"] for r in mine])) for i in range(len(CHECKPOINTS))
+        )
+        final_ece = float(np.mean([r["points"][-1]["ece"] for r in mine]))
+        summary.append(
+            [
+                mine[0]["name"],
+                f"{worst:.4f}",
+                "met" if worst >= CALIBRATION_ACCURACY_GOAL else "missed",
+                f"{final_ece:.4f}",
+                "met" if final_ece <= ECE_GOAL else "missed",
+                f"{max(iters)}",
+                f"{unconverged}",
+            ]
+        )
+    headers = ["regime", "worst settled acc.", f">= {CALIBRATION_ACCURACY_GOAL}", "final ECE", f"<= {ECE_GOAL}"]
+    headers += ["max iterations", "not converged"]
+    print(_common.table(headers, summary, align="<><><>>"))
+    print(
+        f"(worst settled acc.: the lowest over checkpoints and seeds)\npart calibration: {sw.seconds:.0f} s\n",
+        flush=True,
+    )
+
+
 # -- running ---------------------------------------------------------------------------------------
 
 _thread_limits = None
@@ -758,7 +1055,12 @@ def main(argv=None) -> int:
     )
     from _consensus_db import recompute_report
 
-    reports = {"accuracy": accuracy_report, "overlap": overlap_report, "recompute": recompute_report}
+    reports = {
+        "accuracy": accuracy_report,
+        "overlap": overlap_report,
+        "calibration": calibration_report,
+        "recompute": recompute_report,
+    }
     for part in args.parts:
         reports[part](args)
     print(f"total {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.2f}")
