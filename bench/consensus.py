@@ -333,6 +333,8 @@ def accuracy_job(job: tuple) -> dict:
         with _common.Stopwatch() as sw:
             labels = aggregate(answers)
         accuracy[name], seconds[name] = accuracy_of(labels, setting, answered), sw.seconds
+    fit = dawid_skene(answers, gold=setting.gold)
+    fit_summary = (fit.n_iter, fit.trace.converged, fit.trace.final_change, fit.trace.objective[-1])
     frame = pd.DataFrame({"worker": answers.worker, "task": answers.task, "label": answers.label})
     for name, make in _crowdkit_methods(skip_slow=skip_slow):
         with _common.Stopwatch() as sw:
@@ -349,6 +351,7 @@ def accuracy_job(job: tuple) -> dict:
         "evaluated": int(answered.sum()),
         "accuracy": accuracy,
         "seconds": seconds,
+        "fit": fit_summary,
     }
 
 
@@ -410,6 +413,12 @@ def accuracy_regime_report(results: list[dict]) -> tuple[str, dict]:
     )
     short, sentence = goal_verdict(mean, low, high)
     lines.append(f"ours >= best Crowd-Kit: {sentence}")
+    fits = [r["fit"] for r in results]
+    lines.append(
+        f"ours' fit: iterations {', '.join(str(f[0]) for f in fits)}; converged {sum(f[1] for f in fits)}/{len(fits)}; "
+        f"last objective change {', '.join(f'{f[2]:.2g}' for f in fits)} nats "
+        f"(objective {', '.join(f'{f[3]:.6g}' for f in fits)})"
+    )
     summary = {
         "regime": first["name"],
         "ours": np.mean([r["accuracy"][OURS] for r in results]),

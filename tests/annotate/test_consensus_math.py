@@ -199,3 +199,101 @@ def test_a_gold_entry_out_of_range_is_refused(gold):
         em.dawid_skene(_two_tasks(), gold=gold)
     with pytest.raises(ValueError, match="gold entry"):
         em.majority_vote(_two_tasks(), gold=gold)
+
+
+# -- a posterior that knows how little it knows; convergence (issue 15, items 1 and 2) ----------------
+
+
+class TestOneAnswer:
+    def test_one_answer_from_an_unknown_person_is_the_population_prior_not_certainty(self):
+        # 50 tasks, each answered once by the same person, no gold: nothing can tell whether they are
+        # careful. Their accuracy's posterior stays the population prior Beta(2.8, 1.2) (pseudo
+        # annotators of accuracy 0.7 with 4 answers) and the E-step weighs an answer by
+        # exp E[log a] = exp(psi(2.8) - psi(4)) against exp E[log(1 - a)] = exp(psi(1.2) - psi(4)):
+        # P(their class) = 1 / (1 + exp(psi(1.2) - psi(2.8))) = 1 / (1 + exp(-0.289040 - 0.840547)) = 0.755763.
+        # (The EM this replaced fed each answer back as its own proof: 0.998.)
+        answers = _answers([(t, 0, t % 2) for t in range(50)], n_tasks=50, n_workers=1)
+        result = em.dawid_skene(answers)
+        np.testing.assert_allclose(result.confidence, 0.755763, atol=1e-6)
+        np.testing.assert_allclose(result.class_prior, [0.5, 0.5])
+        assert result.label.tolist() == [t % 2 for t in range(50)]
+        assert result.trace.hyper == pytest.approx((2.8, 1.2))
+
+    def test_lone_answers_do_not_vouch_for_their_author_gold_does(self):
+        # Worker 0 answers 40 tasks alone; on 10 gold tasks (half of each class) they are right 6 times.
+        rows = [(t, 0, t % 2) for t in range(40)] + [(40 + g, 0, g % 2 if g < 6 else 1 - g % 2) for g in range(10)]
+        answers = _answers(rows, n_tasks=50, n_workers=1)
+        result = em.dawid_skene(answers, gold={40 + g: g % 2 for g in range(10)})
+        # Their accuracy comes from 6 of 10 gold answers, shrunk towards the prior: about 0.6, never ~1.
+        assert 0.55 < result.reliability()[0] < 0.7
+        assert result.confidence[:40].max() < 0.7
+
+    def test_informing_tasks_are_gold_and_tasks_with_two_counted_answers(self):
+        rows = [(0, 0, 1), (1, 0, 1), (1, 1, 1), (2, 0, 0), (2, 1, 0)]
+        answers = _answers(rows, n_tasks=4, n_workers=2, weight=[1, 1, 1, 1, 0])
+        # Task 2's second answer weighs 0 (too fast): one counted answer, like task 0.
+        assert em.informing_tasks(answers, {3: 0}).tolist() == [False, True, False, True]
+
+
+class TestConvergence:
+    def _sparse(self, rng, *, n_tasks=400, n_classes=4, per_task=3):
+        """Many people with 1..10 answers each (the sparse crowd where the old per-person shrinkage
+        flipped between two values every iteration and EM ran to max_iter)."""
+        people = []
+        while sum(len(p) for p in people) < n_tasks * per_task:
+            people.append([None] * int(rng.integers(1, 11)))
+        accuracy = rng.uniform(0.55, 0.95, len(people))
+        slots = [w for w, p in enumerate(people) for _ in p]
+        rng.shuffle(slots)
+        truth = rng.integers(0, n_classes, n_tasks)
+        rows, seen = [], set()
+        for i, w in enumerate(slots[: n_tasks * per_task]):
+            t = i % n_tasks
+            if (t, w) in seen:
+                continue
+            seen.add((t, w))
+            right = rng.random() < accuracy[w]
+            rows.append((t, w, truth[t] if right else (truth[t] + rng.integers(1, n_classes)) % n_classes))
+        return truth, _answers(rows, n_tasks=n_tasks, n_workers=len(people), n_classes=n_classes)
+
+    def test_the_sparse_crowd_converges_with_a_non_decreasing_objective(self):
+        truth, answers = self._sparse(np.random.default_rng(11))
+        result = em.dawid_skene(answers, gold={t: int(truth[t]) for t in range(20)})
+        trace = result.trace
+        assert trace.converged and result.n_iter < 60
+        for r in set(trace.rounds):
+            values = np.array([o for o, k in zip(trace.objective, trace.rounds, strict=True) if k == r])
+            assert (np.diff(values) >= -1e-9 * abs(values[-1])).all()
+        assert abs(trace.final_change) <= 1e-7 * abs(trace.objective[-1])
+        assert (result.label == truth).mean() > (em.majority_vote(answers).label == truth).mean() - 0.01
+
+    def test_the_objective_never_decreases_on_a_crowd_with_full_matrices(self):
+        # A spammer who always answers class 0 next to careful people: round 1 gives them a full matrix.
+        rng = np.random.default_rng(2)
+        truth = rng.integers(0, 3, 200)
+        rows = [(t, 0, 0) for t in range(200)]
+        for t in range(200):
+            for w in (1, 2):
+                rows.append((t, w, truth[t] if rng.random() < 0.85 else (truth[t] + 1) % 3))
+        answers = _answers(rows, n_tasks=200, n_workers=3, n_classes=3)
+        result = em.dawid_skene(answers)
+        trace = result.trace
+        assert 1 in trace.rounds and trace.converged
+        for r in set(trace.rounds):
+            values = np.array([o for o, k in zip(trace.objective, trace.rounds, strict=True) if k == r])
+            assert (np.diff(values) >= -1e-9 * abs(values[-1])).all()
+        # The spammer's answer says nothing: the careful two decide (0.72 both right, plus half of the
+        # 0.255 where they disagree, at best).
+        assert (result.label == truth).mean() > 0.8
+        np.testing.assert_allclose(result.confusion[0][:, 0], 1.0, atol=0.05)
+
+    def test_beta_hyper_fit_finds_the_population_and_never_lowers_its_score(self):
+        # 400 people with 100 answers each, accuracies from Beta(16, 4) (mean 0.8, strength 20).
+        rng = np.random.default_rng(4)
+        total = np.full(400, 100.0)
+        correct = rng.binomial(100, rng.beta(16, 4, 400)).astype(float)
+        a, b = em.beta_hyper_fit(correct, total, start=(2.8, 1.2))
+        assert a / (a + b) == pytest.approx(0.8, abs=0.02)
+        assert 12 < a + b < 35
+        # Started at the optimum, it stays there.
+        assert em.beta_hyper_fit(correct, total, start=(a, b)) == pytest.approx((a, b), rel=1e-3)

@@ -317,3 +317,13 @@ def test_a_task_whose_answers_all_weigh_nothing_stays_unlabelled(campaign, metho
     other.refresh_from_db()
     assert (task.label, task.status) == ("", Task.Status.OPEN)
     assert other.label == "1"
+
+
+def test_a_flag_informs_admins_but_does_not_lower_the_vote(campaign):
+    # Issue 15, item 3: the model learns a flagged person's reliability; only a pause (an admin's
+    # decision) tempers their votes.
+    flagged = AnnotatorStats(campaign=campaign, flags=[AnnotatorStats.Flag.TOO_FAST.value])
+    paused = AnnotatorStats(campaign=campaign, flags=[AnnotatorStats.Flag.TOO_FAST.value], is_paused=True)
+    assert consensus.annotator_vote_weight(flagged, campaign) == 1.0
+    assert consensus.annotator_vote_weight(paused, campaign) == campaign.paused_vote_weight
+    assert consensus.annotator_vote_weight(None, campaign) == 1.0
