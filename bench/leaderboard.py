@@ -65,8 +65,8 @@ def _teams(n_teams: int) -> None:
 
 def _recompute(campaign_id: int) -> list[list]:
     """Four full recomputes: the first settles every answer (AnswerPoints rows created); the second
-    re-settles what the first's flags changed (flagged people's votes weigh less, so labels move,
-    and flagged people lose their points); the third is the steady state; the fourth runs with
+    re-settles what the first's flags changed (gold points and flags move; flags no longer lower
+    anyone's vote, issue 15); the third is the steady state; the fourth runs with
     gamify's recompute hooks replaced by no-ops (the recompute as it was before gamify). Prints the
     time spent in gamify's hooks and the number of tasks they re-settled."""
     import gamify.services as hooks
