@@ -221,7 +221,9 @@ def test_k_skips_to_the_next_task_and_space_held_zooms(live_server, browser):
     assert sorted(z[0] for z in zoomed) == [z[0] for z in zoomed]  # photo, then candidates 1, 2, 3
     assert all(z[2] >= 250 and z[3] >= 250 and z[4] == "pixelated" for z in zoomed)
     ActionChains(browser).key_up(Keys.SPACE).perform()
-    _wait_for(lambda: not browser.execute_script("return document.getElementById('task').classList.contains('zoomed');"))
+    _wait_for(
+        lambda: not browser.execute_script("return document.getElementById('task').classList.contains('zoomed');")
+    )
     assert _current_task(browser) == first and not Answer.objects.exists()
 
     ActionChains(browser).send_keys("k").perform()

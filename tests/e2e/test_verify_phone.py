@@ -43,7 +43,8 @@ const wide = [...document.querySelectorAll('body *')].filter(el => {
     && !el.closest('.prefetch');
 }).map(el => el.tagName + '.' + el.className);
 return {rects, wide, innerWidth, innerHeight, scrollWidth: document.documentElement.scrollWidth,
-        imagesLoaded: [...document.querySelectorAll('.photo img, .candidate img')].every(i => i.complete && i.naturalWidth > 0)};
+        imagesLoaded: [...document.querySelectorAll('.photo img, .candidate img')]
+          .every(i => i.complete && i.naturalWidth > 0)};
 """
 
 
