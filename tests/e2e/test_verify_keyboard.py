@@ -204,6 +204,11 @@ def test_k_skips_to_the_next_task_and_space_held_zooms(live_server, browser):
     user_with_role("employee", username="kim", password="kim-password-1")
     first = _login(browser, live_server, campaign)
     browser.execute_script("window.__noReload = 'still here';")
+    # A 1200 px window shows the candidates' images well above the old 145 px.
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll('#task .candidate img')].map(i => i.getBoundingClientRect().width);"
+    )
+    assert len(widths) == 3 and min(widths) >= 180
 
     # Space held: zoomed, four images side by side, each far wider than a 145 px candidate.
     ActionChains(browser).key_down(Keys.SPACE).perform()
