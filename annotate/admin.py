@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 
 from .models import (
@@ -13,6 +14,37 @@ from .models import (
     TeamMember,
 )
 from .services import campaign_prepare
+
+
+class CampaignAdminForm(forms.ModelForm):
+    """The campaign form, with the checks that span the attribute lists: optional attributes are
+    some of the campaign's, and sampled personas can reach the agreement report's overlap."""
+
+    class Meta:
+        model = Campaign
+        fields = "__all__"  # noqa: DJ007 (the admin decides the fields; this form only adds clean())
+
+    def clean(self):
+        from .agreement import PAIRABLE_MIN_RATINGS
+        from .tagging import is_persona
+
+        data = super().clean()
+        attributes = list(data.get("attributes") or [])
+        optional = set(data.get("optional_attributes") or [])
+        if optional - set(attributes):
+            self.add_error("optional_attributes", "Optional attributes must be among the campaign's attributes.")
+        k = data.get("personas_per_task") or 0
+        personas = [a for a in attributes if is_persona(a)]
+        overlap_max = data.get("overlap_max") or 0
+        if 0 < k < len(personas) and overlap_max * k < PAIRABLE_MIN_RATINGS * len(personas):
+            self.add_error(
+                "personas_per_task",
+                f"With {len(personas)} personas, {k} per tagger and overlap_max {overlap_max}, a persona gets at "
+                f"most {overlap_max * k // len(personas)} ratings per product; the agreement report needs "
+                f"{PAIRABLE_MIN_RATINGS}. Raise personas_per_task or overlap_max to at least "
+                f"{-(-PAIRABLE_MIN_RATINGS * len(personas) // k)}.",
+            )
+        return data
 
 
 @admin.register(Campaign)
@@ -31,9 +63,10 @@ class CampaignAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "kind"]
     prepopulated_fields = {"slug": ["name"]}
-    filter_horizontal = ["attributes", "calibration_teams"]
+    filter_horizontal = ["attributes", "optional_attributes", "calibration_teams"]
     readonly_fields = ["status_detail", "created_at", "consensus_dirty", "consensus_params", "consensus_computed_at"]
     actions = ["prepare_suggestions"]
+    form = CampaignAdminForm
 
     @admin.action(description="Compute suggestions for photos without a task (queues the worker)")
     def prepare_suggestions(self, request, queryset):

@@ -57,6 +57,9 @@ PERSONAS: tuple[str, ...] = ("minimalist", "romantic", "glamorous", "sexy", "edg
 RATING_COLUMNS: tuple[str, ...] = ("item", "rater", "value")
 ANSWER_COLUMNS: tuple[str, ...] = ("item", "rater", "group", "attribute", "value")
 SCOPE_ALL = "all"
+# An item enters alpha and kappa only with this many ratings of a variable (it is then pairable):
+# the overlap a tagging campaign must reach per attribute for the report to measure it.
+PAIRABLE_MIN_RATINGS = 2
 
 # Column order of `agreement_rows` (and so of its CSV).
 AGREEMENT_ROW_KEYS: tuple[str, ...] = (
@@ -115,7 +118,7 @@ def krippendorff_alpha(
     ratings = _clean_ratings(ratings)
     # Items rated once are not pairable and carry no information about agreement (Krippendorff 2011,
     # step B drops them); dropping them first also lets us test for D_e = 0 ourselves.
-    pairable = ratings[ratings["item"].map(ratings["item"].value_counts()) >= 2]
+    pairable = ratings[ratings["item"].map(ratings["item"].value_counts()) >= PAIRABLE_MIN_RATINGS]
     if pairable.empty:
         return None
     if level == "nominal":

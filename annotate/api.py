@@ -36,6 +36,7 @@ from .serializers import (
     GoldInputSerializer,
     GoldSerializer,
     RawAnswerPageSerializer,
+    SkipSerializer,
     TaskSerializer,
     TokenCreateInputSerializer,
     TokenSerializer,
@@ -180,6 +181,32 @@ class AnswerCreateView(FitcheckAPIView):
         return Response(
             AnswerSerializer(answer).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
+
+
+class SkipView(FitcheckAPIView):
+    @extend_schema(
+        summary="Skip a task",
+        request=None,
+        responses={
+            200: SkipSerializer,
+            **_errors(401, 403, 404, e404="No such task, or not one you may answer."),
+            409: OpenApiResponse(
+                ConflictSerializer,
+                description="You already answered this task (code already_answered): undo it instead.",
+            ),
+        },
+    )
+    def post(self, request, uuid):
+        """Pass over a task without answering: your lease on it is released, so it goes back to the
+        pool at once, and next-task hands it to you again only when nothing else is left for you. No
+        answer is recorded. Idempotent (skipping again moves it to the back)."""
+        task = selectors.get_task_for_user(request.user, uuid)
+        try:
+            skip = services.task_skip(user=request.user, task=task)
+        except services.AnswerConflict as exc:
+            return Response({"code": exc.code, "detail": exc.message}, status=status.HTTP_409_CONFLICT)
+        skip.task = task
+        return Response(SkipSerializer(skip).data)
 
 
 class GoldView(FitcheckAPIView):

@@ -101,6 +101,20 @@ class Campaign(models.Model):
     calibration_answers_per_team = models.PositiveSmallIntegerField(
         default=2, help_text="Answers each calibration team gives every calibration task."
     )
+    optional_attributes = models.ManyToManyField(
+        "catalog.Attribute",
+        blank=True,
+        related_name="+",
+        help_text="Attributes of this campaign a tagger may leave unanswered; every other one is required. "
+        "A product completes without its optional attributes settling.",
+    )
+    personas_per_task = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Ask each tagger only this many of the style-persona ratings (attributes persona_*) per "
+        "product, the ones the product has fewest ratings of, in a rotation by the tagger's order on it, so "
+        "that every persona reaches the agreement report's overlap of 2. 0: ask every persona. Calibration "
+        "products always ask every persona (the persona views compare complete vectors).",
+    )
     # The learning loop (annotate.learning, attribute campaigns): retrain a tagging model from the
     # settled labels, auto-accept what it is sure of at the target precision, re-rank the rest.
     learning_enabled = models.BooleanField(default=False)
@@ -412,6 +426,24 @@ class AnnotatorStats(models.Model):
     def agreement(self) -> float | None:
         """Share in [0, 1] of this person's answers on multi-answer tasks that equal the consensus."""
         return self.agreement_count / self.agreement_total if self.agreement_total else None
+
+
+class Skip(models.Model):
+    """A task a person passed over without answering (k on the verify and tagging pages, or the API's
+    skip). Their lease was released, so the task went back to the pool for everyone else; for this
+    person it comes after every task they have not skipped (services.task_next_for), oldest skip
+    first. One row per task and person: skipping again moves it to the back."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="skips")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    skipped_at = models.DateTimeField()
+
+    class Meta:
+        # Also the index of the router's "skipped by this person" subquery (annotator first).
+        constraints = [models.UniqueConstraint(fields=["annotator", "task"], name="annotate_skip_unique")]
+
+    def __str__(self):
+        return f"user {self.annotator_id} skipped task {self.task_id}"
 
 
 class QueueDraw(models.Model):

@@ -83,6 +83,13 @@ class AnswerSerializer(serializers.ModelSerializer):
         fields = ["uuid", "task", "choice", "product", "duration_ms", "idempotency_key", "created_at"]
 
 
+class SkipSerializer(serializers.Serializer):
+    task = serializers.UUIDField(source="task.uuid")
+    skipped_at = serializers.DateTimeField(
+        help_text="The task comes back to you only after every task you did not skip."
+    )
+
+
 class ConflictSerializer(serializers.Serializer):
     code = serializers.CharField()
     detail = serializers.CharField()

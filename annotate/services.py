@@ -18,7 +18,7 @@ from mlcore.models import EmbeddingRun, ModelVersion, PhotoEmbedding
 from mlcore.tasks import embed_run_task
 
 from .consensus.services import answers_needed, consensus_task_update
-from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, QueueDraw, Task, TaskCandidate
+from .models import AnnotatorStats, Answer, Campaign, GoldLabel, Lease, QueueDraw, Skip, Task, TaskCandidate
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,11 @@ def _answered_by(user):
     return Exists(Answer.objects.filter(task=OuterRef("pk"), annotator=user, revoked_at__isnull=True))
 
 
+def _skipped_by(user):
+    """Subquery: `user` skipped the outer task (index annotate_skip_unique)."""
+    return Exists(Skip.objects.filter(task=OuterRef("pk"), annotator=user))
+
+
 def _open_for(*, user, campaign: Campaign, now):
     """Open regular tasks of `campaign` that `user` has not answered and that still want another
     person: other people's live leases < answers still needed (answers_needed: up to overlap_min,
@@ -240,8 +245,9 @@ def _open_for(*, user, campaign: Campaign, now):
 
 
 def _gold_for(*, user, campaign: Campaign):
-    """Gold tasks of `campaign` that `user` has not answered (gold tasks take any number of people)."""
-    return Task.objects.filter(campaign=campaign, is_gold=True).exclude(_answered_by(user))
+    """Gold tasks of `campaign` that `user` has not answered nor skipped (gold tasks take any number
+    of people; a skipped one is not offered again, there are others to check with)."""
+    return Task.objects.filter(campaign=campaign, is_gold=True).exclude(_answered_by(user)).exclude(_skipped_by(user))
 
 
 def _first_from_seed(queryset, seed: int):
@@ -326,7 +332,8 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
     left that they have not answered; else the open regular task where one more answer helps most
     (highest priority: the probability that it settles the task; `_open_for` says which tasks still
     want someone), ties broken by the session's shuffled order (a rotation from `seed` of each
-    task's random shuffle_key). Then the draw for the person's following task is made. The person's
+    task's random shuffle_key). Tasks the person skipped (`task_skip`) come only when nothing else
+    is left for them, the longest skipped first. Then the draw for the person's following task is made. The person's
     other leases in the campaign are released.
 
     `seed` orders regular tasks only: whether a task is gold, and which gold task, never depends on
@@ -376,7 +383,9 @@ def task_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
             queryset = _open_for(user=user, campaign=campaign, now=now).select_for_update(
                 skip_locked=True, of=("self",)
             )
-            task = _most_useful(queryset, campaign=campaign, seed=seed)
+            task = _most_useful(queryset.exclude(_skipped_by(user)), campaign=campaign, seed=seed)
+            if task is None:
+                task = _skipped_oldest(queryset, user=user)
         # Expired or finished leases of this person, this task's included, make way for the new one.
         Lease.objects.filter(annotator=user, task__campaign=campaign).delete()
         if task is None:
@@ -400,7 +409,42 @@ def task_peek_after(*, user, campaign: Campaign, seed: int, current: Task) -> Ta
     if gold is not None:
         return gold
     queryset = _open_for(user=user, campaign=campaign, now=timezone.now()).exclude(pk=current.pk)
-    return _most_useful(queryset, campaign=campaign, seed=current.shuffle_key)
+    return _most_useful(queryset.exclude(_skipped_by(user)), campaign=campaign, seed=current.shuffle_key)
+
+
+def _skipped_oldest(queryset, *, user):
+    """The task of `queryset` that `user` skipped longest ago, or None."""
+    skipped_at = Skip.objects.filter(task=OuterRef("pk"), annotator=user).values("skipped_at")[:1]
+    return (
+        queryset.filter(_skipped_by(user))
+        .annotate(skipped_at=Subquery(skipped_at))
+        .order_by("skipped_at", "pk")
+        .first()
+    )
+
+
+def task_skip(*, user, task: Task) -> Skip:
+    """`user` passes over `task` without answering: their lease on it is released, so it goes back to
+    the pool for the others at once, and for them it comes after every task they have not skipped
+    (task_next_for), the longest skipped first. No answer is recorded; counters, consensus and
+    points do not move. Skipping the same task again moves it to the back (one Skip row per task and
+    person, upserted).
+
+    Locks nothing but the person's own rows (their lease and Skip row). Idempotent.
+
+    Returns the Skip row.
+
+    Raises:
+        AnswerConflict: code "already_answered": the person has a live answer on the task (undo it
+            instead); nothing written.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        if Answer.objects.filter(task=task, annotator=user, revoked_at__isnull=True).exists():
+            raise AnswerConflict("already_answered", "You have already answered this task: undo it instead.")
+        Lease.objects.filter(task=task, annotator=user).delete()
+        skip, _ = Skip.objects.update_or_create(task=task, annotator=user, defaults={"skipped_at": now})
+    return skip
 
 
 # -- answers -----------------------------------------------------------------------------------------
@@ -578,29 +622,45 @@ def answer_undo_last(*, user, campaign: Campaign) -> Task | None:
     """
     now = timezone.now()
     with transaction.atomic():
-        answer = (
-            Answer.objects.filter(
-                annotator=user, task__campaign=campaign, revoked_at__isnull=True, created_at__gte=now - UNDO_WINDOW
-            )
-            .order_by("-created_at", "-pk")
-            .first()
-        )
+        answer = undo_candidate(user=user, campaign=campaign, now=now)
         if answer is None:
             return None
         task = Task.objects.select_for_update(of=("self",)).select_related("campaign").get(pk=answer.task_id)
         Answer.objects.filter(pk=answer.pk).update(revoked_at=now)
-        AnnotatorStats.objects.filter(campaign=campaign, annotator=user, answer_count__gt=0).update(
-            answer_count=F("answer_count") - 1, current_run_length=Greatest(F("current_run_length") - 1, Value(0))
-        )
+        _stats_on_undo(user=user, campaign=campaign)
         consensus_task_update(task=task, campaign=task.campaign, now=now)
-        # An undone task is reopened for its owner even if the others' answers settle it meanwhile.
-        Task.objects.filter(pk=task.pk).update(status=Task.Status.OPEN, completed_at=None)
-        Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
-        Lease.objects.update_or_create(
-            task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
-        )
+        undone_task_lease_back(user=user, task=task, campaign=campaign, now=now)
         task.refresh_from_db()
     return task
+
+
+def undo_candidate(*, user, campaign: Campaign, now) -> Answer | None:
+    """`user`'s most recent live answer in `campaign` still inside UNDO_WINDOW, or None."""
+    return (
+        Answer.objects.filter(
+            annotator=user, task__campaign=campaign, revoked_at__isnull=True, created_at__gte=now - UNDO_WINDOW
+        )
+        .order_by("-created_at", "-pk")
+        .first()
+    )
+
+
+def _stats_on_undo(*, user, campaign: Campaign) -> None:
+    """The person's counters without the undone answer (flags wait for the full recompute)."""
+    AnnotatorStats.objects.filter(campaign=campaign, annotator=user, answer_count__gt=0).update(
+        answer_count=F("answer_count") - 1, current_run_length=Greatest(F("current_run_length") - 1, Value(0))
+    )
+
+
+def undone_task_lease_back(*, user, task: Task, campaign: Campaign, now) -> None:
+    """After an undo: the task reopens for its owner even if the others' answers settle it meanwhile,
+    and it is leased back to them (their other leases in the campaign released), so it is their next
+    task. Call inside the undo's transaction, the task locked."""
+    Task.objects.filter(pk=task.pk).update(status=Task.Status.OPEN, completed_at=None)
+    Lease.objects.filter(annotator=user, task__campaign=campaign).exclude(task=task).delete()
+    Lease.objects.update_or_create(
+        task=task, annotator=user, defaults={"expires_at": now + timedelta(seconds=campaign.lease_seconds)}
+    )
 
 
 # -- gold tasks and annotators -----------------------------------------------------------------------

@@ -26,8 +26,9 @@ from . import selectors, services, tagging
 from .models import Campaign, GuideRead, Task
 from .views import _session_seed
 
-# Option keys in order: 1-9, then a-z without the letters the page uses itself (g: the guide).
-NAVIGATION_KEYS = frozenset("g")
+# Option keys in order: 1-9, then a-z without the letters the page uses itself (g: the guide,
+# k: skip, z: undo).
+NAVIGATION_KEYS = frozenset("gkz")
 OPTION_KEYS = [k for k in "123456789abcdefghijklmnopqrstuvwxyz" if k not in NAVIGATION_KEYS]
 VALUE_PREFIX = "attr-"
 SUGGESTED_PREFIX = "suggested-"
@@ -162,10 +163,11 @@ def _option_label(value: str, labels: dict[str, str]) -> str:
     return "Can't tell" if value == Attribute.CANT_TELL else labels.get(value, value)
 
 
-def _fields(*, attributes, suggestions, posted: dict | None, errors: dict) -> list[dict]:
+def _fields(*, attributes, suggestions, posted: dict | None, errors: dict, optional=frozenset()) -> list[dict]:
     """One dict per attribute for _tag_task.html: its options with their keys and whether they are
-    checked (the posted values on a re-render, else the model's suggestion), the suggestion and the
-    errors."""
+    checked (the posted values on a re-render, else the model's suggestion), the suggestion, the
+    errors and whether it is required (not in `optional`, ids of the campaign's optional attributes;
+    a multi choice always has an answer, nothing ticked being "none of these")."""
     fields = []
     for attribute in attributes:
         suggestion = suggestions.get(attribute.slug)
@@ -197,6 +199,7 @@ def _fields(*, attributes, suggestions, posted: dict | None, errors: dict) -> li
                 "suggestion": suggestion,
                 "suggestion_percent": round(suggestion[1] * 100) if suggestion else None,
                 "errors": errors.get(attribute.slug, []),
+                "is_optional": attribute.pk in optional,
             }
         )
     return fields
@@ -252,8 +255,14 @@ def _tag_context(
         attributes = tagging.attributes_for_product(attributes=every, product=product)
         suggestions, _ = _suggestions(product=product, attributes=attributes)
         shown, applies = attributes, {}
+    # Sampled personas: only the ones this tagger is asked are on the form (never sent otherwise).
+    personas = [a for a in shown if tagging.is_persona(a)]
+    asked = {a.pk for a in tagging.personas_asked(task=task, personas=personas, user=request.user)}
+    attributes = [a for a in attributes if not tagging.is_persona(a) or a.pk in asked]
+    shown = [a for a in shown if not tagging.is_persona(a) or a.pk in asked]
     shown_slugs = {a.slug for a in shown}
-    fields = _fields(attributes=attributes, suggestions=suggestions, posted=posted, errors=errors)
+    optional = tagging.optional_attribute_ids(campaign)
+    fields = _fields(attributes=attributes, suggestions=suggestions, posted=posted, errors=errors, optional=optional)
     for field in fields:
         field["applies"] = applies.get(field["attribute"].slug, "")
         field["hidden"] = field["attribute"].slug not in shown_slugs
@@ -267,6 +276,8 @@ def _tag_context(
         idempotency_key=uuid.uuid4().hex,
         fields=fields,
         other_errors=[f"{slug}: {' '.join(reasons)}" for slug, reasons in errors.items() if slug not in shown_slugs],
+        personas_sampled=len(asked) < len(personas),
+        persona_count=len(personas),
     )
     # The first attribute with an error is the active one on a re-render.
     visible = [f for f in context["fields"] if not f["hidden"]]
@@ -381,22 +392,73 @@ def tag_answer(request, slug):
 
 
 @login_required
+@require_POST
+def tag_skip(request, slug):
+    """Pass over a product without tagging it (services.task_skip): its lease is released, it goes
+    back to the pool, and this person gets it again only when nothing else is left. Then the next
+    product."""
+    campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    unread = _guide_unread(request, campaign)
+    if unread:
+        return unread
+    task = _get_tag_task(campaign, request.POST.get("task"), images=False)
+    notice = {"notice": "Skipped.", "notice_level": "info"}
+    try:
+        services.task_skip(user=request.user, task=task)
+    except services.AnswerConflict as exc:
+        notice = {"notice": exc.message, "notice_level": "warning"}
+    if not request.htmx:
+        return redirect("annotate:tag", slug=campaign.slug)
+    context = _tag_context(request, campaign, **notice)
+    if context.get("task") is not None and context["task"].pk == task.pk:
+        context["notice"] = "Skipped, but there is no other product left for you: here it is again."
+    return render(request, "annotate/_tag_task.html", context)
+
+
+@login_required
+@require_POST
+def tag_undo(request, slug):
+    """Undo the person's last tagging answer (tagging.tag_undo_last, within the undo window): its
+    product comes back to be tagged again."""
+    campaign = tagging.get_tag_campaign_for_user(request.user, slug)
+    task = tagging.tag_undo_last(user=request.user, campaign=campaign)
+    notice = (
+        {"notice": "Undone: tag it again.", "notice_level": "info"}
+        if task
+        else {"notice": "Nothing to undo.", "notice_level": "warning"}
+    )
+    if not request.htmx:
+        return redirect("annotate:tag", slug=campaign.slug)
+    return _render_tag(request, campaign, **notice)
+
+
+@login_required
 @require_GET
 def tag_guide(request, slug):
     """The campaign's written guide (Markdown, sanitised) and every attribute with its description
     and options, example images included; printable. Opening it records a GuideRead (idempotent)."""
     campaign = tagging.get_tag_campaign_for_user(request.user, slug)
     GuideRead.objects.get_or_create(campaign=campaign, user=request.user)
+    optional = tagging.optional_attribute_ids(campaign)
     attributes = [
         {
             "attribute": attribute,
             "description_html": markdown_html(attribute.description),
             "options": list(attribute.options.all()),
+            "is_optional": attribute.pk in optional,
+            "is_persona": tagging.is_persona(attribute),
         }
         for attribute in tagging.campaign_attributes(campaign)
     ]
     return render(
         request,
         "annotate/guide.html",
-        {"campaign": campaign, "guide_html": markdown_html(campaign.guide), "attributes": attributes},
+        {
+            "campaign": campaign,
+            "guide_html": markdown_html(campaign.guide),
+            "attributes": attributes,
+            "personas_per_task": campaign.personas_per_task
+            if 0 < campaign.personas_per_task < sum(item["is_persona"] for item in attributes)
+            else None,
+        },
     )

@@ -53,13 +53,73 @@ from .services import (
     WrongCampaignKind,
     _answered_by,
     _first_from_seed,
+    _skipped_by,
     _stats_on_answer,
+    _stats_on_undo,
     annotator_stats_for,
     campaign_kind_require,
     task_next_for,
+    undo_candidate,
+    undone_task_lease_back,
 )
 
 TAG_ROLES = (roles.TAGGER, roles.ADMIN)
+# The style-persona ratings: the agreement report reads the attributes persona_<name>
+# (selectors.campaign_agreement_report).
+PERSONA_PREFIX = "persona_"
+
+
+def optional_attribute_ids(campaign: Campaign) -> frozenset[int]:
+    """The ids of the campaign's optional attributes (Campaign.optional_attributes), read once per
+    campaign object (1 query, then cached on it)."""
+    cached = getattr(campaign, "_optional_attribute_ids", None)
+    if cached is None:
+        cached = frozenset(campaign.optional_attributes.values_list("pk", flat=True))
+        campaign._optional_attribute_ids = cached
+    return cached
+
+
+def is_persona(attribute: Attribute) -> bool:
+    """Whether `attribute` is a style-persona rating (an ordinal attribute named persona_*)."""
+    return attribute.kind == Attribute.Kind.ORDINAL and attribute.slug.startswith(PERSONA_PREFIX)
+
+
+def persona_quota(*, campaign: Campaign, task: Task, personas: list[Attribute]) -> int | None:
+    """How many of `personas` (the persona attributes that apply to the product) one tagger rates on
+    `task`: campaign.personas_per_task when that samples them (0 < k < len(personas)) and the task is
+    not in the calibration sample, else None (every persona is asked)."""
+    k = campaign.personas_per_task
+    if not k or task.is_calibration or k >= len(personas):
+        return None
+    return k
+
+
+def personas_asked(*, task: Task, personas: list[Attribute], user) -> list[Attribute]:
+    """The personas `user` is asked on `task` when the campaign samples them (`persona_quota` k):
+    the k the product has fewest live ratings of from other people, ties broken by a rotation that
+    starts k places further for each tagger before this one (the tagger's order on the product), so
+    that without concurrency the taggers cover the personas in turn: after n answers each persona
+    has floor(n k / P) or ceil(n k / P) ratings, and ceil(2 P / k) taggers give every persona the
+    agreement report's pairable minimum of 2 (agreement.PAIRABLE_MIN_RATINGS). Picking the least
+    covered first also fills the gaps two taggers working on the product at once leave.
+    Deterministic; every persona when the campaign does not sample (2 queries).
+
+    Returns the personas in form order."""
+    k = persona_quota(campaign=task.campaign, task=task, personas=personas)
+    if k is None:
+        return list(personas)
+    others = Answer.objects.filter(task=task, revoked_at__isnull=True).exclude(annotator=user)
+    order = others.count()
+    counts = Counter(
+        AttributeAnswer.objects.filter(answer__in=others, attribute_id__in=[p.pk for p in personas]).values_list(
+            "attribute_id", flat=True
+        )
+    )
+    n = len(personas)
+    offset = (order * k) % n
+    ranked = sorted(range(n), key=lambda i: (counts[personas[i].pk], (i - offset) % n))
+    chosen = set(ranked[:k])
+    return [p for i, p in enumerate(personas) if i in chosen]
 
 
 def campaign_attributes(campaign: Campaign) -> list[Attribute]:
@@ -126,21 +186,48 @@ def tag_tasks_build(*, campaign: Campaign, products, calibration: bool = False) 
     return len(new)
 
 
-def tag_values_clean(*, attributes: list[Attribute], values: dict) -> dict[int, str]:
-    """Check a submitted form against the attributes that apply: every one answered, nothing else,
-    each value one of its values. Returns {attribute id: stored value} (multi choice: the selected
-    options in option order joined by "|", "" for none).
+def tag_values_clean(
+    *,
+    attributes: list[Attribute],
+    values: dict,
+    optional: frozenset[int] = frozenset(),
+    persona_count: int | None = None,
+) -> dict[int, str]:
+    """Check a submitted form against the attributes that apply: every required one answered,
+    nothing else, each value one of its values. Returns {attribute id: stored value} (multi choice:
+    the selected options in option order joined by "|", "" for none); an optional attribute left
+    empty has no entry (a multi choice is never empty: nothing ticked is "none of these").
+
+    Args:
+        optional: ids of the attributes that may be left empty (Campaign.optional_attributes).
+        persona_count: when the campaign samples the persona ratings (`persona_quota`), the number of
+            personas to rate: exactly that many (at most, when the personas are optional), any of
+            them (the page shows `personas_asked`; which ones were asked may have moved while the
+            form was open). None: each persona is an attribute like the others.
 
     Raises:
-        AnswerInvalid: reasons per attribute slug.
+        AnswerInvalid: reasons per attribute slug ("personas" for a wrong number of ratings).
     """
     errors: dict[str, list[str]] = {}
     by_slug = {a.slug: a for a in attributes}
     for slug in sorted(set(values) - set(by_slug)):
         errors[slug] = ["does not apply to this product"]
+    sampled = set()
+    if persona_count is not None:
+        sampled = {a.pk for a in attributes if is_persona(a)}
+        rated = [a for a in attributes if a.pk in sampled and values.get(a.slug) not in (None, "")]
+        all_optional = sampled <= optional
+        if len(rated) > persona_count or (len(rated) < persona_count and not all_optional):
+            errors["personas"] = [
+                f"rate {'at most' if all_optional else 'exactly'} {persona_count} of the personas (the ones shown)"
+            ]
     cleaned: dict[int, str] = {}
     for attribute in attributes:
         raw = values.get(attribute.slug)
+        # A multi choice has no "empty": nothing ticked is its answer "none of these".
+        skippable = attribute.pk in optional or attribute.pk in sampled
+        if raw in (None, "") and skippable and attribute.kind != Attribute.Kind.MULTI:
+            continue
         allowed = attribute.values()
         if attribute.kind == Attribute.Kind.MULTI:
             chosen = raw if isinstance(raw, list | tuple) else ([] if raw in (None, "") else str(raw).split("|"))
@@ -169,8 +256,9 @@ def tag_submit(
     """Record a tagger's values for a product task and update each attribute's consensus.
 
     Args:
-        values: {attribute slug: value}; multi choice takes a list (or "a|b"); every attribute that
-            applies to the product must be present.
+        values: {attribute slug: value}; multi choice takes a list (or "a|b"); every required
+            attribute that applies to the product must be present (tag_values_clean: optional
+            attributes may be left out; sampled personas, exactly campaign.personas_per_task).
         duration_ms: time from the product appearing to the submit, in ms.
         suggestions: {attribute slug: (value, confidence)} the model pre-filled, recorded beside each
             value so confirmations and corrections can be told apart.
@@ -198,11 +286,17 @@ def tag_submit(
         raise AnnotatorPaused()
     every = campaign_attributes(campaign)
     attributes = attributes_for_answer(attributes=every, product=task.product, values=values)
-    cleaned = tag_values_clean(attributes=attributes, values=values)
+    cleaned = tag_values_clean(
+        attributes=attributes,
+        values=values,
+        optional=optional_attribute_ids(campaign),
+        persona_count=persona_quota(campaign=campaign, task=task, personas=[a for a in attributes if is_persona(a)]),
+    )
     suggestions = suggestions or {}
     by_id = {a.pk: a for a in attributes}
     with transaction.atomic():
         locked = Task.objects.select_for_update().get(pk=task.pk)
+        locked.campaign = campaign
         if locked.status == Task.Status.COMPLETE and not locked.is_calibration:
             raise AnswerConflict("task_complete", "This product has all the answers it needs.")
         if Answer.objects.filter(task=locked, annotator=user, revoked_at__isnull=True).exists():
@@ -351,11 +445,16 @@ def _task_labels(
     attributes: list[Attribute],
     rows: list[tuple[int, int, str, bool]],
     reliability: dict[int, AttributeReliabilityParams],
+    overlap: dict[int, tuple[int, int]] | None = None,
 ) -> list[AttributeLabel]:
     """The AttributeLabel of each attribute of `task` (unsaved) from its live answers `rows`
-    [(annotator id, attribute id, value, is_too_fast)] and the reliability per attribute id."""
+    [(annotator id, attribute id, value, is_too_fast)] and the reliability per attribute id.
+    `overlap` ({attribute id: (min answers, max answers)}, `settle_overlap`) overrides the
+    campaign's overlap_min/overlap_max for the attributes in it."""
+    overlap = overlap or {}
     labels = []
     for attribute in attributes:
+        overlap_min, overlap_max = overlap.get(attribute.pk, (campaign.overlap_min, campaign.overlap_max))
         mine = [(who, v, 0.0 if too_fast else 1.0) for who, a, v, too_fast in rows if a == attribute.pk]
         weights = np.array([w for _, _, w in mine], dtype=np.float64)
         count = int((weights > 0).sum())
@@ -370,9 +469,7 @@ def _task_labels(
             if count
             else ("", {}, 0.0)
         )
-        settled = count >= campaign.overlap_max or (
-            count >= campaign.overlap_min and confidence >= campaign.confidence_target
-        )
+        settled = count >= overlap_max or (count >= overlap_min and confidence >= campaign.confidence_target)
         labels.append(
             AttributeLabel(
                 task=task,
@@ -457,15 +554,35 @@ def _labels_plan(*, task, campaign, attributes, rows, reliability) -> tuple[list
         attributes=[a for a in attributes if a.pk in wanted],
         rows=rows,
         reliability=reliability,
+        overlap=settle_overlap(task=task, campaign=campaign, attributes=applicable),
     )
     return labels, required_labels(task=task, attributes=attributes, labels=labels)
+
+
+def settle_overlap(*, task: Task, campaign: Campaign, attributes: list[Attribute]) -> dict[int, tuple[int, int]]:
+    """{attribute id: (min answers, max answers)} for the labels of `task` that settle on other counts
+    than the campaign's overlap_min/overlap_max: the sampled personas (`persona_quota` k of the P
+    personas among `attributes`, those that apply to the product). Each gets about k/P of the
+    task's answers, so its cap is overlap_max * k // P, and it needs at least the agreement
+    report's pairable minimum (agreement.PAIRABLE_MIN_RATINGS, 2) either way: the product stays in
+    the queue until every persona can be compared across taggers. {} when nothing is sampled."""
+    from .agreement import PAIRABLE_MIN_RATINGS
+
+    personas = [a for a in attributes if is_persona(a)]
+    k = persona_quota(campaign=campaign, task=task, personas=personas)
+    if k is None:
+        return {}
+    cap = max(PAIRABLE_MIN_RATINGS, campaign.overlap_max * k // len(personas))
+    low = min(max(campaign.overlap_min, PAIRABLE_MIN_RATINGS), cap)
+    return {p.pk: (low, cap) for p in personas}
 
 
 def required_labels(*, task, attributes: list[Attribute], labels: list[AttributeLabel]) -> list[AttributeLabel]:
     """The labels that must settle for `task` to complete, among `labels` (its labels, any subset of
     `attributes`): those of the attributes that apply to the category consensus when the campaign
     asks for the category and its label names a taxonomy node, else to the product's master
-    category. A required attribute without a label counts as an unsettled one."""
+    category, less the campaign's optional attributes (a product completes without them). A
+    required attribute without a label counts as an unsettled one."""
     by_slug = {label.attribute.slug: label for label in labels}
     category = by_slug.get(CATEGORY_SLUG)
     path = category_chosen(attributes=attributes, value=category.label) if category is not None else None
@@ -473,7 +590,12 @@ def required_labels(*, task, attributes: list[Attribute], labels: list[Attribute
         required = [a for a in attributes if attribute_applies(a, path)]
     else:
         required = attributes_for_product(attributes=attributes, product=task.product)
-    return [by_slug.get(a.slug) or AttributeLabel(task=task, attribute=a, is_settled=False) for a in required]
+    optional = optional_attribute_ids(task.campaign)
+    return [
+        by_slug.get(a.slug) or AttributeLabel(task=task, attribute=a, is_settled=False)
+        for a in required
+        if a.pk not in optional
+    ]
 
 
 def _status_write(task: Task, required: list[AttributeLabel]) -> None:
@@ -761,6 +883,7 @@ def _calibration_open_for(*, user, campaign: Campaign, team_id: int, now):
     return (
         Task.objects.filter(campaign=campaign, is_calibration=True, is_gold=False, status=Task.Status.OPEN)
         .exclude(_answered_by(user))
+        .exclude(_skipped_by(user))  # task_next_for offers them again when nothing else is left
         .annotate(team_count=Coalesce(Subquery(team_answers), 0), team_held=Coalesce(Subquery(team_held), 0))
         .filter(team_count__lt=campaign.calibration_answers_per_team - F("team_held"))
     )
@@ -818,3 +941,43 @@ def tag_next_for(*, user, campaign: Campaign, seed: int) -> Task | None:
                     )
                     return task
     return task_next_for(user=user, campaign=campaign, seed=seed)
+
+
+def tag_undo_last(*, user, campaign: Campaign) -> Task | None:
+    """Revoke `user`'s most recent answer in the attributes campaign `campaign` (within
+    services.UNDO_WINDOW, as the verify page's undo) and lease its product back to them, so it is
+    their next task. The answer row and its values are kept with revoked_at set; the product's
+    answer count and every attribute's consensus are recomputed without it (tag_consensus_update),
+    the task reopens for its owner, and the campaign is marked dirty for the full recompute (each
+    tagger's reliability). Tagging answers earn no points (gamify counts match campaigns only), so
+    there are none to take back.
+
+    One transaction; locks the task row. Returns the task, or None when there is nothing to undo.
+
+    Raises:
+        WrongCampaignKind: `campaign` is a match campaign (services.answer_undo_last undoes those).
+    """
+    if campaign.kind != Campaign.Kind.ATTRIBUTES:
+        raise WrongCampaignKind(f"campaign {campaign.slug} is a match campaign: undo its answers on the verify page.")
+    now = timezone.now()
+    with transaction.atomic():
+        answer = undo_candidate(user=user, campaign=campaign, now=now)
+        if answer is None:
+            return None
+        task = (
+            Task.objects.select_for_update(of=("self",))
+            .select_related("campaign", "product__master_category")
+            .get(pk=answer.task_id)
+        )
+        task.campaign = campaign
+        Answer.objects.filter(pk=answer.pk).update(revoked_at=now)
+        _stats_on_undo(user=user, campaign=campaign)
+        live = Answer.objects.filter(task=task, revoked_at__isnull=True).count()
+        Task.objects.filter(pk=task.pk).update(answer_count=live, consensus_version=F("consensus_version") + 1)
+        task.answer_count = live
+        tag_consensus_update(task=task, attributes=campaign_attributes(campaign))
+        undone_task_lease_back(user=user, task=task, campaign=campaign, now=now)
+        Campaign.objects.filter(pk=campaign.pk, consensus_dirty=False).update(consensus_dirty=True)
+        task.refresh_from_db()
+        task.campaign = campaign
+    return task

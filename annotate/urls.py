@@ -7,6 +7,7 @@ urlpatterns = [
     path("verify/<slug:slug>/", views.verify, name="verify"),
     path("verify/<slug:slug>/answer", views.verify_answer, name="verify-answer"),
     path("verify/<slug:slug>/undo", views.verify_undo, name="verify-undo"),
+    path("verify/<slug:slug>/skip", views.verify_skip, name="verify-skip"),
     path("me/stats/", views.my_stats, name="my-stats"),
     path("campaigns/<slug:slug>/annotators/", views.campaign_annotators, name="campaign-annotators"),
     path("campaigns/<slug:slug>/annotators/<str:username>/pause", views.annotator_pause, name="annotator-pause"),
@@ -24,5 +25,7 @@ urlpatterns = [
     # Attribute tagging (annotate.tag_views).
     path("tag/<slug:slug>/", tag_views.tag, name="tag"),
     path("tag/<slug:slug>/answer", tag_views.tag_answer, name="tag-answer"),
+    path("tag/<slug:slug>/skip", tag_views.tag_skip, name="tag-skip"),
+    path("tag/<slug:slug>/undo", tag_views.tag_undo, name="tag-undo"),
     path("tag/<slug:slug>/guide/", tag_views.tag_guide, name="tag-guide"),
 ]

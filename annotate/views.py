@@ -144,6 +144,29 @@ def verify_undo(request, slug):
 
 
 @login_required
+@require_POST
+def verify_skip(request, slug):
+    """Pass over the task on screen without answering (services.task_skip): its lease is released,
+    it goes back to the pool, and this person gets it again only when nothing else is left. Then
+    the next task."""
+    campaign = selectors.get_campaign_for_user(request.user, slug)
+    task = selectors.get_task_for_user(request.user, request.POST.get("task"))
+    if task.campaign_id != campaign.pk:
+        raise Http404("No such task in this campaign.")
+    notice = {"notice": "Skipped.", "notice_level": "info"}
+    try:
+        services.task_skip(user=request.user, task=task)
+    except services.AnswerConflict as exc:
+        notice = {"notice": exc.message, "notice_level": "warning"}
+    if not request.htmx:
+        return redirect("annotate:verify", slug=campaign.slug)
+    context = _task_context(request, campaign, **notice)
+    if context["task"] is not None and context["task"].pk == task.pk:
+        context["notice"] = "Skipped, but there is no other task left for you: here it is again."
+    return render(request, "annotate/_task.html", context)
+
+
+@login_required
 @require_GET
 def my_stats(request):
     """The signed-in person's own record per campaign: answers, gold accuracy, agreement, reliability,

@@ -1,7 +1,8 @@
 // Keyboard-first tagging page (annotate/_tag_task.html): one attribute is active at a time; an
 // option's key picks it (single choice, rating: then the next attribute is active) or toggles it
 // (multi choice); Tab or → moves on, Shift+Tab or ← goes back, Backspace clears the active
-// attribute, Enter submits once every attribute has a value, g opens the guide. The time a product
+// attribute, Enter submits once every required attribute has a value, k skips the product, z undoes
+// the last answer, g opens the guide. The time a product
 // was on screen goes with the answer as duration_ms. On the guide page: Enter starts tagging, p prints.
 (function () {
   "use strict";
@@ -51,7 +52,7 @@
   }
 
   function hasValue(set) {
-    return set.dataset.kind === "multi" || !!set.querySelector("input:checked");
+    return set.dataset.kind === "multi" || !!set.dataset.optional || !!set.querySelector("input:checked");
   }
 
   function hint(text) {
@@ -218,6 +219,15 @@
       if (guide && !event.repeat) {
         event.preventDefault();
         guide.click();
+      }
+      return;
+    }
+    // k skips the product, z undoes the last answer (also from the "all done" card).
+    if (key.length === 1 && "kz".indexOf(key.toLowerCase()) >= 0) {
+      var action = section.querySelector('[data-tag-key="' + key.toLowerCase() + '"]');
+      if (action && !event.repeat && !action.disabled) {
+        event.preventDefault();
+        action.click();
       }
       return;
     }

@@ -26,7 +26,7 @@ needs_dataset = pytest.mark.skipif(
 )
 
 PRODUCT_COUNT = 20
-OPTION_KEYS = "123456789abcdefhijklmnopqrstuvwxyz"  # as annotate.tag_views.OPTION_KEYS: no g
+OPTION_KEYS = "123456789abcdefhijlmnopqrstuvwxy"  # as annotate.tag_views.OPTION_KEYS: no g, k, z
 
 
 def _state(driver) -> tuple[str | None, str | None]:
@@ -267,3 +267,54 @@ def _session_cookie(user) -> dict:
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()
     return {"name": settings.SESSION_COOKIE_NAME, "value": session.session_key, "path": "/"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_k_skips_a_product_and_z_undoes_the_last_answer(live_server, browser):  # noqa: F811
+    """k: no answer, the lease released, the next product without a reload; an optional attribute
+    may stay empty (Enter submits); z: the answer is revoked and its product is back on screen."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from annotate.models import Lease, Skip
+
+    from ..factories import ProductFactory
+
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES, gold_first_count=0, gold_rate=0)
+    campaign.attributes.set([schema["color"], schema["persona_boho"]])
+    campaign.optional_attributes.set([schema["persona_boho"]])
+    tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(), ProductFactory()])
+    tagger = user_with_role("tagger")
+    GuideRead.objects.create(campaign=campaign, user=tagger)
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.add_cookie(_session_cookie(tagger))
+    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
+    _wait_for(lambda: _state(browser)[0] == "task")
+    browser.execute_script("window.__noReload = 'still here';")
+    first = _state(browser)[1]
+    assert "(optional)" in browser.execute_script(
+        "return document.querySelector('fieldset[data-slug=persona_boho] legend').textContent;"
+    )
+
+    ActionChains(browser).send_keys("k").perform()
+    _wait_for(lambda: (s := _state(browser))[1] and s[1] != first)
+    second = _state(browser)[1]
+    assert not Answer.objects.exists() and Skip.objects.filter(task__uuid=first, annotator=tagger).exists()
+    assert not Lease.objects.filter(task__uuid=first).exists()
+
+    ActionChains(browser).send_keys(OPTION_KEYS[0], Keys.ENTER).perform()  # a color; no persona rating
+    _wait_for(lambda: _state(browser)[1] == first)  # the skipped product: nothing else is left
+    answer = Answer.objects.get()
+    assert str(answer.task.uuid) == second
+    assert dict(answer.attribute_answers.values_list("attribute__slug", "value")) == {
+        "color": schema["color"].values()[0]
+    }
+
+    ActionChains(browser).send_keys("z").perform()
+    _wait_for(lambda: _state(browser)[1] == second)
+    answer.refresh_from_db()
+    assert answer.revoked_at is not None
+    assert Task.objects.get(uuid=second).answer_count == 0
+    assert "Undone" in browser.find_element("id", "tag-task").text
+    assert browser.execute_script("return window.__noReload;") == "still here"

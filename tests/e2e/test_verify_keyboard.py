@@ -177,3 +177,68 @@ def test_a_photo_without_suggestions_is_answered_by_keyboard(live_server, browse
     answer = Answer.objects.get()
     assert (answer.task_id, answer.choice, answer.product) == (withheld.pk, "not_a_product", None)
     assert browser.execute_script("return window.__noReload;") == "still here"
+
+
+def _login(driver, live_server, campaign, username="kim", password="kim-password-1"):
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{live_server.url}/accounts/login/?next=/verify/{campaign.slug}/")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    return _wait_for(lambda: _current_task(driver))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_k_skips_to_the_next_task_and_space_held_zooms(live_server, browser):
+    """k: the task's lease is released, no answer is stored and the next task shows without a
+    reload; the skipped task comes back only after the others. Space held: the photo and the
+    candidates side by side at full size, pixelated; let go, the page returns."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from annotate.models import Lease, Skip
+
+    campaign = CampaignFactory()
+    tasks = [task_with_candidates(campaign, shuffle_key=k) for k in (10, 20)]
+    user_with_role("employee", username="kim", password="kim-password-1")
+    first = _login(browser, live_server, campaign)
+    browser.execute_script("window.__noReload = 'still here';")
+    # A 1200 px window shows the candidates' images well above the old 145 px.
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll('#task .candidate img')].map(i => i.getBoundingClientRect().width);"
+    )
+    assert len(widths) == 3 and min(widths) >= 180
+
+    # Space held: zoomed, four images side by side, each far wider than a 145 px candidate.
+    ActionChains(browser).key_down(Keys.SPACE).perform()
+    zoomed = _wait_for(
+        lambda: browser.execute_script(
+            """const t = document.getElementById('task');
+            if (!t.classList.contains('zoomed')) return null;
+            return [...t.querySelectorAll('.photo img, .candidate img')].map(i => {
+              const r = i.getBoundingClientRect();
+              return [r.left, r.top, r.width, r.height, getComputedStyle(i).imageRendering]; });"""
+        )
+    )
+    assert len(zoomed) == 4
+    assert max(z[1] for z in zoomed) - min(z[1] for z in zoomed) < 4  # one row
+    assert sorted(z[0] for z in zoomed) == [z[0] for z in zoomed]  # photo, then candidates 1, 2, 3
+    assert all(z[2] >= 250 and z[3] >= 250 and z[4] == "pixelated" for z in zoomed)
+    ActionChains(browser).key_up(Keys.SPACE).perform()
+    _wait_for(
+        lambda: not browser.execute_script("return document.getElementById('task').classList.contains('zoomed');")
+    )
+    assert _current_task(browser) == first and not Answer.objects.exists()
+
+    ActionChains(browser).send_keys("k").perform()
+    second = _wait_for(lambda: (t := _current_task(browser)) != first and t, describe=lambda: _page_state(browser))
+    assert {first, second} == {str(t.uuid) for t in tasks}
+    assert not Answer.objects.exists()
+    assert Skip.objects.filter(task__uuid=first).exists()
+    assert not Lease.objects.filter(task__uuid=first).exists()
+    assert "Skipped." in browser.find_element("id", "task").text
+    # Answering the other task brings the skipped one back: nothing else is left.
+    ActionChains(browser).send_keys("1").perform()
+    _wait_for(lambda: _current_task(browser) == first, describe=lambda: _page_state(browser))
+    assert browser.execute_script("return window.__noReload;") == "still here"
