@@ -10,8 +10,8 @@ resumes where it stopped and ends bit-identical to an uninterrupted one.
 
 Held-out photos at preparation time are generated views of a tenth of the catalog (a stable hash
 fold), drawn with a seed the training never uses; both the candidate and the serving model embed
-the same views, and recall@1 against the whole catalog decides. After people verify photos the
-stage-2 run (not wired into the app yet, see docs/matching.md) would add them to that yardstick.
+the same views, and recall@1 against the whole catalog decides. After people verify photos, stage 2
+(mlcore.matching_finetune) fine-tunes the CNN on them and is judged on held-out verified photos.
 """
 
 import hashlib
