@@ -200,6 +200,12 @@ def test_a_cnn_that_does_not_beat_the_serving_one_is_retired(verified, monkeypat
     campaign.refresh_from_db()
     assert campaign.model_version == campaign.base
     assert ModelVersion.objects.get(pk=campaign.base.pk).status == ModelVersion.Status.ACTIVE
+    # A second delivery of the message does nothing: the run is DONE.
+    from mlcore.tasks import matching_finetune_task
+
+    matching_finetune_task(run.pk)
+    assert ModelVersion.objects.filter(kind=ModelVersion.Kind.BACKBONE).count() == 2
+    assert TrainingRun.objects.get(pk=run.pk).candidate == run.candidate
 
 
 def test_the_learning_loop_starts_stage_2_once_enough_new_matches_have_settled(verified, settings):
