@@ -16,6 +16,11 @@ imports annotate): snapshot → retrain → promote → re-rank.
    unsure (`category_backoff`): "Shoes", not a wrong "Shoes › Sandal".
 4. `learning_due` (Celery beat): start a retrain when campaign.retrain_every_labels new labels have
    settled since the last run, or a day has passed and any have.
+
+Match campaigns learn from the photos people verified (`matching_snapshot`): a matching head over
+the frozen embedding (`matching_retrain_start`), or, when the campaign is served by a trained
+matching CNN, stage 2 of that CNN (`matching_finetune_start`, started by `matching_finetune_due`
+once settings.FITCHECK_MATCH_FINETUNE_MIN_NEW new verified matches have settled).
 """
 
 from __future__ import annotations
@@ -565,9 +570,10 @@ def backbone_apply(*, campaign: Campaign, version: ModelVersion) -> dict:
 
 def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
     """Freeze the verified photos of a match campaign in items.jsonl, one per line: {"photo",
-    "split", "product" (the matched product's uuid, or null when people said none / not a product /
-    unfit), "hard_negatives" (the candidates turned down)}, from tasks people settled (not the
-    model) and gold tasks; registered as a DONE export "matching-<campaign slug>" with its sha256."""
+    "split", "gold" (a gold task's known answer), "product" (the matched product's uuid, or null
+    when people said none / not a product / unfit), "hard_negatives" (the candidates turned down)},
+    from tasks people settled (not the model) and gold tasks; registered as a DONE export
+    "matching-<campaign slug>" with its sha256."""
     from .models import GoldLabel, TaskCandidate
 
     snapshot = _snapshot_start(
@@ -605,6 +611,7 @@ def matching_snapshot(*, campaign: Campaign, created_by=None) -> ExportSnapshot:
                 record = {
                     "photo": photo,
                     "split": split_of(photo),
+                    "gold": task_id in gold,
                     "product": product,
                     "hard_negatives": sorted(p for p in shown.values() if p != product),
                 }
@@ -638,6 +645,110 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
     )
     send_on_commit(train_task.si(run.pk))
     return run
+
+
+def verified_matches(campaign: Campaign):
+    """The tasks of a match campaign whose photo people settled on a product (a candidate's rank as
+    the label; not gold, not settled by a model): what stage 2 of the matching CNN learns from and
+    what its trigger counts."""
+    return Task.objects.filter(
+        campaign=campaign,
+        status=Task.Status.COMPLETE,
+        is_gold=False,
+        label_model_version__isnull=True,
+        label__regex=r"^[0-9]+$",
+    )
+
+
+def serving_cnn(campaign: Campaign) -> ModelVersion | None:
+    """The campaign's serving model when it is an active matching CNN of the campaign's own scope
+    (one stage 2 can fine-tune), else None."""
+    from mlcore.matching_pretrain import BACKBONE_NAME
+
+    version = campaign.model_version
+    if (
+        version is not None
+        and version.kind == ModelVersion.Kind.BACKBONE
+        and version.backbone == BACKBONE_NAME
+        and version.status == ModelVersion.Status.ACTIVE
+        and version.scope == backbone_scope_of(campaign)
+    ):
+        return version
+    return None
+
+
+def matching_finetune_start(*, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None):
+    """Snapshot a match campaign's verified photos (`matching_snapshot`) and queue stage 2 of its
+    serving matching CNN on them (mlcore.matching_finetune, queue gpu, after commit). The fine-tuned
+    CNN replaces the serving one only if it finds the products of held-out verified photos (gold and
+    the test split) more often; the catalog and photos are then embedded with it and the open
+    photos re-suggested (`backbone_apply_start`, on model_activated).
+
+    Raises:
+        ValueError: not a match campaign; its serving model is not an active matching CNN of its own
+            (the pretrained backbone: stage 1 comes first); no verified match yet; a CNN run of the
+            campaign already pending or running; a bad config (mlcore.matching_finetune).
+    """
+    from mlcore.matching_finetune import matching_finetune_create
+    from mlcore.tasks import matching_finetune_task
+
+    if campaign.kind != Campaign.Kind.MATCH:
+        raise ValueError("the matching CNN learns from a match campaign")
+    base = serving_cnn(campaign)
+    if base is None:
+        raise ValueError(
+            f"{campaign.name} is not served by a matching CNN of its own, so there is none to fine-tune: "
+            "stage 1 (training on the catalog) comes first."
+        )
+    verified = verified_matches(campaign).count()
+    if not verified:
+        raise ValueError("There are no verified matches to learn from yet: verify some photos first.")
+    scope = backbone_scope_of(campaign)
+    live = [TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING]
+    if TrainingRun.objects.filter(kind=ModelVersion.Kind.BACKBONE, scope=scope, status__in=live).exists():
+        raise ValueError("A matching-CNN run of this campaign is already pending or running: it shows below.")
+    snapshot = matching_snapshot(campaign=campaign, created_by=created_by)
+    run = matching_finetune_create(
+        scope=scope,
+        base_version=base,
+        snapshot_path=str(snapshot_folder(snapshot) / "items.jsonl"),
+        snapshot_uuid=snapshot.uuid,
+        verified_count=verified,
+        reason=reason,
+        config=config,
+    )
+    send_on_commit(matching_finetune_task.si(run.pk))
+    return run
+
+
+def matching_finetune_due() -> list[TrainingRun]:
+    """Start stage 2 for each match campaign served by its own matching CNN once
+    settings.FITCHECK_MATCH_FINETUNE_MIN_NEW (0: never) new verified matches have settled since its
+    last CNN run (stage 1 counts as none). Unlike the tagging loop there is no daily run: a CNN run
+    is GPU time, worth it only for a batch of new matches. A campaign with a CNN run pending or
+    running is left alone (the beat sweep re-queues or fails such runs,
+    mlcore.training.training_runs_recover). Run by Celery beat with learning_due. Returns the runs
+    started."""
+    from django.conf import settings
+
+    threshold = settings.FITCHECK_MATCH_FINETUNE_MIN_NEW
+    started = []
+    if threshold <= 0:
+        return started
+    for campaign in Campaign.objects.filter(kind=Campaign.Kind.MATCH, model_version__isnull=False).select_related(
+        "model_version"
+    ):
+        if serving_cnn(campaign) is None:
+            continue
+        runs = TrainingRun.objects.filter(kind=ModelVersion.Kind.BACKBONE, scope=backbone_scope_of(campaign))
+        if runs.filter(status__in=[TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING]).exists():
+            continue
+        last = runs.order_by("-created_at").first()
+        before = int(last.config.get("verified_at_snapshot", 0)) if last else 0
+        new = verified_matches(campaign).count() - before
+        if new >= threshold:
+            started.append(matching_finetune_start(campaign=campaign, reason=f"{new} new verified matches"))
+    return started
 
 
 def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
@@ -799,6 +910,7 @@ def matching_report(*, campaign: Campaign) -> dict:
         "active": _active_of(versions, ModelVersion.Kind.MATCHING),
         "active_backbone": _active_of(versions, ModelVersion.Kind.BACKBONE),
         "serving": campaign.model_version,
+        "serving_cnn": serving_cnn(campaign),
         "runs": runs,
     }
 

@@ -70,15 +70,29 @@ def learning_retrain(request, slug):
 @login_required
 @require_POST
 def matching_retrain(request, slug):
-    """Retrain the matching head of a match campaign from its verified photos (ML team and admins)."""
+    """Retrain a match campaign from its verified photos (ML team and admins): stage 2 of its matching
+    CNN when one serves it (learning.matching_finetune_start), else the matching head."""
+    campaign = selectors.get_campaign_for_exporter(request.user, slug)
+    if learning.serving_cnn(campaign) is not None:
+        return _retrain(
+            request,
+            slug,
+            learning.matching_finetune_start,
+            "Fine-tuning the matching CNN of {name} on its verified photos: the run shows below.",
+            campaign=campaign,
+        )
     return _retrain(
-        request, slug, learning.matching_retrain_start, "Retraining the matching head of {name}: the run shows below."
+        request,
+        slug,
+        learning.matching_retrain_start,
+        "Retraining the matching head of {name}: the run shows below.",
+        campaign=campaign,
     )
 
 
-def _retrain(request, slug, start, success: str):
+def _retrain(request, slug, start, success: str, *, campaign=None):
     """Run `start` (a learning.*_start service) for campaign `slug`; a refusal becomes a message."""
-    campaign = selectors.get_campaign_for_exporter(request.user, slug)
+    campaign = campaign or selectors.get_campaign_for_exporter(request.user, slug)
     try:
         with transaction.atomic():
             start(campaign=campaign, reason=f"by {request.user.get_username()}", created_by=request.user)
@@ -92,9 +106,12 @@ def _retrain(request, slug, start, success: str):
 @login_required
 @require_POST
 def learning_rollback(request, slug):
-    """Make the previously active model of the campaign active again (ML team and admins)."""
+    """Make the previously active model of the campaign active again (ML team and admins): its tagging
+    model, or for a match campaign its matching CNN (whose embedding is then applied again)."""
     campaign = selectors.get_campaign_for_exporter(request.user, slug)
-    restored = training.rollback(scope=learning.scope_of(campaign))
+    match = campaign.kind == Campaign.Kind.MATCH
+    scope = learning.backbone_scope_of(campaign) if match else learning.scope_of(campaign)
+    restored = training.rollback(scope=scope)
     if restored is None:
         messages.error(request, "There is no earlier model to roll back to.")
     else:

@@ -47,11 +47,13 @@ def export_build_task(snapshot_id: int) -> None:
 
 @shared_task(name="annotate.learning_due", acks_late=True, ignore_result=True)
 def learning_due_task() -> None:
-    """Run by Celery beat: start a retrain for each learning campaign with enough new labels, and
-    resume switching a match campaign to its promoted matching CNN when that chain was lost."""
+    """Run by Celery beat: start a retrain for each learning campaign with enough new labels, stage 2
+    of the matching CNN for each match campaign with enough new verified matches, and resume
+    switching a match campaign to its promoted matching CNN when that chain was lost."""
     from . import learning
 
     learning.learning_due()
+    learning.matching_finetune_due()
     learning.backbones_unapplied_resume()
 
 

@@ -336,6 +336,7 @@ CELERY_TASK_ROUTES = {
     "annotate.matching_apply": {"queue": "gpu"},
     "annotate.backbone_apply": {"queue": "gpu"},
     "mlcore.matching_pretrain": {"queue": "gpu"},
+    "mlcore.matching_finetune": {"queue": "gpu"},
     "mlcore.training_runs_recover": {"queue": "default"},
     "annotate.jobs_recover": {"queue": "default"},
 }
@@ -384,6 +385,11 @@ FITCHECK_IMPORT_ALLOW_PRIVATE_URLS = env.bool("FITCHECK_IMPORT_ALLOW_PRIVATE_URL
 # Off with FITCHECK_MATCH_PRETRAIN=0; the config fields are mlcore.nn.match_cnn.MatchCNNConfig's.
 FITCHECK_MATCH_PRETRAIN = env.bool("FITCHECK_MATCH_PRETRAIN", default=True)
 FITCHECK_MATCH_PRETRAIN_CONFIG = {"epochs": env.int("FITCHECK_MATCH_PRETRAIN_EPOCHS", default=12)}
+# Stage 2 (mlcore.matching_finetune): the learning loop fine-tunes a campaign's serving matching CNN
+# once this many new verified matches have settled since its last CNN run (0: never by itself; the
+# Models page's Retrain still does).
+FITCHECK_MATCH_FINETUNE_MIN_NEW = env.int("FITCHECK_MATCH_FINETUNE_MIN_NEW", default=200)
+FITCHECK_MATCH_FINETUNE_CONFIG = {"epochs": env.int("FITCHECK_MATCH_FINETUNE_EPOCHS", default=4)}
 FITCHECK_MODELS_ROOT = Path(env("FITCHECK_MODELS_ROOT", default=str(VAR_DIR / "models")))
 FITCHECK_EXPORTS_ROOT = Path(env("FITCHECK_EXPORTS_ROOT", default=str(VAR_DIR / "exports")))
 # Where image URLs in exports point: the public address of this server (MEDIA_URL is appended).

@@ -10,8 +10,8 @@ resumes where it stopped and ends bit-identical to an uninterrupted one.
 
 Held-out photos at preparation time are generated views of a tenth of the catalog (a stable hash
 fold), drawn with a seed the training never uses; both the candidate and the serving model embed
-the same views, and recall@1 against the whole catalog decides. After people verify photos the
-stage-2 run (not wired into the app yet, see docs/matching.md) would add them to that yardstick.
+the same views, and recall@1 against the whole catalog decides. After people verify photos, stage 2
+(mlcore.matching_finetune) fine-tunes the CNN on them and is judged on held-out verified photos.
 """
 
 import hashlib
@@ -34,21 +34,25 @@ BACKBONE_NAME = "match_cnn"  # ModelVersion.backbone of a trained matching CNN (
 HELD_OUT_FOLDS = 10
 
 
-def category_masks(master_paths: list[str | None]) -> tuple[np.ndarray, list[str]]:
+def category_masks(master_paths: list[str | None], *, leaves: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """Which master-taxonomy leaves each product may be.
 
     Args:
         master_paths: each product's master category path ("Clothing › Tops › Shirt"), or None.
+        leaves: the columns to use (a trained model's, which stage 2 keeps); None: the taxonomy's
+            leaves now, sorted.
 
     Returns:
         (mask (N, L) bool, leaf paths (L,) in column order). A product under a leaf has one True; one
-        under an inner node ("Shoes") every leaf below it; one with no category every leaf.
+        under an inner node ("Shoes") every leaf below it; one with no category (or a category
+        none of the leaves is under) every leaf.
     """
     from catalog.services import TAXONOMY_SEPARATOR
 
-    paths = list(TaxonomyNode.objects.values_list("path", flat=True))
-    prefixes = {p.rsplit(TAXONOMY_SEPARATOR, 1)[0] for p in paths if TAXONOMY_SEPARATOR in p}
-    leaves = sorted(p for p in paths if p not in prefixes) or ["(none)"]
+    if leaves is None:
+        paths = list(TaxonomyNode.objects.values_list("path", flat=True))
+        prefixes = {p.rsplit(TAXONOMY_SEPARATOR, 1)[0] for p in paths if TAXONOMY_SEPARATOR in p}
+        leaves = sorted(p for p in paths if p not in prefixes) or ["(none)"]
     column = {p: i for i, p in enumerate(leaves)}
     mask = np.zeros((len(master_paths), len(leaves)), bool)
     for row, path in enumerate(master_paths):
@@ -77,9 +81,10 @@ def _image_u8(field_file, size_px: int) -> tuple[np.ndarray, bool]:
     return array.transpose(2, 0, 1), gray
 
 
-def catalog_load(*, size_px: int) -> dict:
+def catalog_load(*, size_px: int, leaves: list[str] | None = None) -> dict:
     """The active catalog as training data: {"product_ids" (N,), "products" uint8 (N, 3, S, S),
-    "category_mask" (N, L) bool, "leaves", "grayscale" (every image without colour)}.
+    "category_mask" (N, L) bool, "leaves", "grayscale" (every image without colour)}. `leaves`: the
+    category columns to use (category_masks).
 
     Products whose first image cannot be read are left out (logged). Raises TrainingError when fewer
     than 2 remain."""
@@ -106,7 +111,7 @@ def catalog_load(*, size_px: int) -> dict:
         paths.append(product.master_category.path if product.master_category else None)
     if len(ids) < 2:
         raise TrainingError("the catalog needs at least 2 products with a readable image to train a matcher")
-    mask, leaves = category_masks(paths)
+    mask, leaves = category_masks(paths, leaves=leaves)
     return {
         "product_ids": np.asarray(ids, np.int64),
         "products": np.stack(arrays),

@@ -30,6 +30,17 @@ def matching_pretrain_task(run_id: int) -> None:
     training.training_run_execute(run_id=run_id)
 
 
+@shared_task(name="mlcore.matching_finetune", acks_late=True, ignore_result=True)
+def matching_finetune_task(run_id: int) -> None:
+    """Fine-tune the matching CNN of stage-2 BACKBONE TrainingRun `run_id` on a campaign's verified
+    photos and promote it if it beats the serving CNN on held-out verified matches (queue gpu).
+    Idempotent and resumable from its per-epoch checkpoint: see mlcore.matching_finetune and
+    mlcore.training.training_run_execute."""
+    from . import training
+
+    training.training_run_execute(run_id=run_id)
+
+
 @shared_task(name="mlcore.training_runs_recover", ignore_result=True)
 def training_runs_recover_task() -> None:
     """Celery beat: re-queue training runs whose message was lost (a killed worker, a broker outage)."""

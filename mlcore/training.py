@@ -508,9 +508,10 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
 
             matching_run_train(run)
         elif run.kind == ModelVersion.Kind.BACKBONE:
+            from .matching_finetune import finetune_run_train, run_is_finetune
             from .matching_pretrain import pretrain_run_train
 
-            pretrain_run_train(run)
+            (finetune_run_train if run_is_finetune(run) else pretrain_run_train)(run)
         else:
             _train(run)
     except Exception as exc:
@@ -544,7 +545,8 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     from django.db.models import Q
 
     from .jobs import PENDING_RESEND_AFTER, RESEND_EXPIRES_S, task_send
-    from .tasks import matching_pretrain_task, train_task
+    from .matching_finetune import STAGE
+    from .tasks import matching_finetune_task, matching_pretrain_task, train_task
 
     now = now or timezone.now()
     pending_after = PENDING_RESEND_AFTER if pending_after is None else pending_after
@@ -560,11 +562,13 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     runs = list(
         TrainingRun.objects.filter(
             stale | Q(status=TrainingRun.Status.PENDING, created_at__lt=now - pending_after)
-        ).values_list("pk", "kind")
+        ).values_list("pk", "kind", "config")
     )
     sent = 0
-    for pk, kind in runs:
-        task = matching_pretrain_task if kind == ModelVersion.Kind.BACKBONE else train_task
+    for pk, kind, config in runs:
+        task = train_task
+        if kind == ModelVersion.Kind.BACKBONE:
+            task = matching_finetune_task if (config or {}).get("stage") == STAGE else matching_pretrain_task
         sent += task_send(task.si(pk), expires=RESEND_EXPIRES_S)
     if runs:
         logger.info("re-queued %s of %s stale training runs", sent, len(runs))
@@ -837,9 +841,11 @@ def _activate(version: ModelVersion, *, rollback: bool = False) -> None:
 
 def rollback(*, scope: str) -> ModelVersion | None:
     """Make the previously active model of `scope` active again (the RETIRED one promoted most
-    recently before the current); the current one is RETIRED. Atomic. Returns the model now active,
-    or None when there is nothing to roll back to."""
-    trained = [ModelVersion.Kind.TAGGING, ModelVersion.Kind.MATCHING]
+    recently before the current); the current one is RETIRED. Atomic. Covers tagging models,
+    matching heads and matching CNNs (BACKBONE; `model_activated` then makes annotate re-apply the
+    restored CNN's embedding: annotate.learning.backbone_apply_start). Returns the model now
+    active, or None when there is nothing to roll back to."""
+    trained = [ModelVersion.Kind.TAGGING, ModelVersion.Kind.MATCHING, ModelVersion.Kind.BACKBONE]
     current = ModelVersion.objects.filter(kind__in=trained, scope=scope, status=ModelVersion.Status.ACTIVE).first()
     previous = (
         ModelVersion.objects.filter(

@@ -370,3 +370,64 @@ def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is
         _use_broker(settings.CELERY_BROKER_URL)
     assert run.epoch == 40 and [h["epoch"] for h in run.history] == list(range(1, 41))
     assert run.candidate.kind == ModelVersion.Kind.BACKBONE and run.decision
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_matching_finetune_runs_on_a_real_worker(worker, settings):
+    """Stage 2 of the matching CNN (tiny model, 16 products, 12 verified photos) queued by the Retrain
+    service after commit and trained, scored and decided by a real worker on queue gpu."""
+    import torch
+
+    from annotate import learning
+    from annotate.models import GoldLabel
+    from mlcore import training
+    from mlcore.matching_pretrain import BACKBONE_NAME
+    from mlcore.models import ModelVersion, TrainingRun
+    from mlcore.nn import match_cnn as mc
+
+    from .factories import task_with_candidates
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    process, log = worker
+    products = [ProductFactory() for _ in range(16)]
+    config = mc.MatchCNNConfig(image_size_px=16, width=8, embedding_dim=16, epochs=1, batch_size=8, workers=0)
+    images = (torch.rand(16, 1, 20, 20, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    trainer = mc.Trainer(mc.MatchData(images, torch.ones(16, 1, dtype=torch.bool)), config, device=torch.device("cpu"))
+    trainer.fit()
+    path = settings.FITCHECK_MODELS_ROOT / "base.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mc.match_cnn_save(trainer.model, config, path, extra={"leaves": ["(none)"]})
+    base = ModelVersion.objects.create(
+        name="matching-cnn-worker-base",
+        kind=ModelVersion.Kind.BACKBONE,
+        scope="backbone:worker-test",
+        backbone=BACKBONE_NAME,
+        image_size_px=16,
+        embedding_dim=16,
+        weights_path=str(path),
+        checkpoint_sha256=training.file_sha256(path),
+        promoted_at=timezone.now(),
+    )
+    campaign = CampaignFactory(slug="worker-test", model_version=base)
+    for i in range(12):
+        task = task_with_candidates(campaign, products=[products[(i + d) % 16] for d in (0, 5, 10)])
+        if i < 10:
+            label = "none" if i == 9 else str(1 + i % 3)
+            Task.objects.filter(pk=task.pk).update(status=Task.Status.COMPLETE, label=label, answer_count=2)
+        else:  # gold: held out for scoring
+            Task.objects.filter(pk=task.pk).update(is_gold=True)
+            GoldLabel.objects.create(task=task, label="1")
+    with transaction.atomic():
+        run = learning.matching_finetune_start(campaign=campaign, config={"epochs": 2, "workers": 0})
+    deadline = time.monotonic() + 2 * WAIT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        run.refresh_from_db()
+        if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+            break
+        time.sleep(0.5)
+    assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(log)}"
+    assert run.epoch == 2 and [h["epoch"] for h in run.history] == [1, 2]
+    assert run.candidate.metrics["stage"] == 2 and run.candidate.metrics["held_out_matches"] >= 2
+    assert "held-out verified matches" in run.decision
+    assert "mlcore.matching_finetune" in _log_tail(log)
