@@ -64,7 +64,6 @@ class Campaign(models.Model):
     same_option_run_limit = models.PositiveSmallIntegerField(
         default=25, help_text="This many identical options in a row flags a person."
     )
-    flagged_vote_weight = models.FloatField(default=0.5, help_text="Vote weight in [0, 1] of a flagged person.")
     paused_vote_weight = models.FloatField(default=0.25, help_text="Vote weight in [0, 1] of a paused person.")
     model_votes = models.BooleanField(
         default=False,
@@ -153,8 +152,6 @@ class Campaign(models.Model):
                     gold_early_rate__lte=1,
                     gold_min_accuracy__gte=0,
                     gold_min_accuracy__lte=1,
-                    flagged_vote_weight__gte=0,
-                    flagged_vote_weight__lte=1,
                     paused_vote_weight__gte=0,
                     paused_vote_weight__lte=1,
                 ),

@@ -76,7 +76,8 @@ def annotator_vote_weight(stats: AnnotatorStats | None, campaign: Campaign) -> f
 
     Flags do not change the weight (issue 15): the model already learns each person's reliability
     from gold and agreement, so a fixed factor on top counted the same evidence twice. A flag is a
-    signal for admins; pausing is their decision. Campaign.flagged_vote_weight is no longer read."""
+    signal for admins; pausing is their decision. (The former Campaign.flagged_vote_weight is gone:
+    migration annotate 0012.)"""
     if stats is not None and stats.is_paused:
         return campaign.paused_vote_weight
     return 1.0

@@ -193,7 +193,6 @@ class TestPersonaSampling:
             "gold_min_answers": 5,
             "min_duration_ms": 700,
             "same_option_run_limit": 25,
-            "flagged_vote_weight": 0.5,
             "paused_vote_weight": 0.25,
             "model_vote_min_score": 0.5,
             "lease_seconds": 300,
