@@ -1,7 +1,9 @@
 """The verify page on a phone (headless Chromium at 400 x 800 CSS px): the photo, the three
 candidates and the answer buttons fit one screen without scrolling, and nothing, the top bar
-included, overflows sideways. The screenshot goes to docs/tour/verify-phone.png."""
+included, overflows sideways. The screenshot goes to $FITCHECK_TOUR_DIR/verify-phone.png when that is
+set (`make tour` sets it to docs/tour/), else to the test's temporary directory."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,14 @@ pytestmark = [
     pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"),
 ]
 WIDTH_PX, HEIGHT_PX = 400, 800
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "tour" / "verify-phone.png"
+
+
+def tour_path(name: str, tmp_path: Path) -> Path:
+    """Where an e2e test saves screenshot `name`: $FITCHECK_TOUR_DIR (docs/tour/ under `make tour`)
+    or the test's own temporary directory, so a plain test run leaves the checkout as it was."""
+    directory = Path(os.environ.get("FITCHECK_TOUR_DIR") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / name
 
 
 @pytest.fixture
@@ -49,7 +58,7 @@ return {rects, wide, innerWidth, innerHeight, scrollWidth: document.documentElem
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_verify_page_fits_a_phone_screen(live_server, phone):
+def test_the_verify_page_fits_a_phone_screen(live_server, phone, tmp_path):
     from selenium.webdriver.common.by import By
 
     campaign = CampaignFactory(name="Lunch-break matching", instructions="Pick the product the photo shows.")
@@ -65,8 +74,7 @@ def test_the_verify_page_fits_a_phone_screen(live_server, phone):
     layout = _wait_for(lambda: (got := phone.execute_script(LAYOUT_JS))["imagesLoaded"] and got)
 
     # Saved first: a failing layout leaves its picture to look at.
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    assert phone.save_screenshot(str(SCREENSHOT))
+    assert phone.save_screenshot(str(tour_path("verify-phone.png", tmp_path)))
     assert (layout["innerWidth"], layout["innerHeight"]) == (WIDTH_PX, HEIGHT_PX)
     assert layout["scrollWidth"] <= WIDTH_PX, layout["wide"]
     assert layout["wide"] == []
