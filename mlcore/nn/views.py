@@ -18,6 +18,7 @@ A view of product i, drawn from a generator seeded by (seed, epoch, i), so it is
    random fill (occlusion), v2.GaussianNoise.
 """
 
+import contextlib
 import math
 
 import torch
@@ -60,6 +61,25 @@ def eval_batch(images: torch.Tensor, size_px: int, *, grayscale: bool) -> torch.
     return _network_input(_square(_float_image(images, grayscale=grayscale), size_px))
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run the block on one torch intra-op thread, then restore the previous count.
+
+    A view is a chain of small tensor ops on a 32-px image: spread over the training process's
+    threads they spend their time waiting on each other. Measured on the 2-core CPU under load:
+    8.7 views/s with 2 threads, 72 with one (DataLoader worker processes already use one).
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 10_000_019 + index
 
@@ -69,11 +89,25 @@ class CatalogViews(torch.utils.data.Dataset):
 
     products: uint8 (N, C, H, W). Set `.epoch` before each epoch: views differ per epoch and repeat
     exactly for the same (seed, epoch, index).
+    style: "hard" (the default here, and the evaluation views of rejection calibration and held-out
+        scoring) or "photo" (training's default, MatchCNNConfig.views): the item zoomed out to at
+        most 1.8×, crops of 70-100% of the area, clutter behind it in 25% of views, occlusion in 30%,
+        and its luma kept ≥ 0.25 from the background's under it (a product photographed to be seen).
+    repaint: the share of views whose product is repainted first (`_repainted`).
     """
 
-    def __init__(self, products: torch.Tensor, *, size_px: int, grayscale: bool, seed: int = 0):
+    def __init__(
+        self,
+        products: torch.Tensor,
+        *,
+        size_px: int,
+        grayscale: bool,
+        seed: int = 0,
+        repaint: float = 0.0,
+        style: str = "hard",
+    ):
         self.images = _square(_float_image(products, grayscale=grayscale), size_px)  # (N, C, S, S)
-        self.size_px, self.seed, self.epoch = size_px, seed, 0
+        self.size_px, self.seed, self.epoch, self.repaint, self.style = size_px, seed, 0, repaint, style
         border = torch.cat(
             [self.images[..., 0, :], self.images[..., -1, :], self.images[..., :, 0], self.images[..., :, -1]], dim=-1
         )  # (N, C, 4S)
@@ -82,8 +116,19 @@ class CatalogViews(torch.utils.data.Dataset):
         mask = F.max_pool2d(mask, 3, stride=1, padding=1)
         self.masks = F.avg_pool2d(mask, 3, stride=1, padding=1)  # (N, 1, S, S) soft foreground
         s = size_px
+        photo = style == "photo"
+        self.min_contrast = 0.25 if photo else 0.0
+        self.clutter_p = 0.25 if photo else 0.5
         self.geometry = v2.Compose(
             [
+                v2.RandomZoomOut(fill=0.0, side_range=(1.0, 1.8), p=0.7),
+                v2.RandomAffine(degrees=20, translate=(0.08, 0.08), scale=(0.85, 1.1), shear=(-8, 8, -8, 8)),
+                v2.RandomPerspective(distortion_scale=0.3, p=0.5),
+                v2.RandomResizedCrop(s, scale=(0.7, 1.0), ratio=(0.8, 1.25), antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+            if photo
+            else [
                 v2.RandomZoomOut(fill=0.0, side_range=(1.0, 2.0), p=0.5),
                 v2.RandomAffine(degrees=25, translate=(0.1, 0.1), scale=(0.8, 1.15), shear=(-10, 10, -10, 10)),
                 v2.RandomPerspective(distortion_scale=0.35, p=0.5),
@@ -100,9 +145,16 @@ class CatalogViews(torch.utils.data.Dataset):
         self.photometry = v2.Compose(
             [
                 v2.ColorJitter(brightness=0.5, contrast=0.5),
-                v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.6))], p=0.5),
-                v2.RandomChoice([v2.RandomErasing(p=0.5, scale=(0.02, 0.2), value=v) for v in (0.0, 0.35, 0.7, 1.0)]),
-                v2.GaussianNoise(mean=0.0, sigma=0.03, clip=True),
+                v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.6 if not photo else 1.2))], p=0.5),
+                v2.RandomApply(
+                    [
+                        v2.RandomChoice(
+                            [v2.RandomErasing(p=1.0, scale=(0.02, 0.2), value=v) for v in (0.0, 0.35, 0.7, 1.0)]
+                        )
+                    ],
+                    p=0.3 if photo else 0.5,
+                ),
+                v2.GaussianNoise(mean=0.0, sigma=0.03 if not photo else 0.02, clip=True),
             ]
         )
 
@@ -123,7 +175,7 @@ class CatalogViews(torch.utils.data.Dataset):
             y, x = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
             wave = torch.sin(2 * math.pi * (x * math.cos(theta) + y * math.sin(theta)) / period)
             bg = bg + wave * float(torch.rand(()) * 0.25)
-        if torch.rand(()) < 0.5:  # clutter: other catalog items behind the product
+        if torch.rand(()) < self.clutter_p:  # clutter: other catalog items behind the product
             for _ in range(int(torch.randint(1, 4, ()))):
                 other = int(torch.randint(len(self.images), ()))
                 if other == index:
@@ -133,13 +185,81 @@ class CatalogViews(torch.utils.data.Dataset):
                 bg = alpha * patch[:-1] + (1 - alpha) * bg
         return bg.clamp(0, 1)
 
+    def _fabric(self, c: int) -> torch.Tensor:
+        """A random fabric pattern in [0, 1], (1, S, S), in the product's own frame (it deforms with
+        the geometry after it): none, stripes, checks, dots or blotches."""
+        s = self.size_px
+        kind = int(torch.randint(5, ()))
+        axis = torch.arange(s, dtype=torch.float32)
+        y, x = torch.meshgrid(axis, axis, indexing="ij")
+        theta = float(torch.rand(()) * math.pi)
+        period = float(2 + torch.rand(()) * 8)
+        u = x * math.cos(theta) + y * math.sin(theta)
+        v = -x * math.sin(theta) + y * math.cos(theta)
+        if kind == 0:
+            return torch.zeros(1, s, s)
+        if kind == 1:  # stripes
+            return (0.5 + 0.5 * torch.sin(2 * math.pi * u / period))[None]
+        if kind == 2:  # checks (gingham)
+            checks = torch.sin(2 * math.pi * u / period).sign() + torch.sin(2 * math.pi * v / period).sign()
+            return (0.25 * (2 + checks))[None]
+        if kind == 3:  # dots
+            du = torch.remainder(u, period) - period / 2
+            dv = torch.remainder(v, period) - period / 2
+            return ((du**2 + dv**2).sqrt() < period * 0.3).float()[None]
+        cells = int(torch.randint(3, 12, ()))  # blotches: low-frequency noise
+        blotches = F.interpolate(torch.rand(1, 1, cells, cells), size=(s, s), mode="bicubic", align_corners=False)
+        return blotches[0].clamp(0, 1)
+
+    def _repainted(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Product `index` repainted as a photo repaints it: (image (C, S, S), mask (1, S, S)).
+
+        A photo never shows the packshot's grey levels: the garment has its own colour and fabric,
+        and its folds and seams only shade it. So the packshot's intensity v becomes a shading
+        (1 − s) + s·v^γ (v2.functional.adjust_gamma), times a random fabric pattern, times a random
+        tone; with probability 1/2 the coverage also follows the intensity (dark parts of the packshot
+        let the background through, a soft threshold). Identity must then come from the silhouette,
+        the seams and the coarse shading, which both photo generators keep, not from exact grey levels.
+        """
+        image, mask = self.images[index], self.masks[index]
+        c = image.shape[0]
+        intensity = image.mean(dim=0, keepdim=True).clamp(0, 1)  # (1, S, S)
+        gamma = float(torch.empty(()).uniform_(-0.8, 0.8).exp())
+        strength = float(torch.empty(()).uniform_(0.2, 1.0))
+        shading = (1 - strength) + strength * v2.functional.adjust_gamma(intensity, gamma)
+        fabric = 1 - float(torch.empty(()).uniform_(0.1, 0.6)) * self._fabric(c)
+        tone = torch.empty(c, 1, 1).uniform_(0.1, 1.0)
+        if c == 3 and torch.rand(()) < 0.5:  # a grey garment in a colour photo
+            tone = tone[:1].expand(3, 1, 1)
+        painted = (tone * shading * fabric).clamp(0, 1)
+        if torch.rand(()) < 0.5:
+            lo = float(torch.empty(()).uniform_(0.0, 0.1))
+            hi = lo + float(torch.empty(()).uniform_(0.05, 0.4))
+            mask = mask * ((intensity - lo) / (hi - lo)).clamp(0, 1)
+        return painted, mask
+
     def view_of(self, index: int) -> torch.Tensor:
         """A generated view of product `index` for this epoch: (3, S, S) float32 network input."""
-        with torch.random.fork_rng(devices=[]):
+        with _one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_item_seed(self.seed, self.epoch, index))
-            x = self.geometry(torch.cat([self.images[index], self.masks[index]]))  # (C+1, S, S)
+            if self.repaint > 0 and torch.rand(()) < self.repaint:
+                image, mask = self._repainted(index)
+            else:
+                image, mask = self.images[index], self.masks[index]
+            x = self.geometry(torch.cat([image, mask]))  # (C+1, S, S)
             image, mask = x[:-1], x[-1:].clamp(0, 1)
-            image = mask * image + (1 - mask) * self._background(index)
+            background = self._background(index)
+            if self.min_contrast > 0:  # a product photographed to be seen: its luma differs from what is behind it
+                weight = mask.sum().clamp_min(1e-6)
+                fg = float((image.mean(0, keepdim=True) * mask).sum() / weight)
+                bg = float((background.mean(0, keepdim=True) * mask).sum() / weight)
+                gap = self.min_contrast - abs(fg - bg)
+                if gap > 0:
+                    up = bg >= fg if abs(fg - bg) > 1e-3 else fg < 0.5
+                    if (up and bg + gap > 1) or (not up and bg - gap < 0):
+                        up = not up
+                    background = (background + (gap if up else -gap)).clamp(0, 1)
+            image = mask * image + (1 - mask) * background
             image = self.photometry(image.clamp(0, 1))
         return _network_input(image[None])[0]
 
@@ -167,7 +287,7 @@ class PhotoViews(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        with torch.random.fork_rng(devices=[]):
+        with _one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_item_seed(self.seed, self.epoch, index))
             x = self.transform(self.images[index])
         return _network_input(x[None])[0], index

@@ -199,3 +199,37 @@ print("trained", len(trainer.history))
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "trained 1" in result.stdout
+
+
+def test_photo_views_repaint_reproducibly_and_keep_the_item_visible():
+    products, _ = _catalog()
+    views = CatalogViews(products, size_px=16, grayscale=True, seed=3, repaint=1.0, style="photo")
+    plain = CatalogViews(products, size_px=16, grayscale=True, seed=3)
+    first = views.view_of(5)
+    assert first.shape == (3, 16, 16) and torch.isfinite(first).all()
+    assert torch.equal(first, views.view_of(5))  # the same (seed, epoch, index), the same view
+    assert not torch.equal(first, plain.view_of(5))
+    torch.manual_seed(0)
+    painted, mask = views._repainted(5)
+    assert painted.shape == (1, 16, 16) and mask.shape == (1, 16, 16)
+    assert 0 <= float(painted.min()) and float(painted.max()) <= 1
+    # The packshot's grey levels are gone: the repainted item is not a rescaling of the original.
+    original = views.images[5]
+    inside = views.masks[5] > 0.5
+    assert not torch.allclose(painted[inside], original[inside], atol=0.05)
+
+
+def test_views_run_on_one_thread_and_give_the_thread_count_back():
+    products, _ = _catalog()
+    views = CatalogViews(products, size_px=16, grayscale=True, seed=3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        counts = []
+        original = views._background
+        views._background = lambda index: (counts.append(torch.get_num_threads()), original(index))[1]
+        views.view_of(1)
+        assert counts == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
