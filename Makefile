@@ -5,7 +5,7 @@ UV ?= uv
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-sqlite test-postgres lint services-start services-stop bench clean
+.PHONY: install demo test test-sqlite test-postgres lint services-start services-stop bench tour clean
 
 install: .venv/.synced
 
@@ -44,6 +44,11 @@ bench: install
 	$(PY) bench/match_recall.py
 	$(PY) bench/api_latency.py
 	$(PY) bench/consensus.py
+
+# The screenshots of docs/tour.md, taken by the e2e tests on a small demo in headless Chromium.
+tour: install
+	env -u DATABASE_URL -u CELERY_BROKER_URL FITCHECK_TOUR_DIR=docs/tour $(PY) -m pytest -q \
+		tests/e2e/test_tour.py tests/e2e/test_verify_phone.py
 
 clean: services-stop
 	rm -rf var

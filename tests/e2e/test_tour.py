@@ -1,0 +1,81 @@
+"""The walkthrough's screenshots (docs/tour.md): what each demo role sees, on a small demo built by
+`manage.py demo_setup` from the real Fashion-MNIST files, in headless Chromium at 1280 px.
+
+Each page is checked for the parts a person needs before its picture is kept. Pictures go to
+$FITCHECK_TOUR_DIR (`make tour` sets docs/tour/) or to the test's temporary directory."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from annotate.models import Campaign, GuideRead
+from catalog import demo_data
+
+from .test_tag_keyboard import DATASET_DIR
+from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _wait_for, chrome
+from .test_verify_phone import tour_path
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver"),
+    pytest.mark.skipif(
+        not all((DATASET_DIR / name).is_file() for name in demo_data.FILES),
+        reason="Debian package dataset-fashion-mnist is not installed",
+    ),
+]
+PASSWORD = "fitcheck-demo"  # demo_setup's
+
+
+def _login(driver, base: str, username: str, next_path: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(f"{base}/accounts/login/?next={next_path}")
+    driver.find_element(By.NAME, "username").send_keys(username)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def _has(driver, selector: str) -> bool:
+    return bool(driver.execute_script("return !!document.querySelector(arguments[0]);", selector))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_role_sees_its_pages(live_server, settings, tmp_path, django_capture_on_commit_callbacks):
+    settings.FITCHECK_MATCH_PRETRAIN = False  # the CNN's training is not what these pictures show
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command(
+            "demo_setup", stdout=StringIO(), stderr=StringIO(), products=60, photos=8, photos_not_in_catalog=2,
+            photos_non_product=1, image_size=32, gold=2, tag_products=20,
+        )
+    tagging = Campaign.objects.get(slug="catalog-tagging")
+    from django.contrib.auth import get_user_model
+
+    GuideRead.objects.get_or_create(campaign=tagging, user=get_user_model().objects.get(username="tara"))
+
+    driver = chrome()
+    driver.set_window_size(1280, 900)
+    pages = [
+        # (user, path, what must be on the page, picture)
+        ("alice", "/verify/lunch-verify/", "#task .candidate img", "verify.png"),
+        ("tara", "/tag/catalog-tagging/", "#tag-task fieldset.attr", "tag.png"),
+        ("mila", "/learning/", "main table", "models.png"),
+        ("mila", "/exports/", "main form", "exports.png"),
+        ("admin", "/campaigns/lunch-verify/annotators/", "main table", "annotators.png"),
+        ("admin", "/campaigns/catalog-tagging/agreement/", "main h1", "agreement.png"),
+    ]
+    try:
+        for username, path, selector, picture in pages:
+            _login(driver, live_server.url, username, path)
+            _wait_for(lambda selector=selector: _has(driver, selector),
+                      describe=lambda: driver.page_source[:2000])
+            assert driver.execute_script("return location.pathname;") == path
+            if selector.endswith("img"):  # the pictures themselves, not broken-image boxes
+                _wait_for(lambda: driver.execute_script(
+                    "return [...document.querySelectorAll('#task img')].every(i => i.complete && i.naturalWidth > 0);"
+                ))
+            assert "Traceback" not in driver.page_source and "Server Error" not in driver.title
+            assert driver.save_screenshot(str(tour_path(picture, tmp_path)))
+    finally:
+        driver.quit()
