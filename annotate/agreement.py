@@ -26,9 +26,10 @@ Sources:
         for coding data. Communication Methods and Measures 1(1), 77-89.
     Fleiss, J. L. (1971). Measuring nominal scale agreement among many raters. Psychological
         Bulletin 76(5), 378-382.
-The arithmetic is delegated to the `krippendorff` package (alpha) and statsmodels
-(`statsmodels.stats.inter_rater.fleiss_kappa`); this module builds their inputs and decides when a
-coefficient is undefined.
+Alpha's arithmetic is delegated to the `krippendorff` package; Fleiss' kappa is the 10-line formula
+of statsmodels' `statsmodels.stats.inter_rater.fleiss_kappa(method="fleiss")`, computed here with
+numpy (importing statsmodels cost a web worker's first agreement report ~5-8 s, issue 16; the tests
+check both agree). This module builds their inputs and decides when a coefficient is undefined.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from typing import Any, Literal, NamedTuple
 import krippendorff
 import numpy as np
 import pandas as pd
-from statsmodels.stats import inter_rater
 
 Level = Literal["nominal", "ordinal", "interval"]
 Kind = Literal["single", "multi", "ordinal"]
@@ -184,9 +184,9 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
     ratings in category j and P_bar_e = sum_j p_j^2 the chance agreement. Fleiss' kappa needs the
     same number of ratings k on every item, so this uses only the items with exactly k ratings, k
     being the most common rating count >= 2 (ties go to the larger k, the more informative items),
-    builds the items x categories count table (int64, rows sum to k) and calls
-    `statsmodels.stats.inter_rater.fleiss_kappa(table, method="fleiss")`. Unlike Krippendorff's
-    alpha it ignores the other items; `FleissResult.item_count` says how many it used.
+    builds the items x categories count table (int64, rows sum to k) and computes the formula
+    above on it (`fleiss_kappa_table`, what statsmodels' `fleiss_kappa(table, method="fleiss")`
+    returns). Unlike Krippendorff's alpha it ignores the other items; `FleissResult.item_count` says how many it used.
 
     Args:
         ratings: DataFrame with columns item, rater, value (nominal, hashable); one row per
@@ -194,8 +194,8 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
 
     Returns:
         FleissResult(kappa, item_count, raters_per_item). kappa is None when fewer than 2 items have
-        k ratings or a single category occurs among them (P_bar_e = 1: statsmodels would divide by
-        zero, so this is checked before calling it).
+        k ratings or a single category occurs among them (P_bar_e = 1: the formula would divide by
+        zero, so this is checked first).
 
     Raises:
         ValueError: a required column is missing or an (item, rater) pair occurs twice.
@@ -214,8 +214,30 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
     item_count = int(table.shape[0])
     if item_count < 2 or table.shape[1] < 2:
         return FleissResult(None, item_count, k)
-    kappa = float(inter_rater.fleiss_kappa(table.to_numpy(dtype=np.int64), method="fleiss"))
-    return FleissResult(kappa, item_count, k)
+    return FleissResult(fleiss_kappa_table(table.to_numpy(dtype=np.int64)), item_count, k)
+
+
+def fleiss_kappa_table(table: np.ndarray) -> float:
+    """Fleiss' kappa (Fleiss 1971) of an (items, categories) table of rating counts, every row
+    summing to the same k >= 2: (P_bar - P_bar_e) / (1 - P_bar_e) as in `fleiss_kappa`; statsmodels'
+    `fleiss_kappa(table, method="fleiss")`, without importing statsmodels.
+
+    Raises:
+        ValueError: not 2-D, rows with different or < 2 sums, or one category only (P_bar_e = 1).
+    """
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] == 0:
+        raise ValueError(f"need a non-empty (items, categories) table, got shape {table.shape}")
+    per_item = table.sum(axis=1)
+    k = per_item[0]
+    if k < 2 or not np.all(per_item == k):
+        raise ValueError("every item needs the same number k >= 2 of ratings")
+    p_category = table.sum(axis=0) / table.sum()  # (categories,)
+    p_item = ((table * table).sum(axis=1) - k) / (k * (k - 1))  # (items,) agreement on each item
+    chance = float((p_category * p_category).sum())
+    if chance >= 1.0:
+        raise ValueError("Fleiss' kappa is undefined with one category")
+    return float((p_item.mean() - chance) / (1.0 - chance))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -898,7 +898,7 @@ def learning_report(*, campaign: Campaign) -> dict:
             if (product_id, attribute_id) in predicted:
                 total += 1
                 agree += predicted[(product_id, attribute_id)] == label
-    from mlcore.nn.tagging import wilson_interval
+    from mlcore.nn.stats import wilson_interval  # not mlcore.nn.tagging: that imports torch
 
     low, high = wilson_interval(agree, total)
     return {

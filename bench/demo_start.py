@@ -105,8 +105,9 @@ def run(checkout: Path, *, port: int, user: str, timeout_s: float, use_make: boo
     figures = {"load_before": load_average(), "url_s": None, "page_s": None, "task_s": None}
     with log.open("wb") as out:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         token = None
         try:
             while time.monotonic() - started < timeout_s and proc.poll() is None:
@@ -173,8 +174,9 @@ def main() -> int:
         checkout = args.dir.resolve()
     log = checkout.parent / f"demo_start-{checkout.name}.log" if temp is None else Path(temp) / "demo.log"
     try:
-        figures = run(checkout, port=args.port, user=args.user, timeout_s=args.timeout,
-                      use_make=not args.no_make, log=log)
+        figures = run(
+            checkout, port=args.port, user=args.user, timeout_s=args.timeout, use_make=not args.no_make, log=log
+        )
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
@@ -188,7 +190,8 @@ def main() -> int:
     print(f"  verify page 200 for {args.user:<8} {fmt(figures['page_s'])}")
     print(f"  first next-task 200          {fmt(figures['task_s'])}")
     print(f"  stopped (SIGINT) in          {figures['stop_s']:.1f} s, exit code {figures['exit_code']}")
-    print(f"  load average (1 min)         {figures['load_before']:.2f} before, {figures.get('load_after', float('nan')):.2f} after")
+    after = figures.get("load_after", float("nan"))
+    print(f"  load average (1 min)         {figures['load_before']:.2f} before, {after:.2f} after")
     if temp is None:
         print(f"  demo output: {log}")
     return 0 if figures["task_s"] is not None else 1

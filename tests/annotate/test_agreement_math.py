@@ -212,6 +212,21 @@ class TestFleissKappa:
         ratings = _ratings({"r1": {"u1": "a"}, "r2": {"u2": "b"}})
         assert fleiss_kappa(ratings) == FleissResult(None, 0, None)
 
+    def test_the_table_formula_matches_statsmodels(self):
+        # The report computes Fleiss' kappa itself so that a web worker never imports statsmodels.
+        from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
+
+        rng = np.random.default_rng(7)
+        for k, categories in ((2, 2), (3, 4), (5, 3)):
+            table = rng.multinomial(k, rng.dirichlet(np.ones(categories)), size=40)
+            assert agreement.fleiss_kappa_table(table) == pytest.approx(statsmodels_fleiss(table, method="fleiss"))
+
+    def test_the_table_formula_refuses_uneven_rows_and_one_category(self):
+        with pytest.raises(ValueError, match="same number"):
+            agreement.fleiss_kappa_table(np.array([[2, 0], [1, 2]]))
+        with pytest.raises(ValueError, match="one category"):
+            agreement.fleiss_kappa_table(np.array([[3], [3]]))
+
 
 def _colour_answers() -> pd.DataFrame:
     # colour (single):  i1: m1 red,  m2 red,  c1 red
