@@ -132,6 +132,22 @@ def embedding_run_create(*, version: ModelVersion, target: str) -> EmbeddingRun:
     return run or EmbeddingRun.objects.create(model_version=version, target=target)
 
 
+def products_embed_start(*, version: ModelVersion) -> EmbeddingRun:
+    """Queue an embedding run of the catalog's products for `version` (queue gpu), after commit: the
+    demo starts it while the photos are still being generated. The campaign's own pipeline
+    (annotate.services.campaign_prepare) then finds them embedded. Reuses a PENDING run.
+
+    With one gpu worker (the demo's) the pipeline's own products step runs after this run and finds
+    nothing left; with several, prepare the campaign once this run is DONE, or its photos could be
+    matched against a catalog still being embedded."""
+    from .jobs import send_on_commit
+    from .tasks import embed_run_task
+
+    run = embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+    send_on_commit(embed_run_task.si(run.pk))
+    return run
+
+
 def _targets(run: EmbeddingRun):
     """(queryset of rows lacking an embedding, embedding model, FK field name, all targets count)."""
     if run.target == EmbeddingRun.Target.PRODUCTS:
