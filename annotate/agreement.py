@@ -67,6 +67,8 @@ AGREEMENT_ROW_KEYS: tuple[str, ...] = (
     "item_count",
     "answer_count",
     "alpha",
+    "alpha_low",
+    "alpha_high",
     "fleiss_kappa",
     "fleiss_item_count",
     "fleiss_raters_per_item",
@@ -154,6 +156,99 @@ def krippendorff_alpha(
         # above should already have returned, this is the belt to their braces.
         return None
     return None if math.isnan(alpha) else alpha
+
+
+ALPHA_RESAMPLES = 500
+
+
+def alpha_interval(
+    ratings: pd.DataFrame,
+    *,
+    level: Level,
+    value_domain: Sequence[Any] | None = None,
+    resamples: int = ALPHA_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """A 95% bootstrap interval of Krippendorff's alpha, resampling items (units) with replacement.
+
+    Each pairable item u contributes (n_u n_u^T - diag(n_u)) / (m_u - 1) to the coincidence matrix
+    (n_u: its count per value, m_u its ratings), so a resample's matrix is a weighted sum of those,
+    and alpha = 1 - (n - 1) sum o_ck delta_ck / sum n_c n_k delta_ck follows (Krippendorff 2011;
+    the ordinal delta is recomputed from each resample's marginals). Percentile interval (Efron &
+    Tibshirani 1993) over `resamples` draws of a generator seeded with `seed`, so a report shows the
+    same interval every time; resamples where alpha is undefined (one value) are left out. Hayes &
+    Krippendorff (2007) bootstrap pairs of values instead; resampling items keeps each item's raters
+    together, the usual choice when items, not coders, are the sample.
+
+    Args:
+        ratings, level, value_domain: as for `krippendorff_alpha` (same cleaning and coding).
+        resamples: bootstrap draws.
+        seed: the generator's seed.
+
+    Returns:
+        (low, high), the 2.5th and 97.5th percentiles; (None, None) when alpha is undefined or fewer
+        than 2 items are pairable (nothing to resample).
+
+    Raises:
+        ValueError: as `krippendorff_alpha`.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    ratings = _clean_ratings(ratings)
+    pairable = ratings[ratings["item"].map(ratings["item"].value_counts()) >= 2]
+    if pairable["item"].nunique() < 2 or pairable["value"].nunique() < 2:
+        return None, None
+    if level == "nominal":
+        domain = list(value_domain) if value_domain is not None else _sorted_values(pairable["value"].unique())
+        code_of = {value: code for code, value in enumerate(domain)}
+        if set(pairable["value"]) - set(code_of):
+            raise ValueError("values outside value_domain")
+        codes = pairable["value"].map(code_of).to_numpy(dtype=np.int64)
+        scale = np.arange(len(domain), dtype=np.float64)
+    else:
+        values = _numeric(pairable["value"]).to_numpy()
+        scale = np.asarray(
+            sorted(float(v) for v in value_domain) if value_domain is not None else np.unique(values), np.float64
+        )
+        codes = np.searchsorted(scale, values)
+        if (codes >= len(scale)).any() or not np.allclose(scale[np.minimum(codes, len(scale) - 1)], values):
+            raise ValueError("values outside value_domain")
+    items, item_index = np.unique(pairable["item"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    k = len(scale)
+    counts = np.zeros((len(items), k))  # (items, values)
+    np.add.at(counts, (item_index, codes), 1.0)
+    m = counts.sum(axis=1)
+    per_item = (counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(k)) / (m - 1)[:, None, None]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(items), np.full(len(items), 1.0 / len(items)), size=resamples).astype(np.float64)
+    coincidences = (weights @ per_item.reshape(len(items), k * k)).reshape(resamples, k, k)  # (B, K, K)
+    alphas = _alpha_from_coincidences(coincidences, level=level, scale=scale)
+    alphas = alphas[np.isfinite(alphas)]
+    if len(alphas) < resamples // 2:
+        return None, None
+    low, high = np.percentile(alphas, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _alpha_from_coincidences(coincidences: np.ndarray, *, level: str, scale: np.ndarray) -> np.ndarray:
+    """Alpha of each (K, K) coincidence matrix in `coincidences` (B, K, K); NaN where undefined."""
+    marginals = coincidences.sum(axis=2)  # (B, K): n_c
+    n = marginals.sum(axis=1)  # (B,)
+    k = len(scale)
+    if level == "nominal":
+        delta = np.broadcast_to(1.0 - np.eye(k), coincidences.shape)
+    elif level == "interval":
+        delta = np.broadcast_to((scale[:, None] - scale[None, :]) ** 2, coincidences.shape)
+    else:  # ordinal: (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2, from each matrix's own marginals
+        idx = np.arange(k)
+        low, high = np.minimum.outer(idx, idx), np.maximum.outer(idx, idx)
+        cumulative = np.cumsum(marginals, axis=1)
+        between = cumulative[:, high] - cumulative[:, low] + marginals[:, low]  # (B, K, K)
+        delta = (between - (marginals[:, :, None] + marginals[:, None, :]) / 2) ** 2
+    observed = (coincidences * delta).sum(axis=(1, 2))
+    expected = (marginals[:, :, None] * marginals[:, None, :] * delta).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(expected > 0, 1.0 - (n - 1) * observed / expected, np.nan)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,15 +431,19 @@ def _agreement_row(
     per_item = ratings.groupby("item").size()
     if level == "nominal":
         alpha = krippendorff_alpha(ratings, level="nominal")
+        interval = alpha_interval(ratings, level="nominal") if alpha is not None else (None, None)
         fleiss = fleiss_kappa(ratings)
         fleiss_values: tuple[Any, Any, Any] = (fleiss.kappa, fleiss.item_count, fleiss.raters_per_item)
     else:
         alpha = krippendorff_alpha(ratings, level="ordinal", value_domain=ordinal_domain)
+        interval = (
+            alpha_interval(ratings, level="ordinal", value_domain=ordinal_domain) if alpha is not None else (None, None)
+        )
         fleiss_values = (None, None, None)
     return dict(
         zip(
             AGREEMENT_ROW_KEYS,
-            (name, kind, scope, level, int((per_item >= 2).sum()), len(ratings), alpha, *fleiss_values),
+            (name, kind, scope, level, int((per_item >= 2).sum()), len(ratings), alpha, *interval, *fleiss_values),
             strict=True,
         )
     )
