@@ -95,9 +95,16 @@ def _token(base: str, user: str) -> str | None:
     return json.loads(body).get("token")
 
 
-def run(checkout: Path, *, port: int, user: str, timeout_s: float, use_make: bool, log: Path) -> dict:
+def run(
+    checkout: Path, *, port: int, user: str, timeout_s: float, use_make: bool, log: Path, keep_bytecode_setting: bool
+) -> dict:
     """Start the demo in `checkout` and time it. Returns the figures (None for a stage not reached)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "VIRTUAL_ENV")}
+    drop = ("DATABASE_URL", "CELERY_BROKER_URL", "VIRTUAL_ENV")
+    if not keep_bytecode_setting:
+        # A user's shell: Python writes its bytecode caches (PYTHONDONTWRITEBYTECODE, set on some CI
+        # and dev boxes, makes every process compile torch and Django from source: ~7 s each).
+        drop += ("PYTHONDONTWRITEBYTECODE",)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["FITCHECK_DEMO_PORT"] = str(port)
     env["FITCHECK_DEMO_HOST"] = "127.0.0.1"
     cmd = ["make", "--no-print-directory", "demo"] if use_make else ["bin/demo"]
@@ -157,6 +164,9 @@ def main() -> int:
     parser.add_argument("--user", default="alice", help="the demo employee who asks for a task (default alice)")
     parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds (default 900)")
     parser.add_argument("--no-make", action="store_true", help="run bin/demo instead of `make demo` (no uv sync)")
+    parser.add_argument(
+        "--keep-pythondontwritebytecode", action="store_true", help="pass PYTHONDONTWRITEBYTECODE on to the demo"
+    )
     args = parser.parse_args()
 
     temp = None

@@ -44,11 +44,15 @@ class EmbeddingsMissing(RuntimeError):
 
 
 def model_version_ensure(*, config: EmbedConfig, name: str | None = None) -> ModelVersion:
-    """Return the pretrained embedding ModelVersion for `config`, creating it once. Idempotent."""
+    """Return the pretrained embedding ModelVersion for `config`, creating it once. Idempotent.
+    Imports the backbones (torch) only to create it: a restart of the demo finds it."""
+    name = name or f"{config.backbone}-{config.image_size_px}px-pretrained"
+    existing = ModelVersion.objects.filter(name=name).first()
+    if existing is not None:
+        return existing
     from .nn.backbones import BACKBONES
 
     spec = BACKBONES[config.backbone]
-    name = name or f"{config.backbone}-{config.image_size_px}px-pretrained"
     version, _ = ModelVersion.objects.get_or_create(
         name=name,
         defaults={
