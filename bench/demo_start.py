@@ -185,7 +185,13 @@ def main() -> int:
     log = checkout.parent / f"demo_start-{checkout.name}.log" if temp is None else Path(temp) / "demo.log"
     try:
         figures = run(
-            checkout, port=args.port, user=args.user, timeout_s=args.timeout, use_make=not args.no_make, log=log
+            checkout,
+            port=args.port,
+            user=args.user,
+            timeout_s=args.timeout,
+            use_make=not args.no_make,
+            log=log,
+            keep_bytecode_setting=args.keep_pythondontwritebytecode,
         )
     finally:
         if temp is not None:
