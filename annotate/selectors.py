@@ -239,10 +239,8 @@ def preparation_eta_s(campaign: Campaign, runs: list) -> float | None:
     embedding rate measured so far: (products + photos without an embedding) / images per second of
     the running run (else the latest finished one of the same model). The task build after it takes
     a few seconds more and is left out. None while no rate has been measured (the first chunk) or
-    nothing is left to embed. 3 count queries."""
-    from catalog.models import Photo, Product
-    from mlcore.models import PhotoEmbedding, ProductEmbedding
-
+    nothing is left to embed. The rate is the run's average since it started, which is low while the
+    demo still generates its photos beside it: demo_progress uses the rate between its own polls."""
     rate = next((r.images_per_s for r in runs if r.status == EmbeddingRun.Status.RUNNING and r.images_per_s), None)
     if rate is None:
         rate = (
@@ -255,11 +253,20 @@ def preparation_eta_s(campaign: Campaign, runs: list) -> float | None:
         )
     if not rate:
         return None
+    left = preparation_left(campaign)
+    return left / rate if left else None
+
+
+def preparation_left(campaign: Campaign) -> int:
+    """Products and photos that still lack an embedding for the campaign's model (2 count queries
+    and 2 for the totals)."""
+    from catalog.models import Photo, Product
+    from mlcore.models import PhotoEmbedding, ProductEmbedding
+
     version_id = campaign.model_version_id
     products = Product.objects.filter(is_active=True, images__isnull=False).distinct().count()
     left = max(0, products - ProductEmbedding.objects.filter(model_version_id=version_id).count())
-    left += max(0, Photo.objects.count() - PhotoEmbedding.objects.filter(model_version_id=version_id).count())
-    return left / rate if left else None
+    return left + max(0, Photo.objects.count() - PhotoEmbedding.objects.filter(model_version_id=version_id).count())
 
 
 def annotator_today_count(user, campaign: Campaign) -> int:
