@@ -26,9 +26,10 @@ Sources:
         for coding data. Communication Methods and Measures 1(1), 77-89.
     Fleiss, J. L. (1971). Measuring nominal scale agreement among many raters. Psychological
         Bulletin 76(5), 378-382.
-The arithmetic is delegated to the `krippendorff` package (alpha) and statsmodels
-(`statsmodels.stats.inter_rater.fleiss_kappa`); this module builds their inputs and decides when a
-coefficient is undefined.
+Alpha's arithmetic is delegated to the `krippendorff` package; Fleiss' kappa is the 10-line formula
+of statsmodels' `statsmodels.stats.inter_rater.fleiss_kappa(method="fleiss")`, computed here with
+numpy (importing statsmodels cost a web worker's first agreement report ~5-8 s, issue 16; the tests
+check both agree). This module builds their inputs and decides when a coefficient is undefined.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from typing import Any, Literal, NamedTuple
 import krippendorff
 import numpy as np
 import pandas as pd
-from statsmodels.stats import inter_rater
 
 Level = Literal["nominal", "ordinal", "interval"]
 Kind = Literal["single", "multi", "ordinal"]
@@ -70,6 +70,8 @@ AGREEMENT_ROW_KEYS: tuple[str, ...] = (
     "item_count",
     "answer_count",
     "alpha",
+    "alpha_low",
+    "alpha_high",
     "fleiss_kappa",
     "fleiss_item_count",
     "fleiss_raters_per_item",
@@ -159,6 +161,99 @@ def krippendorff_alpha(
     return None if math.isnan(alpha) else alpha
 
 
+ALPHA_RESAMPLES = 500
+
+
+def alpha_interval(
+    ratings: pd.DataFrame,
+    *,
+    level: Level,
+    value_domain: Sequence[Any] | None = None,
+    resamples: int = ALPHA_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float | None, float | None]:
+    """A 95% bootstrap interval of Krippendorff's alpha, resampling items (units) with replacement.
+
+    Each pairable item u contributes (n_u n_u^T - diag(n_u)) / (m_u - 1) to the coincidence matrix
+    (n_u: its count per value, m_u its ratings), so a resample's matrix is a weighted sum of those,
+    and alpha = 1 - (n - 1) sum o_ck delta_ck / sum n_c n_k delta_ck follows (Krippendorff 2011;
+    the ordinal delta is recomputed from each resample's marginals). Percentile interval (Efron &
+    Tibshirani 1993) over `resamples` draws of a generator seeded with `seed`, so a report shows the
+    same interval every time; resamples where alpha is undefined (one value) are left out. Hayes &
+    Krippendorff (2007) bootstrap pairs of values instead; resampling items keeps each item's raters
+    together, the usual choice when items, not coders, are the sample.
+
+    Args:
+        ratings, level, value_domain: as for `krippendorff_alpha` (same cleaning and coding).
+        resamples: bootstrap draws.
+        seed: the generator's seed.
+
+    Returns:
+        (low, high), the 2.5th and 97.5th percentiles; (None, None) when alpha is undefined or fewer
+        than 2 items are pairable (nothing to resample).
+
+    Raises:
+        ValueError: as `krippendorff_alpha`.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    ratings = _clean_ratings(ratings)
+    pairable = ratings[ratings["item"].map(ratings["item"].value_counts()) >= 2]
+    if pairable["item"].nunique() < 2 or pairable["value"].nunique() < 2:
+        return None, None
+    if level == "nominal":
+        domain = list(value_domain) if value_domain is not None else _sorted_values(pairable["value"].unique())
+        code_of = {value: code for code, value in enumerate(domain)}
+        if set(pairable["value"]) - set(code_of):
+            raise ValueError("values outside value_domain")
+        codes = pairable["value"].map(code_of).to_numpy(dtype=np.int64)
+        scale = np.arange(len(domain), dtype=np.float64)
+    else:
+        values = _numeric(pairable["value"]).to_numpy()
+        scale = np.asarray(
+            sorted(float(v) for v in value_domain) if value_domain is not None else np.unique(values), np.float64
+        )
+        codes = np.searchsorted(scale, values)
+        if (codes >= len(scale)).any() or not np.allclose(scale[np.minimum(codes, len(scale) - 1)], values):
+            raise ValueError("values outside value_domain")
+    items, item_index = np.unique(pairable["item"].to_numpy(dtype=object).astype(str), return_inverse=True)
+    k = len(scale)
+    counts = np.zeros((len(items), k))  # (items, values)
+    np.add.at(counts, (item_index, codes), 1.0)
+    m = counts.sum(axis=1)
+    per_item = (counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(k)) / (m - 1)[:, None, None]
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(items), np.full(len(items), 1.0 / len(items)), size=resamples).astype(np.float64)
+    coincidences = (weights @ per_item.reshape(len(items), k * k)).reshape(resamples, k, k)  # (B, K, K)
+    alphas = _alpha_from_coincidences(coincidences, level=level, scale=scale)
+    alphas = alphas[np.isfinite(alphas)]
+    if len(alphas) < resamples // 2:
+        return None, None
+    low, high = np.percentile(alphas, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _alpha_from_coincidences(coincidences: np.ndarray, *, level: str, scale: np.ndarray) -> np.ndarray:
+    """Alpha of each (K, K) coincidence matrix in `coincidences` (B, K, K); NaN where undefined."""
+    marginals = coincidences.sum(axis=2)  # (B, K): n_c
+    n = marginals.sum(axis=1)  # (B,)
+    k = len(scale)
+    if level == "nominal":
+        delta = np.broadcast_to(1.0 - np.eye(k), coincidences.shape)
+    elif level == "interval":
+        delta = np.broadcast_to((scale[:, None] - scale[None, :]) ** 2, coincidences.shape)
+    else:  # ordinal: (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2, from each matrix's own marginals
+        idx = np.arange(k)
+        low, high = np.minimum.outer(idx, idx), np.maximum.outer(idx, idx)
+        cumulative = np.cumsum(marginals, axis=1)
+        between = cumulative[:, high] - cumulative[:, low] + marginals[:, low]  # (B, K, K)
+        delta = (between - (marginals[:, :, None] + marginals[:, None, :]) / 2) ** 2
+    observed = (coincidences * delta).sum(axis=(1, 2))
+    expected = (marginals[:, :, None] * marginals[:, None, :] * delta).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(expected > 0, 1.0 - (n - 1) * observed / expected, np.nan)
+
+
 # --------------------------------------------------------------------------------------------------
 # Fleiss' kappa
 # --------------------------------------------------------------------------------------------------
@@ -187,9 +282,9 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
     ratings in category j and P_bar_e = sum_j p_j^2 the chance agreement. Fleiss' kappa needs the
     same number of ratings k on every item, so this uses only the items with exactly k ratings, k
     being the most common rating count >= 2 (ties go to the larger k, the more informative items),
-    builds the items x categories count table (int64, rows sum to k) and calls
-    `statsmodels.stats.inter_rater.fleiss_kappa(table, method="fleiss")`. Unlike Krippendorff's
-    alpha it ignores the other items; `FleissResult.item_count` says how many it used.
+    builds the items x categories count table (int64, rows sum to k) and computes the formula
+    above on it (`fleiss_kappa_table`, what statsmodels' `fleiss_kappa(table, method="fleiss")`
+    returns). Unlike Krippendorff's alpha it ignores the other items; `FleissResult.item_count` says how many it used.
 
     Args:
         ratings: DataFrame with columns item, rater, value (nominal, hashable); one row per
@@ -197,8 +292,8 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
 
     Returns:
         FleissResult(kappa, item_count, raters_per_item). kappa is None when fewer than 2 items have
-        k ratings or a single category occurs among them (P_bar_e = 1: statsmodels would divide by
-        zero, so this is checked before calling it).
+        k ratings or a single category occurs among them (P_bar_e = 1: the formula would divide by
+        zero, so this is checked first).
 
     Raises:
         ValueError: a required column is missing or an (item, rater) pair occurs twice.
@@ -217,8 +312,30 @@ def fleiss_kappa(ratings: pd.DataFrame) -> FleissResult:
     item_count = int(table.shape[0])
     if item_count < 2 or table.shape[1] < 2:
         return FleissResult(None, item_count, k)
-    kappa = float(inter_rater.fleiss_kappa(table.to_numpy(dtype=np.int64), method="fleiss"))
-    return FleissResult(kappa, item_count, k)
+    return FleissResult(fleiss_kappa_table(table.to_numpy(dtype=np.int64)), item_count, k)
+
+
+def fleiss_kappa_table(table: np.ndarray) -> float:
+    """Fleiss' kappa (Fleiss 1971) of an (items, categories) table of rating counts, every row
+    summing to the same k >= 2: (P_bar - P_bar_e) / (1 - P_bar_e) as in `fleiss_kappa`; statsmodels'
+    `fleiss_kappa(table, method="fleiss")`, without importing statsmodels.
+
+    Raises:
+        ValueError: not 2-D, rows with different or < 2 sums, or one category only (P_bar_e = 1).
+    """
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim != 2 or table.shape[0] == 0:
+        raise ValueError(f"need a non-empty (items, categories) table, got shape {table.shape}")
+    per_item = table.sum(axis=1)
+    k = per_item[0]
+    if k < 2 or not np.all(per_item == k):
+        raise ValueError("every item needs the same number k >= 2 of ratings")
+    p_category = table.sum(axis=0) / table.sum()  # (categories,)
+    p_item = ((table * table).sum(axis=1) - k) / (k * (k - 1))  # (items,) agreement on each item
+    chance = float((p_category * p_category).sum())
+    if chance >= 1.0:
+        raise ValueError("Fleiss' kappa is undefined with one category")
+    return float((p_item.mean() - chance) / (1.0 - chance))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,15 +434,19 @@ def _agreement_row(
     per_item = ratings.groupby("item").size()
     if level == "nominal":
         alpha = krippendorff_alpha(ratings, level="nominal")
+        interval = alpha_interval(ratings, level="nominal") if alpha is not None else (None, None)
         fleiss = fleiss_kappa(ratings)
         fleiss_values: tuple[Any, Any, Any] = (fleiss.kappa, fleiss.item_count, fleiss.raters_per_item)
     else:
         alpha = krippendorff_alpha(ratings, level="ordinal", value_domain=ordinal_domain)
+        interval = (
+            alpha_interval(ratings, level="ordinal", value_domain=ordinal_domain) if alpha is not None else (None, None)
+        )
         fleiss_values = (None, None, None)
     return dict(
         zip(
             AGREEMENT_ROW_KEYS,
-            (name, kind, scope, level, int((per_item >= 2).sum()), len(ratings), alpha, *fleiss_values),
+            (name, kind, scope, level, int((per_item >= 2).sum()), len(ratings), alpha, *interval, *fleiss_values),
             strict=True,
         )
     )

@@ -882,10 +882,39 @@ def _backbone_suggester(version: ModelVersion):
     return suggest
 
 
+def matching_metric_intervals(version: ModelVersion) -> dict:
+    """A matching head's or matching CNN's proportions with their n and 95% Wilson interval, for the
+    ML page (mlcore.nn.stats.proportion_summary dicts, None where a metric is missing):
+    "recall_at_1", "recall_at_3" and the pretrained yardstick's ("base_recall_at_1",
+    "base_recall_at_3") over the held-out verified matches (a CNN: its held-out views), and
+    "matches_rejected" (over the matches) and "rejections_without_suggestion" (over the photos
+    people rejected every suggestion of)."""
+    from mlcore.nn.stats import proportion_summary
+
+    m = version.metrics or {}
+    if version.kind == ModelVersion.Kind.BACKBONE:  # stage 1: held-out views; stage 2: held-out verified photos
+        n = m.get("held_out_matches") if m.get("stage") == 2 else m.get("held_out_views")
+        return {
+            "recall_at_1": proportion_summary(m.get("recall_at_1"), n),
+            "base_recall_at_1": proportion_summary((m.get("base") or {}).get("recall_at_1"), n),
+        }
+    matches, rejections = m.get("matches"), m.get("rejections")
+    base = m.get("pretrained") or {}
+    return {
+        "recall_at_1": proportion_summary(m.get("recall_at_1"), matches),
+        "recall_at_3": proportion_summary(m.get("recall_at_3"), matches),
+        "base_recall_at_1": proportion_summary(base.get("recall_at_1"), base.get("matches")),
+        "base_recall_at_3": proportion_summary(base.get("recall_at_3"), base.get("matches")),
+        "matches_rejected": proportion_summary(m.get("matches_rejected"), matches),
+        "rejections_without_suggestion": proportion_summary(m.get("rejections_without_suggestion"), rejections),
+    }
+
+
 def matching_report(*, campaign: Campaign) -> dict:
     """For the ML page: a match campaign's matching heads and their training runs. Each head carries
-    `withheld_count` (photos it withheld suggestions from that still carry its flag) and
-    `withheld_open_count` (of those, the ones nobody has answered yet); one grouped query."""
+    `withheld_count` (photos it withheld suggestions from that still carry its flag),
+    `withheld_open_count` (of those, the ones nobody has answered yet; one grouped query) and
+    `intervals` (matching_metric_intervals)."""
     scope = matching_scope_of(campaign)
     scopes = [scope, backbone_scope_of(campaign)]
     versions = list(
@@ -904,6 +933,7 @@ def matching_report(*, campaign: Campaign) -> dict:
     for version in versions:
         row = withheld.get(version.pk, {})
         version.withheld_count, version.withheld_open_count = row.get("n", 0), row.get("open", 0)
+        version.intervals = matching_metric_intervals(version)
     return {
         "scope": scope,
         "versions": versions,
@@ -961,8 +991,27 @@ def category_backoff_report(*, campaign: Campaign, version: ModelVersion | None)
 def metric_rows(metrics: dict) -> list[tuple[str, dict]]:
     """A model's per-attribute metrics (mlcore.training.model_metrics) as (slug, row) pairs for the
     ML page, in stored order except that each multi-choice option's row comes right after its
-    attribute's (PostgreSQL's jsonb orders keys by length, so "season:summer" may come last)."""
-    rows = (metrics or {}).get("attributes", {})
+    attribute's (PostgreSQL's jsonb orders keys by length, so "season:summer" may come last).
+
+    Each row is a copy with its proportions' 95% Wilson intervals added (issue 16: every metric with
+    its n and interval): "accuracy_ci" and "coverage_ci" over the n test products, "precision_ci"
+    over the accepted ones (n x coverage), each mlcore.nn.stats.proportion_summary ({"value", "n",
+    "successes", "low", "high"}) or None. The stored precision_low/high, computed at training from
+    exact counts, are kept for the precision interval."""
+    from mlcore.nn.stats import proportion_summary
+
+    rows = {}
+    for slug, stored in ((metrics or {}).get("attributes", {})).items():
+        row = dict(stored)
+        n = row.get("n")
+        row["accuracy_ci"] = proportion_summary(row.get("accuracy"), n)
+        row["coverage_ci"] = proportion_summary(row.get("coverage"), n)
+        accepted = round(row["coverage"] * n) if n and row.get("coverage") is not None else None
+        precision = proportion_summary(row.get("precision"), accepted)
+        if precision is not None and row.get("precision_low") is not None:
+            precision.update(low=row["precision_low"], high=row["precision_high"])
+        row["precision_ci"] = precision
+        rows[slug] = row
     options: dict[str, list[tuple[str, dict]]] = {}
     for slug, row in rows.items():
         if row.get("option") is not None:
@@ -1010,7 +1059,7 @@ def learning_report(*, campaign: Campaign) -> dict:
             if (product_id, attribute_id) in predicted:
                 total += 1
                 agree += predicted[(product_id, attribute_id)] == label
-    from mlcore.nn.tagging import wilson_interval
+    from mlcore.nn.stats import wilson_interval  # not mlcore.nn.tagging: that imports torch
 
     low, high = wilson_interval(agree, total)
     return {

@@ -1,7 +1,7 @@
 """Annotation reads, permission-checked and with their related rows fetched in bulk."""
 
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Prefetch, Q
+from django.db.models import Count, Prefetch, Q, Sum
 from django.http import Http404
 from django.utils import timezone
 
@@ -93,6 +93,34 @@ def annotator_stats_of(user):
     return AnnotatorStats.objects.filter(annotator=user).select_related("campaign").order_by("-campaign__created_at")
 
 
+def annotator_agreement(*, annotators=None, campaign: Campaign | None = None) -> dict:
+    """Agreement with the consensus, the one definition every page shows (your stats, the annotators
+    page, your impact; issue 16 found "agreement —" on one and 0.95 on another): of the answers on
+    regular tasks that 2+ people answered, the share equal to the settled label, from the last full
+    recompute (AnnotatorStats.agreement_count / agreement_total). A task one person settled alone
+    agrees with itself, and a gold task is a check, so neither counts.
+
+    Args:
+        annotators: a user, a queryset or list of users, or None for everyone.
+        campaign: one campaign, or None for all of them.
+
+    Returns:
+        {"agree": int, "total": int, "share": agree / total in [0, 1] or None when total is 0}.
+        One aggregate query.
+    """
+    rows = AnnotatorStats.objects.all()
+    if campaign is not None:
+        rows = rows.filter(campaign=campaign)
+    if annotators is not None:
+        if hasattr(annotators, "pk"):
+            rows = rows.filter(annotator=annotators)
+        else:
+            rows = rows.filter(annotator__in=annotators)
+    sums = rows.aggregate(agree=Sum("agreement_count"), total=Sum("agreement_total"))
+    agree, total = sums["agree"] or 0, sums["total"] or 0
+    return {"agree": agree, "total": total, "share": agree / total if total else None}
+
+
 def campaign_annotators(campaign: Campaign):
     """Every annotator's stats in `campaign`: flagged and paused first, then by answers (2 queries
     with the campaign)."""
@@ -101,14 +129,31 @@ def campaign_annotators(campaign: Campaign):
     return rows
 
 
-def campaign_consensus_summary(campaign: Campaign) -> dict:
-    """Counts for the annotators page: tasks, settled, gold, answers, mean confidence of answered tasks."""
+def campaign_counts(campaign: Campaign) -> dict:
+    """The campaign's task figures, the one source for every page that shows them (the verify page's
+    header, the annotators page, the announcement page and email): issue 16 found "16 of 1324
+    settled" on one page and "16 of 1284" on another, and "matched 0" against 3.
+
+    Regular tasks only count as tasks: gold tasks are checks with a known answer and never settle.
+    Returns {"task_count": regular tasks, "complete_count": of them settled, "matched_count": of
+    them settled on a product (label "1".."9"), "answered_count": of them with an answer,
+    "gold_count": gold tasks}. One aggregate query.
+    """
+    regular = Q(is_gold=False)
+    settled = regular & Q(status=Task.Status.COMPLETE)
     return Task.objects.filter(campaign=campaign).aggregate(
-        task_count=Count("pk"),
-        complete_count=Count("pk", filter=Q(status=Task.Status.COMPLETE)),
+        task_count=Count("pk", filter=regular),
+        complete_count=Count("pk", filter=settled),
+        matched_count=Count("pk", filter=settled & Q(label__in=[str(r) for r in range(1, 10)])),
+        answered_count=Count("pk", filter=regular & Q(answer_count__gt=0)),
         gold_count=Count("pk", filter=Q(is_gold=True)),
-        answered_count=Count("pk", filter=Q(answer_count__gt=0)),
     )
+
+
+def campaign_consensus_summary(campaign: Campaign) -> dict:
+    """Counts for the annotators page: campaign_counts (regular tasks, settled, matched, answered,
+    gold)."""
+    return campaign_counts(campaign)
 
 
 def _task_queryset():
@@ -167,24 +212,61 @@ def get_task_for_gold_editor(user, uuid) -> Task:
 
 def campaign_progress(campaign: Campaign) -> dict:
     """Counts for the campaign header and the preparing screen: regular (not gold) tasks and how many
-    settled, live answers, and the latest embedding runs.
+    settled, live answers, the latest embedding run per target (a running one before a newer one
+    still queued behind it) and, while preparing, `eta_s` (preparation_eta_s).
 
-    Returns {"task_count", "complete_count", "answer_count", "runs": [EmbeddingRun, ...]}.
+    Returns {"task_count", "complete_count", "answer_count", "runs": [EmbeddingRun, ...], "eta_s"}.
     """
-    # Regular tasks only: gold tasks never settle, and the announcement and impact pages count them
-    # so too (issue 16: "16 of 1324" here against "16 of 1284" there, the 40 gold tasks).
-    counts = Task.objects.filter(campaign=campaign, is_gold=False).aggregate(
-        task_count=Count("pk"), complete_count=Count("pk", filter=Q(status=Task.Status.COMPLETE))
-    )
+    counts = campaign_counts(campaign)
+    counts = {"task_count": counts["task_count"], "complete_count": counts["complete_count"]}
     counts["answer_count"] = Answer.objects.filter(task__campaign=campaign, revoked_at__isnull=True).count()
     runs = []
     if campaign.model_version_id:
         latest = {}
         for run in EmbeddingRun.objects.filter(model_version_id=campaign.model_version_id).order_by("-created_at")[:10]:
-            latest.setdefault(run.target, run)
+            shown = latest.get(run.target)
+            queued_behind = shown is not None and shown.status == EmbeddingRun.Status.PENDING
+            if shown is None or (queued_behind and run.status == EmbeddingRun.Status.RUNNING):
+                latest[run.target] = run
         runs = [latest[t] for t in (EmbeddingRun.Target.PRODUCTS, EmbeddingRun.Target.PHOTOS) if t in latest]
     counts["runs"] = runs
+    counts["eta_s"] = preparation_eta_s(campaign, runs) if campaign.status == Campaign.Status.PREPARING else None
     return counts
+
+
+def preparation_eta_s(campaign: Campaign, runs: list) -> float | None:
+    """Seconds until a preparing campaign's suggestions are ready, from what is left to embed and the
+    embedding rate measured so far: (products + photos without an embedding) / images per second of
+    the running run (else the latest finished one of the same model). The task build after it takes
+    a few seconds more and is left out. None while no rate has been measured (the first chunk) or
+    nothing is left to embed. The rate is the run's average since it started, which is low while the
+    demo still generates its photos beside it: demo_progress uses the rate between its own polls."""
+    rate = next((r.images_per_s for r in runs if r.status == EmbeddingRun.Status.RUNNING and r.images_per_s), None)
+    if rate is None:
+        rate = (
+            EmbeddingRun.objects.filter(
+                model_version_id=campaign.model_version_id, status=EmbeddingRun.Status.DONE, images_per_s__gt=0
+            )
+            .order_by("-finished_at")
+            .values_list("images_per_s", flat=True)
+            .first()
+        )
+    if not rate:
+        return None
+    left = preparation_left(campaign)
+    return left / rate if left else None
+
+
+def preparation_left(campaign: Campaign) -> int:
+    """Products and photos that still lack an embedding for the campaign's model (2 count queries
+    and 2 for the totals)."""
+    from catalog.models import Photo, Product
+    from mlcore.models import PhotoEmbedding, ProductEmbedding
+
+    version_id = campaign.model_version_id
+    products = Product.objects.filter(is_active=True, images__isnull=False).distinct().count()
+    left = max(0, products - ProductEmbedding.objects.filter(model_version_id=version_id).count())
+    return left + max(0, Photo.objects.count() - PhotoEmbedding.objects.filter(model_version_id=version_id).count())
 
 
 def annotator_today_count(user, campaign: Campaign) -> int:

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import importlib
 import io
 import logging
 import math
@@ -34,10 +35,29 @@ import zlib
 from typing import Literal
 
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image
-from torchvision.transforms import InterpolationMode
+
+
+class _Lazy:
+    """A module (or one of its attributes) imported on first use: reading the dataset and checking
+    a load that is already complete need no torch, and importing torch and torchvision cost every
+    `make demo` restart 4-5 s of CPU before the web server got the cores (issue 16)."""
+
+    def __init__(self, module: str, attribute: str | None = None):
+        self._target = (module, attribute)
+        self._value = None
+
+    def __getattr__(self, name):
+        if self._value is None:
+            module, attribute = self._target
+            value = importlib.import_module(module)
+            self._value = getattr(value, attribute) if attribute else value
+        return getattr(self._value, name)
+
+
+torch = _Lazy("torch")
+F = _Lazy("torchvision.transforms.v2.functional")
+InterpolationMode = _Lazy("torchvision.transforms", "InterpolationMode")
 
 logger = logging.getLogger(__name__)
 

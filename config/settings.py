@@ -391,6 +391,9 @@ FITCHECK_MATCH_PRETRAIN_CONFIG = {"epochs": env.int("FITCHECK_MATCH_PRETRAIN_EPO
 FITCHECK_MATCH_FINETUNE_MIN_NEW = env.int("FITCHECK_MATCH_FINETUNE_MIN_NEW", default=200)
 FITCHECK_MATCH_FINETUNE_CONFIG = {"epochs": env.int("FITCHECK_MATCH_FINETUNE_EPOCHS", default=4)}
 FITCHECK_MODELS_ROOT = Path(env("FITCHECK_MODELS_ROOT", default=str(VAR_DIR / "models")))
+# Embeddings by (model content, image sha256), kept across restarts and databases (mlcore.services
+# embedding cache): `make demo` points it at ~/.cache/fitcheck so a fresh clone reuses the last one's.
+FITCHECK_CACHE_DIR = Path(env("FITCHECK_CACHE_DIR", default=str(VAR_DIR / "cache")))
 FITCHECK_EXPORTS_ROOT = Path(env("FITCHECK_EXPORTS_ROOT", default=str(VAR_DIR / "exports")))
 # Where image URLs in exports point: the public address of this server (MEDIA_URL is appended).
 FITCHECK_PUBLIC_URL = env("FITCHECK_PUBLIC_URL", default="http://localhost:8000")

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
 from django.http import Http404
 from django.utils import timezone
 
 from annotate import roles
-from annotate.models import AnnotatorStats, Answer, Campaign, Task, Team, TeamMember
+from annotate.models import AnnotatorStats, Answer, Campaign, Team, TeamMember
+from annotate.selectors import annotator_agreement, campaign_counts
 
 from . import rules
 from .models import ALL_TIME, AnswerPoints, BadgeAward, Profile, Sprint, Tally
@@ -144,18 +145,14 @@ def get_team(slug: str | None) -> Team | None:
 
 
 def impact_of(user) -> dict:
-    """`user`'s effect, from the all-time tallies: photos matched (answers agreeing with a settled
-    product match: the matches product pages can show), labels helped settle (agreeing answers),
-    agreement (agree / settled, in [0, 1]) beside their team's and everyone's, points, level,
-    streak and badges."""
+    """`user`'s effect: photos matched (answers agreeing with a settled product match: the matches
+    product pages can show) and labels helped settle (agreeing answers), from the all-time tallies;
+    agreement with the consensus beside their team's and everyone's, as every page shows it
+    (annotate.selectors.annotator_agreement: {"agree", "total", "share"}); points, level, streak and
+    badges."""
     all_time = Tally.objects.filter(period=Tally.Period.ALL, period_start=ALL_TIME)
     mine = all_time.filter(user=user).first()
     membership = TeamMember.objects.filter(user=user).select_related("team").first()
-
-    def agreement(queryset):
-        sums = queryset.aggregate(agree=Sum("agree_count"), settled=Sum("settled_count"))
-        return sums["agree"] / sums["settled"] if sums["settled"] else None
-
     profile = Profile.objects.filter(user=user).first()
     today = timezone.localdate()
     points = mine.points if mine else 0
@@ -165,10 +162,12 @@ def impact_of(user) -> dict:
         "points": points,
         "level": level,
         "next_level_points": rules.level_floor(level + 1),
-        "agreement": (mine.agree_count / mine.settled_count) if mine and mine.settled_count else None,
+        "agreement": annotator_agreement(annotators=user),
         "team": membership.team if membership else None,
-        "team_agreement": agreement(all_time.filter(team=membership.team)) if membership else None,
-        "everyone_agreement": agreement(all_time),
+        "team_agreement": (
+            annotator_agreement(annotators=membership.team.members.values("user")) if membership else None
+        ),
+        "everyone_agreement": annotator_agreement(),
         "streak_days": rules.streak_current(
             streak_days=profile.streak_days if profile else 0,
             last_on=profile.streak_last_on if profile else None,
@@ -231,7 +230,8 @@ def sprint_summary(sprint: Sprint) -> dict:
     """The card at the end of a sprint: answers given, accuracy on the settled ones (agree /
     (agree + disagree), in [0, 1], None before any settles), points earned so far (more arrive as
     tasks settle), the all-time rank before and now (rank_change > 0 means up), and the photos the
-    person matched to a product (up to 12, newest first, each with whether consensus confirmed it)."""
+    person picked a product for (up to 12, newest first, each with whether consensus confirmed it):
+    `matched_count` counts the confirmed ones, as the impact page does, `picked_count` all of them."""
     answers = list(
         _sprint_answers(sprint)
         .select_related("task__photo")
@@ -241,17 +241,20 @@ def sprint_summary(sprint: Sprint) -> dict:
     points = {
         p["answer_id"]: p
         for p in AnswerPoints.objects.filter(answer_id__in=[a.pk for a in answers]).values(
-            "answer_id", "outcome", "points"
+            "answer_id", "outcome", "points", "is_match"
         )
     }
     agree = sum(1 for p in points.values() if p["outcome"] == AnswerPoints.Outcome.AGREE)
     disagree = sum(1 for p in points.values() if p["outcome"] == AnswerPoints.Outcome.DISAGREE)
     rank_now = rank_of(user=sprint.user, period=Tally.Period.ALL)
-    matched = [
-        {"image_url": a.task.photo.image.url, "confirmed": points.get(a.pk, {}).get("outcome") == "agree"}
+    # "Matched" means what the impact page and the tallies count (AnswerPoints.is_match: the answer
+    # agreed with a task settled on a product), not every product the person picked.
+    picks = [
+        {"image_url": a.task.photo.image.url, "confirmed": bool(points.get(a.pk, {}).get("is_match"))}
         for a in answers
         if a.choice == Answer.Choice.PRODUCT and a.task.photo_id
-    ][:12]
+    ]
+    matched_count = sum(p["confirmed"] for p in picks)
     return {
         "sprint": sprint,
         "answer_count": len(answers),
@@ -261,7 +264,9 @@ def sprint_summary(sprint: Sprint) -> dict:
         "rank_before": sprint.rank_before,
         "rank_now": rank_now,
         "rank_change": (sprint.rank_before - rank_now) if sprint.rank_before and rank_now else None,
-        "matched": matched,
+        "matched": picks[:12],
+        "matched_count": matched_count,
+        "picked_count": len(picks),
     }
 
 
@@ -276,11 +281,7 @@ def campaign_announcement(campaign: Campaign, *, now=None) -> dict:
     all, and this week's top three (names hidden as asked). Admin page: it counts the campaign's
     tasks and recent answers (two aggregate queries), not for a hot path."""
     now = now or timezone.now()
-    tasks = Task.objects.filter(campaign=campaign, is_gold=False).aggregate(
-        total=Count("pk"),
-        settled=Count("pk", filter=Q(status=Task.Status.COMPLETE)),
-        matched=Count("pk", filter=Q(status=Task.Status.COMPLETE, label__in=[str(r) for r in range(1, 10)])),
-    )
+    tasks = campaign_counts(campaign)  # the figures every page shows (issue 16, bug 12)
     recent = Answer.objects.filter(
         task__campaign=campaign, revoked_at__isnull=True, created_at__gte=now - timedelta(days=ANNOUNCE_DAYS)
     ).aggregate(answers=Count("pk"), people=Count("annotator", distinct=True))
@@ -292,10 +293,10 @@ def campaign_announcement(campaign: Campaign, *, now=None) -> dict:
     )
     return {
         "campaign": campaign,
-        "task_count": tasks["total"],
-        "settled_count": tasks["settled"],
-        "matched_count": tasks["matched"],
-        "settled_share": tasks["settled"] / tasks["total"] if tasks["total"] else 0.0,
+        "task_count": tasks["task_count"],
+        "settled_count": tasks["complete_count"],
+        "matched_count": tasks["matched_count"],
+        "settled_share": tasks["complete_count"] / tasks["task_count"] if tasks["task_count"] else 0.0,
         "recent_days": ANNOUNCE_DAYS,
         "recent_answer_count": recent["answers"],
         "recent_people_count": recent["people"],

@@ -85,7 +85,7 @@ def matching_metrics(data: dict, rows: np.ndarray, head, threshold: float | None
     """recall@1/@3 over the verified matches of `rows`, and the no-suggestion shares, for `head`
     (None: the pretrained cosine)."""
     from .nn.matching import suggest, topk_scores
-    from .nn.tagging import wilson_interval
+    from .nn.stats import wilson_interval
 
     positives = data["positives"][rows]
     matches = rows[positives >= 0]

@@ -3,7 +3,10 @@
 Turns rows into tensors and back; the networks themselves live in mlcore.nn (no Django there).
 """
 
+import hashlib
+import json
 import logging
+import sqlite3
 import threading
 import time
 from datetime import timedelta
@@ -41,11 +44,15 @@ class EmbeddingsMissing(RuntimeError):
 
 
 def model_version_ensure(*, config: EmbedConfig, name: str | None = None) -> ModelVersion:
-    """Return the pretrained embedding ModelVersion for `config`, creating it once. Idempotent."""
+    """Return the pretrained embedding ModelVersion for `config`, creating it once. Idempotent.
+    Imports the backbones (torch) only to create it: a restart of the demo finds it."""
+    name = name or f"{config.backbone}-{config.image_size_px}px-pretrained"
+    existing = ModelVersion.objects.filter(name=name).first()
+    if existing is not None:
+        return existing
     from .nn.backbones import BACKBONES
 
     spec = BACKBONES[config.backbone]
-    name = name or f"{config.backbone}-{config.image_size_px}px-pretrained"
     version, _ = ModelVersion.objects.get_or_create(
         name=name,
         defaults={
@@ -129,6 +136,22 @@ def embedding_run_create(*, version: ModelVersion, target: str) -> EmbeddingRun:
     return run or EmbeddingRun.objects.create(model_version=version, target=target)
 
 
+def products_embed_start(*, version: ModelVersion) -> EmbeddingRun:
+    """Queue an embedding run of the catalog's products for `version` (queue gpu), after commit: the
+    demo starts it while the photos are still being generated. The campaign's own pipeline
+    (annotate.services.campaign_prepare) then finds them embedded. Reuses a PENDING run.
+
+    With one gpu worker (the demo's) the pipeline's own products step runs after this run and finds
+    nothing left; with several, prepare the campaign once this run is DONE, or its photos could be
+    matched against a catalog still being embedded."""
+    from .jobs import send_on_commit
+    from .tasks import embed_run_task
+
+    run = embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+    send_on_commit(embed_run_task.si(run.pk))
+    return run
+
+
 def _targets(run: EmbeddingRun):
     """(queryset of rows lacking an embedding, embedding model, FK field name, all targets count)."""
     if run.target == EmbeddingRun.Target.PRODUCTS:
@@ -183,52 +206,162 @@ def embedding_run_execute(*, run_id: int, chunk_size: int = 256) -> EmbeddingRun
     return run
 
 
+def embedding_cache_key(version: ModelVersion) -> str:
+    """The embedding cache's name for what `version` computes: a sha256 (first 24 hex digits) of its
+    backbone, input size, dimension, weights file and checkpoint sha256, config, the torch version
+    and the device type. Not its uuid: another database's (a fresh clone's) version of the same
+    pretrained network shares the key, while a retrained network (a new checkpoint) gets a new one.
+    CUDA runs in bf16, so its embeddings are kept apart from the CPU's float32 ones."""
+    import torch
+
+    from .nn.infer import device_resolve
+
+    content = {
+        "backbone": version.backbone,
+        "image_size_px": version.image_size_px,
+        "embedding_dim": version.embedding_dim,
+        "weights_path": version.weights_path,
+        "checkpoint_sha256": version.checkpoint_sha256,
+        "config": version.config,
+        "torch": torch.__version__.split("+")[0],
+        "device": device_resolve(settings.FITCHECK_DEVICE).type,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class EmbeddingCache:
+    """Embeddings by image sha256 for one embedding_cache_key, in one SQLite file under
+    FITCHECK_CACHE_DIR/embeddings/ (float32 blobs, as ProductEmbedding.vector stores them).
+
+    It outlives the database: a `make demo` restart, or a fresh clone pointed at the same cache
+    (bin/demo uses ~/.cache/fitcheck), embeds nothing it embedded before. A cache that cannot be
+    read or written is logged and skipped, never an error: the network computes what it lacks.
+    """
+
+    def __init__(self, key: str, dim: int):
+        self.dim = dim
+        self.path = Path(settings.FITCHECK_CACHE_DIR) / "embeddings" / f"{key}.sqlite3"
+        self._conn = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("CREATE TABLE IF NOT EXISTS vectors (sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("embedding cache %s unusable, embedding without it: %s", self.path, exc)
+            self._conn = None
+
+    def get(self, sha256s: list[str]) -> dict[str, bytes]:
+        """{sha256: float32 bytes} for those of `sha256s` in the cache (of the right length)."""
+        if self._conn is None or not sha256s:
+            return {}
+        out = {}
+        try:
+            for start in range(0, len(sha256s), 500):
+                part = sha256s[start : start + 500]
+                rows = self._conn.execute(
+                    f"SELECT sha256, vector FROM vectors WHERE sha256 IN ({','.join('?' * len(part))})", part
+                )
+                out.update({sha: bytes(vec) for sha, vec in rows if len(vec) == 4 * self.dim})
+        except sqlite3.Error as exc:
+            logger.warning("embedding cache %s unreadable: %s", self.path, exc)
+            return {}
+        return out
+
+    def put(self, items: dict[str, bytes]) -> None:
+        """Store {sha256: float32 bytes}; an existing entry is kept (same key, same content)."""
+        if self._conn is None or not items:
+            return
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN")
+                self._conn.executemany("INSERT OR IGNORE INTO vectors VALUES (?, ?)", list(items.items()))
+        except sqlite3.Error as exc:
+            logger.warning("embedding cache %s not written: %s", self.path, exc)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
 def _embedding_run_body(run: EmbeddingRun, chunk_size: int) -> None:
     version = run.model_version
     pending, embedding_model, fk, total = _targets(run)
     EmbeddingRun.objects.filter(pk=run.pk).update(total_count=total, done_count=total - pending.count())
-    _model_for(version)  # load the network before the clock starts: images_per_s is embedding only
-    started, embedded = time.perf_counter(), 0
+    cache = EmbeddingCache(embedding_cache_key(version), version.embedding_dim)
+    try:
+        _embedding_chunks(run, version, pending, embedding_model, fk, cache, chunk_size)
+    finally:
+        cache.close()
+    EmbeddingRun.objects.filter(pk=run.pk).update(status=EmbeddingRun.Status.DONE, finished_at=timezone.now())
+
+
+def _embedding_chunks(run, version, pending, embedding_model, fk, cache: EmbeddingCache, chunk_size: int) -> None:
+    """Embed `pending` chunk by chunk: vectors found in `cache` by image sha256 are reused, the rest
+    computed by the network (loaded only when some are missing) and added to the cache."""
+    started, embedded = None, 0
     skipped_ids: set[int] = set()
     while True:
         rows = list(pending.exclude(pk__in=skipped_ids).order_by("pk")[:chunk_size])
         if not rows:
             break
-        images, keep = [], []
+        images, keep, vectors = [], [], {}
+        located = []
         for row in rows:
             try:
-                images.append(_open_image(_image_field(row)))
-                keep.append(row)
-            except (OSError, ValueError, ProductImage.DoesNotExist) as exc:
+                located.append((row, *_image_of(row)))
+            except ProductImage.DoesNotExist as exc:
+                logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
+                skipped_ids.add(row.pk)
+        cached = cache.get([sha for _, _, sha in located])
+        for row, field_file, sha in located:
+            if sha in cached:
+                vectors[row.pk] = cached[sha]
+                continue
+            try:
+                images.append(_open_image(field_file))
+                keep.append((row, sha))
+            except (OSError, ValueError) as exc:
                 logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
                 skipped_ids.add(row.pk)
         if keep:
-            vectors = images_embed(version=version, images=images)
+            if started is None:
+                _model_for(version)  # load the network before the clock starts: images_per_s is embedding only
+                started = time.perf_counter()
+            computed = images_embed(version=version, images=images)
+            fresh = {sha: vec.tobytes() for (_, sha), vec in zip(keep, computed, strict=True)}
+            cache.put(fresh)
+            vectors.update({row.pk: fresh[sha] for row, sha in keep})
+            embedded += len(keep)
+        done = [row for row, _, _ in located if row.pk in vectors]
+        if done:
             embedding_model.objects.bulk_create(
-                [
-                    embedding_model(**{fk: row, "model_version": version, "vector": vec.tobytes()})
-                    for row, vec in zip(keep, vectors, strict=True)
-                ],
+                [embedding_model(**{fk: row, "model_version": version, "vector": vectors[row.pk]}) for row in done],
                 ignore_conflicts=True,
             )
-            embedded += len(keep)
         EmbeddingRun.objects.filter(pk=run.pk).update(
-            done_count=F("done_count") + len(keep),
+            done_count=F("done_count") + len(done),
             skipped_count=len(skipped_ids),
             heartbeat_at=timezone.now(),
-            images_per_s=embedded / max(time.perf_counter() - started, 1e-9),
+            images_per_s=embedded / max(time.perf_counter() - started, 1e-9) if started is not None else None,
         )
-    EmbeddingRun.objects.filter(pk=run.pk).update(status=EmbeddingRun.Status.DONE, finished_at=timezone.now())
 
 
-def _image_field(row):
+def _image_of(row) -> tuple:
+    """(the image file of a Photo or Product row, its sha256). Raises ProductImage.DoesNotExist for
+    a product without an image."""
     if isinstance(row, Photo):
-        return row.image
+        return row.image, row.sha256
     images = sorted(row.images.all(), key=lambda image: (image.position, image.pk))  # prefetched
     first = images[0] if images else None
     if first is None:
         raise ProductImage.DoesNotExist(f"product {row.pk} has no image")
-    return first.image
+    return first.image, first.sha256
+
+
+def _image_field(row):
+    """The image file of a Photo or Product row (see _image_of)."""
+    return _image_of(row)[0]
 
 
 def _vectors(blobs, dim: int) -> np.ndarray:

@@ -55,7 +55,7 @@ from django.utils import timezone
 
 from catalog.models import Product
 
-from .models import ModelVersion, ProductEmbedding, TrainingRun
+from .models import EmbeddingRun, ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -530,8 +530,10 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     """Re-queue every run nobody is working on: RUNNING with a heartbeat older than STALE_RUN_AFTER
     (its worker died; the message may never be redelivered, as with the SQLite-file broker), or
     PENDING for longer than `pending_after` (mlcore.jobs.PENDING_RESEND_AFTER by default: its message
-    was lost, or never reached a broker that was down). The re-queued run resumes from its last
-    per-epoch checkpoint. Run by Celery beat (annotate.jobs_recover) on either broker.
+    was lost, or never reached a broker that was down), except a matching CNN run whose base model
+    still has an embedding run to finish (`_waits_for_embeddings`: its message comes after those).
+    The re-queued run resumes from its last per-epoch checkpoint. Run by Celery beat
+    (annotate.jobs_recover) on either broker.
 
     A stale run that started more than GIVE_UP_AFTER ago is not re-queued but FAILED (its worker
     keeps dying, or no gpu worker has run for that long), so a run can never hold up the learning
@@ -559,11 +561,13 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     )
     if given_up:
         logger.warning("failed %s training runs whose workers kept getting lost", given_up)
-    runs = list(
-        TrainingRun.objects.filter(
+    runs = [
+        (pk, kind, config)
+        for pk, kind, status, config in TrainingRun.objects.filter(
             stale | Q(status=TrainingRun.Status.PENDING, created_at__lt=now - pending_after)
-        ).values_list("pk", "kind", "config")
-    )
+        ).values_list("pk", "kind", "status", "config")
+        if not (status == TrainingRun.Status.PENDING and _waits_for_embeddings(kind, config))
+    ]
     sent = 0
     for pk, kind, config in runs:
         task = train_task
@@ -573,6 +577,20 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     if runs:
         logger.info("re-queued %s of %s stale training runs", sent, len(runs))
     return sent
+
+
+def _waits_for_embeddings(kind: str, config: dict) -> bool:
+    """Whether a PENDING run is not lost but queued behind its campaign's embedding: a matching CNN
+    run is created when a campaign is prepared and sent as the last step of that chain, after the
+    products and photos are embedded (annotate.services.campaign_prepare). Sent on its own by the
+    sweep before then, it took the single gpu worker for its whole training (20+ minutes) ahead of
+    the photos' embedding, so the campaign's first tasks waited for it (issue 16)."""
+    base = (config or {}).get("base_version")
+    if kind != ModelVersion.Kind.BACKBONE or not base:
+        return False
+    return EmbeddingRun.objects.filter(
+        model_version__uuid=base, status__in=[EmbeddingRun.Status.PENDING, EmbeddingRun.Status.RUNNING]
+    ).exists()
 
 
 def _train(run: TrainingRun) -> None:

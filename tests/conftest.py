@@ -30,6 +30,7 @@ def _test_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.FITCHECK_EXPORTS_ROOT = tmp_path / "exports"
     settings.FITCHECK_MODELS_ROOT = tmp_path / "models"
+    settings.FITCHECK_CACHE_DIR = tmp_path / "cache"
     settings.FITCHECK_IMPORT_ROOTS = [tmp_path]  # manifests and their images live in tmp_path
     settings.FITCHECK_DEVICE = "cpu"
     settings.FITCHECK_MATCH_PRETRAIN = False  # tests that want the matching CNN trained turn it on

@@ -91,9 +91,11 @@ def broker_url(tmp_path):
     return settings.CELERY_BROKER_URL
 
 
-def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log", extra_args=()):
-    """Start a `celery worker` process on queues default and gpu, sharing this test's database and
-    media; `extra_args` are added to its command line. Returns (process, log file opened w+)."""
+def _worker_start(
+    broker_url: str, settings, *, log_name: str = "worker.log", extra_args=(), queues: str = "default,gpu"
+):
+    """Start a `celery worker` process on `queues` (default and gpu), sharing this test's database
+    and media; `extra_args` are added to its command line. Returns (process, log file opened w+)."""
     env = os.environ | {
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
@@ -113,7 +115,9 @@ def _worker_start(broker_url: str, settings, *, log_name: str = "worker.log", ex
             "config",
             "worker",
             "-Q",
-            "default,gpu",
+            queues,
+            "-n",
+            f"{queues.replace(',', '-')}@%h",  # two workers of one test need two names
             "--pool",
             "solo",
             "--without-heartbeat",

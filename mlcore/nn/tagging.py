@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .stats import wilson_interval  # noqa: F401  (re-exported: callers use nt.wilson_interval)
+
 
 @dataclass(frozen=True)
 class HeadsConfig:
@@ -186,16 +188,6 @@ def late_fusion_fit(log_p_image: np.ndarray, log_p_text: np.ndarray, labels: np.
     optimiser.step(closure)
     w = weights.detach().numpy()
     return Fusion(w_image=float(w[0]), w_text=float(w[1]), bias=[float(x) for x in bias.detach().numpy()])
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval (Wilson 1927) of a binomial proportion; (0, 1) when n == 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass

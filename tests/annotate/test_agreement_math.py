@@ -212,6 +212,21 @@ class TestFleissKappa:
         ratings = _ratings({"r1": {"u1": "a"}, "r2": {"u2": "b"}})
         assert fleiss_kappa(ratings) == FleissResult(None, 0, None)
 
+    def test_the_table_formula_matches_statsmodels(self):
+        # The report computes Fleiss' kappa itself so that a web worker never imports statsmodels.
+        from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
+
+        rng = np.random.default_rng(7)
+        for k, categories in ((2, 2), (3, 4), (5, 3)):
+            table = rng.multinomial(k, rng.dirichlet(np.ones(categories)), size=40)
+            assert agreement.fleiss_kappa_table(table) == pytest.approx(statsmodels_fleiss(table, method="fleiss"))
+
+    def test_the_table_formula_refuses_uneven_rows_and_one_category(self):
+        with pytest.raises(ValueError, match="same number"):
+            agreement.fleiss_kappa_table(np.array([[2, 0], [1, 2]]))
+        with pytest.raises(ValueError, match="one category"):
+            agreement.fleiss_kappa_table(np.array([[3], [3]]))
+
 
 def _colour_answers() -> pd.DataFrame:
     # colour (single):  i1: m1 red,  m2 red,  c1 red
@@ -500,5 +515,56 @@ class TestRowsToCsv:
         header, first, *_ = csv.reader(io.StringIO(csv_text))
         assert header == list(AGREEMENT_ROW_KEYS)
         assert first[:6] == ["colour", "single", "all", "nominal", "3", "8"]
-        assert [float(x) for x in first[6:8]] == pytest.approx([1 / 15, 0.25])  # see TestAgreementRows
-        assert first[8:] == ["2", "3"]
+        assert float(first[6]) == pytest.approx(1 / 15)  # alpha; see TestAgreementRows
+        assert float(first[7]) <= 1 / 15 <= float(first[8])  # its bootstrap interval
+        assert float(first[9]) == pytest.approx(0.25)  # Fleiss' kappa
+        assert first[10:] == ["2", "3"]
+
+
+class TestAlphaInterval:
+    """The bootstrap interval of alpha (annotate.agreement.alpha_interval), issue 16: the agreement
+    report showed alpha without its uncertainty."""
+
+    @staticmethod
+    def _random_ratings(rng, items: int, raters: int, values, p_agree: float) -> pd.DataFrame:
+        rows = []
+        for item in range(items):
+            truth = values[rng.integers(len(values))]
+            for rater in range(raters):
+                if rng.random() < 0.15:
+                    continue  # missing
+                value = truth if rng.random() < p_agree else values[rng.integers(len(values))]
+                rows.append((f"i{item}", f"r{rater}", value))
+        return pd.DataFrame(rows, columns=["item", "rater", "value"])
+
+    @pytest.mark.parametrize("level, values", [("nominal", ["a", "b", "c"]), ("ordinal", [1, 2, 3, 4, 5])])
+    def test_the_coincidence_formula_gives_the_librarys_alpha(self, level, values):
+        rng = np.random.default_rng(3)
+        ratings = self._random_ratings(rng, 60, 4, values, 0.7)
+        domain = None if level == "nominal" else values
+        # One "resample" that weighs every item once is the data itself.
+        counts = ratings.groupby(["item", "value"]).size().unstack(fill_value=0)
+        counts = counts[counts.sum(axis=1) >= 2].reindex(columns=sorted(values), fill_value=0).to_numpy(float)
+        m = counts.sum(axis=1)
+        k = counts.shape[1]
+        per_item = (counts[:, :, None] * counts[:, None, :] - counts[:, :, None] * np.eye(k)) / (m - 1)[:, None, None]
+        scale = np.arange(k, dtype=float) if level == "nominal" else np.asarray(values, float)
+        (ours,) = agreement._alpha_from_coincidences(per_item.sum(axis=0)[None], level=level, scale=scale)
+        assert ours == pytest.approx(krippendorff_alpha(ratings, level=level, value_domain=domain))
+
+    def test_the_interval_holds_the_estimate_and_narrows_with_more_items(self):
+        rng = np.random.default_rng(5)
+        small = self._random_ratings(rng, 40, 3, ["a", "b", "c"], 0.7)
+        large = self._random_ratings(rng, 800, 3, ["a", "b", "c"], 0.7)
+        for ratings in (small, large):
+            low, high = agreement.alpha_interval(ratings, level="nominal")
+            assert low < krippendorff_alpha(ratings, level="nominal") < high
+        (s_low, s_high), (l_low, l_high) = (agreement.alpha_interval(r, level="nominal") for r in (small, large))
+        assert l_high - l_low < (s_high - s_low) / 2
+        assert agreement.alpha_interval(small, level="nominal") == (s_low, s_high)  # seeded: the same every time
+
+    def test_undefined_alpha_has_no_interval(self):
+        one_value = _ratings({"r1": {"u1": "a", "u2": "a"}, "r2": {"u1": "a", "u2": "a"}})
+        one_item = _ratings({"r1": {"u1": "a"}, "r2": {"u1": "b"}})
+        assert agreement.alpha_interval(one_value, level="nominal") == (None, None)
+        assert agreement.alpha_interval(one_item, level="nominal") == (None, None)

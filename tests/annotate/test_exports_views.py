@@ -95,6 +95,25 @@ def test_export_create_form_permission_matrix(client, as_role, campaign, role, d
         assert created is None
 
 
+def test_the_export_form_explains_every_filter_in_its_section(client, as_role, campaign):
+    """Issue 16: the form was Django's bare as_div, filters unexplained."""
+    from django.utils.html import escape
+
+    from annotate.forms import ExportCreateForm
+
+    as_role("ml")
+    html = client.get(reverse("annotate:exports")).content.decode()
+    for title in ("Snapshot", "Which labels", "Side tables"):
+        assert f"<legend>{title}</legend>" in html
+    form = ExportCreateForm()
+    laid_out = [name for _, _, names in form.SECTIONS for name in names]
+    assert sorted(laid_out) == sorted(form.fields)  # every field placed once
+    for name, field in form.fields.items():
+        assert len(field.help_text) > 20, name
+        block = html[html.index(f'id="field-{name}"') :].split('id="field-')[1]
+        assert f'<p class="helptext" id="id_{name}_helptext">{escape(field.help_text)}</p>' in block, name
+
+
 def test_export_form_shows_errors_and_creates_nothing(client, as_role, campaign):
     as_role("ml")
     response = client.post(

@@ -1,5 +1,6 @@
 """The verify page: permissions, keyboard, htmx partials, undo, prefetch, preparing state."""
 
+import io
 import re
 
 import pytest
@@ -193,6 +194,32 @@ def test_preparing_campaign_shows_progress_and_polls(client, employee):
     html = client.get(verify_url(campaign)).content.decode()
     assert "Preparing suggestions" in html
     assert 'hx-trigger="every 2s"' in html
+
+
+def test_preparing_shows_the_time_left_from_the_measured_rate(client, employee):
+    """Issue 16: the progress said how far, never how long. 6 products and 4 photos left at 2 images/s."""
+    from django.core.management import call_command
+
+    from mlcore.models import EmbeddingRun
+
+    from ..factories import ModelVersionFactory, PhotoFactory, ProductFactory
+
+    version = ModelVersionFactory()
+    campaign = CampaignFactory(slug="prep-eta", status=Campaign.Status.PREPARING, model_version=version)
+    for _ in range(6):
+        ProductFactory()
+    for _ in range(4):
+        PhotoFactory()
+    client.force_login(employee)
+    assert 'id="preparing-eta"' not in client.get(verify_url(campaign)).content.decode()  # no rate yet
+    EmbeddingRun.objects.create(
+        model_version=version, target="products", status="running", done_count=0, total_count=6, images_per_s=2.0
+    )
+    html = client.get(verify_url(campaign)).content.decode()
+    assert '<p id="preparing-eta">About 5 s left' in html
+    out = io.StringIO()
+    call_command("demo_progress", campaign="prep-eta", timeout=0.5, every=0.1, stdout=out)
+    assert "Preparing suggestions: products 0/6 at 2 images/s; about 5 s left" in out.getvalue()
 
 
 def test_done_state_when_nothing_is_left(client, employee, campaign):

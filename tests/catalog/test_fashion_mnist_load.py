@@ -162,6 +162,32 @@ def test_second_load_creates_nothing_new():
     )
 
 
+@needs_dataset
+@pytest.mark.django_db
+def test_a_complete_load_is_not_rendered_again_and_a_partial_one_is_finished(monkeypatch):
+    """Issue 16: every `make demo` restart re-rendered and re-encoded the whole photo queue (and
+    every product image) before the web server started."""
+    load()
+    before = table_counts()
+    truth_before = set(DemoPhotoTruth.objects.values_list("photo__sha256", "kind", "product__sku"))
+
+    def no_image_work(*args, **kwargs):
+        raise AssertionError("image work on a complete load")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(demo_data, "customer_photo_render", no_image_work)
+        patch.setattr(demo_data, "png_bytes", no_image_work)
+        report = load()
+    assert (report.products_created, report.photos_created) == (0, 0)
+    assert table_counts() == before
+
+    # An interrupted first load (one photo missing) is finished, with the same photos as before.
+    Photo.objects.filter(pk=DemoPhotoTruth.objects.order_by("-pk").values("photo_id")[:1]).delete()
+    assert load().photos_created == 1
+    assert table_counts() == before
+    assert set(DemoPhotoTruth.objects.values_list("photo__sha256", "kind", "product__sku")) == truth_before
+
+
 @pytest.fixture
 def no_dataset_anywhere(tmp_path, monkeypatch):
     """Hide every place fashion_mnist_locate looks: the system package, the env var, the cache."""

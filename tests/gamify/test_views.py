@@ -9,6 +9,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from annotate.consensus.services import consensus_recompute
 from annotate.models import ConsensusMethod, Team, TeamMember
 from gamify import services
 from gamify.models import ALL_TIME, BadgeAward, Profile, Sprint, Tally
@@ -237,8 +238,10 @@ def test_sprint_summary_counts(client, campaign):
     assert 'id="summary-answers">4<' in html
     assert 'id="summary-accuracy">50%' in html and "(2 settled so far)" in html
     assert 'id="summary-points">10<' in html  # the unanimous match; the wrong "2" earns nothing
-    assert html.count("<img") == 3  # the three photos matched to a product, one confirmed
+    assert html.count("<img") == 3  # the three photos ann picked a product for, one confirmed
     assert html.count('class="confirmed"') == 1
+    # "Matched" counts the confirmed one only, as the impact page does (issue 16: "matched 0 vs 3").
+    assert '<p id="summary-matched">Photos you matched: <b>1</b> confirmed by consensus (of 3 you picked' in html
     # Before the end, the same URL gives the running bar, not the summary.
     Sprint.objects.filter(pk=sprint.pk).update(ends_at=timezone.now() + timedelta(minutes=1))
     assert (
@@ -257,11 +260,12 @@ def test_impact_page_numbers(client, campaign):
         answer(ann, task, label)
         answer(ben, task, "1")
         answer(cat, task, "1")
+    consensus_recompute(campaign_id=campaign.pk)  # agreement comes from the full recompute, as on your stats
     client.force_login(ann)
     html = client.get(reverse("gamify:impact")).content.decode()
     assert 'id="impact-matched">1<' in html and 'id="impact-settled">1<' in html
-    assert "0.50" in html  # ann's agreement; her team's: 3 of 4 = 0.75; everyone: 5 of 6 = 0.83
-    assert "0.75" in html and "0.83" in html
+    assert 'id="impact-agreement">0.50 <span class="muted small">of 2 answers' in html  # ann's agreement
+    assert "0.75" in html and "0.83" in html  # her team's: 3 of 4; everyone's: 5 of 6
 
 
 def test_announce_page_has_live_numbers_and_a_draft(client, campaign):

@@ -123,6 +123,27 @@ def test_the_sweep_requeues_stale_and_lost_runs_only(catalog, monkeypatch):
     assert fresh.pk not in [pk for _, pk in sent]
 
 
+def test_the_sweep_leaves_a_run_queued_behind_its_campaigns_embedding_alone(catalog, monkeypatch):
+    """Issue 16: under load the products took over 2 minutes to embed; the sweep then sent the
+    waiting matching CNN run on its own, the gpu worker trained it for 20+ minutes first, and the
+    photos (the next step of the chain) and so the first tasks waited behind it."""
+    from mlcore import jobs
+    from mlcore.models import EmbeddingRun
+
+    sent = []
+    monkeypatch.setattr(jobs, "task_send", lambda sig, **kw: sent.append(sig.args[0]) or True)
+    run = _run(scope="backbone:preparing")
+    base = ModelVersion.objects.get(uuid=run.config["base_version"])
+    TrainingRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    products = EmbeddingRun.objects.create(model_version=base, target="products", status="done")
+    photos = EmbeddingRun.objects.create(model_version=base, target="photos")  # next in the chain
+    assert training.training_runs_recover() == 0 and sent == []
+    EmbeddingRun.objects.filter(pk=photos.pk).update(status="running")
+    assert training.training_runs_recover() == 0 and sent == []
+    EmbeddingRun.objects.filter(pk__in=[products.pk, photos.pk]).update(status="done")
+    assert training.training_runs_recover() == 1 and sent == [run.pk]  # its message is lost now
+
+
 def test_preparing_a_campaign_trains_the_cnn_and_a_promoted_one_takes_over_the_open_tasks(
     catalog, settings, django_capture_on_commit_callbacks, monkeypatch
 ):

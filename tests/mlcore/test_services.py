@@ -100,3 +100,44 @@ def test_suggestions_before_products_are_embedded_raise(version):
     photo = PhotoFactory()
     with pytest.raises(services.EmbeddingsMissing):
         services.photos_topk_products(version=version, photo_ids=[photo.pk], k=3)
+
+
+def test_embeddings_are_reused_from_the_cache_by_image_sha256_in_a_new_database(version, monkeypatch):
+    """Issue 16: a restart or a fresh clone on the same cache embeds nothing it embedded before."""
+    ProductFactory()
+    ProductFactory()
+    run = services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+    services.embedding_run_execute(run_id=run.pk)
+    first = dict(ProductEmbedding.objects.values_list("product__images__sha256", "vector"))
+    # Another database's copy of the same pretrained network: a new row and uuid, the same content.
+    key = services.embedding_cache_key(version)
+    version.delete()
+    again = ModelVersionFactory()
+    assert services.embedding_cache_key(again) == key
+
+    def no_network(**kwargs):
+        raise AssertionError("the network ran for a cached image")
+
+    monkeypatch.setattr(services, "images_embed", no_network)
+    run = services.embedding_run_execute(
+        run_id=services.embedding_run_create(version=again, target=EmbeddingRun.Target.PRODUCTS).pk
+    )
+    assert (run.status, run.done_count) == (EmbeddingRun.Status.DONE, 2)
+    assert dict(ProductEmbedding.objects.values_list("product__images__sha256", "vector")) == first
+
+
+def test_another_checkpoint_gets_its_own_cache_key(version):
+    retrained = ModelVersionFactory(name="retrained", checkpoint_sha256="a" * 64)
+    assert services.embedding_cache_key(retrained) != services.embedding_cache_key(version)
+
+
+def test_an_unreadable_cache_file_is_skipped_and_the_network_embeds(version, settings):
+    ProductFactory()
+    path = settings.FITCHECK_CACHE_DIR / "embeddings" / f"{services.embedding_cache_key(version)}.sqlite3"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a sqlite file" * 100)
+    run = services.embedding_run_execute(
+        run_id=services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS).pk
+    )
+    assert (run.status, run.done_count) == (EmbeddingRun.Status.DONE, 1)
+    assert ProductEmbedding.objects.filter(model_version=version).count() == 1

@@ -8,7 +8,7 @@ from annotate.models import Campaign, Task
 from annotate.services import campaign_create, campaign_prepare, gold_mark_demo
 from catalog.models import Photo
 from mlcore.nn.config import EmbedConfig
-from mlcore.services import model_version_ensure
+from mlcore.services import model_version_ensure, products_embed_start
 
 DEMO_PASSWORD = "fitcheck-demo"
 DEMO_USERS = (
@@ -63,15 +63,9 @@ class Command(BaseCommand):
                 user.set_password(DEMO_PASSWORD)
                 user.save(update_fields=["password"])
             user.groups.add(Group.objects.get(name=role))
-        call_command(
-            "load_fashion_mnist",
-            products=options["products"],
-            photos=options["photos"],
-            photos_not_in_catalog=options["photos_not_in_catalog"],
-            photos_non_product=options["photos_non_product"],
-            stdout=self.stdout,
-            stderr=self.stderr,
-        )
+        # The campaign first, so the verify page shows its progress from the start; the products are
+        # embedded (queue gpu) while the photos are generated, not after (issue 16: first tasks
+        # 208 s after `make demo` started, now the two overlap).
         version = model_version_ensure(
             config=EmbedConfig(backbone=options["backbone"], image_size_px=options["image_size"])
         )
@@ -81,6 +75,21 @@ class Command(BaseCommand):
             model_version=version,
             instructions=DEMO_INSTRUCTIONS,
             created_by=User.objects.get(username="admin"),
+        )
+
+        def products_loaded():
+            if campaign.status != Campaign.Status.ACTIVE:
+                products_embed_start(version=version)
+
+        call_command(
+            "load_fashion_mnist",
+            products=options["products"],
+            photos=options["photos"],
+            photos_not_in_catalog=options["photos_not_in_catalog"],
+            photos_non_product=options["photos_non_product"],
+            products_loaded=products_loaded,
+            stdout=self.stdout,
+            stderr=self.stderr,
         )
         missing = Photo.objects.count() - Task.objects.filter(campaign=campaign).count()
         if missing > 0 or campaign.status != Campaign.Status.ACTIVE:

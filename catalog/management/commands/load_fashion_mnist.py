@@ -21,6 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-download", action="store_true", help="never download the dataset")
 
+    # call_command(..., products_loaded=callable): run once the catalog is in the database (demo_setup
+    # starts embedding the products then, beside the photos).
+    stealth_options = ("products_loaded",)
+
     def handle(self, *args, **options):
         bars: dict[str, tqdm] = {}
 
@@ -40,6 +44,7 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 allow_download=not options["no_download"],
                 progress=progress,
+                products_loaded=options.get("products_loaded"),
             )
         except (DatasetError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
