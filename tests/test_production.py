@@ -186,6 +186,7 @@ LOCAL_PATHS = {
     "BASE_DIR": "the code, in the image",
     "VAR_DIR": "per container: beat's schedule; the SQLite files and local keys only outside production",
     "STATIC_ROOT": "per container: web's collectstatic output",
+    "FITCHECK_CACHE_DIR": "per container: the embedding cache, a speed-up only (a miss recomputes)",
 }
 
 
