@@ -49,7 +49,7 @@ from PIL import Image
 
 from catalog.models import Photo, Product
 
-from .matching_pretrain import BACKBONE_NAME, _image_u8, _recall_at_1, catalog_load
+from .matching_pretrain import BACKBONE_NAME, _image_u8, _recall_at_1, catalog_load, trainer_fit_resumable
 from .models import ModelVersion, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -269,38 +269,9 @@ def finetune_run_train(run: TrainingRun) -> None:
     )
     torch.manual_seed(config.seed)  # the base model is given: nothing else seeds the global RNG
     trainer = mc.Trainer(train_data, config, device=device, model=base_model, stage=STAGE)
-    checkpoint = Path(run.checkpoint_path) if run.checkpoint_path else candidate_path(run).with_suffix(".train.pt")
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    if checkpoint.exists():
-        trainer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-        logger.info("training run %s resumes after epoch %s", run.uuid, trainer.epoch)
-    TrainingRun.objects.filter(pk=run.pk).update(
-        checkpoint_path=str(checkpoint), epochs=config.epochs, device=str(device), epoch=trainer.epoch
+    trainer_fit_resumable(
+        run, trainer, stage_name="matching_finetune", device=device, history_extra=("photo_loss",)
     )
-
-    def on_epoch(row, trainer):
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(trainer.state_dict(), tmp)
-        tmp.replace(checkpoint)  # atomic: a kill mid-save leaves the previous epoch's checkpoint
-        TrainingRun.objects.filter(pk=run.pk).update(
-            epoch=trainer.epoch,
-            history=[
-                {
-                    "stage": "matching_finetune",
-                    "epoch": h["epoch"],
-                    "train_loss": h["loss"],
-                    "photo_loss": h["photo_loss"],
-                    "val_loss": None,
-                    "val_accuracy": {},
-                    "seconds": h["seconds"],
-                }
-                for h in trainer.history
-            ],
-            rows_per_s=row["images_per_s"],
-            heartbeat_at=timezone.now(),
-        )
-
-    trainer.fit(on_epoch=on_epoch)
     model = trainer.model
     started = time.perf_counter()
     held_matched = held["photo_product"] >= 0

@@ -176,6 +176,52 @@ def _score_version(version: ModelVersion, views, truth: np.ndarray, data: dict) 
     return _recall_at_1(queries, catalog, truth)
 
 
+
+def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device, history_extra: tuple[str, ...] = ()):
+    """Train `trainer` (a mlcore.nn.match_cnn.Trainer) for `run`, resuming from the run's checkpoint.
+
+    After each epoch the whole training state is written to a temporary file and renamed over the
+    checkpoint (a kill mid-save leaves the previous epoch's), and the run's epoch, history (rows
+    tagged `stage_name`, with the epoch row's `history_extra` keys too), images/s and heartbeat are
+    updated. Shared by stage 1 (this module) and stage 2 (mlcore.matching_finetune).
+    """
+    import torch
+
+    from .training import candidate_path
+
+    checkpoint = Path(run.checkpoint_path) if run.checkpoint_path else candidate_path(run).with_suffix(".train.pt")
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint.exists():
+        trainer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        logger.info("training run %s resumes after epoch %s", run.uuid, trainer.epoch)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        checkpoint_path=str(checkpoint), epochs=trainer.config.epochs, device=str(device), epoch=trainer.epoch
+    )
+
+    def on_epoch(row, trainer):
+        tmp = checkpoint.with_suffix(".tmp")
+        torch.save(trainer.state_dict(), tmp)
+        tmp.replace(checkpoint)  # atomic: a kill mid-save leaves the previous epoch's checkpoint
+        TrainingRun.objects.filter(pk=run.pk).update(
+            epoch=trainer.epoch,
+            history=[
+                {
+                    "stage": stage_name,
+                    "epoch": h["epoch"],
+                    "train_loss": h["loss"],
+                    **{key: h[key] for key in history_extra},
+                    "val_loss": None,
+                    "val_accuracy": {},
+                    "seconds": h["seconds"],
+                }
+                for h in trainer.history
+            ],
+            rows_per_s=row["images_per_s"],
+            heartbeat_at=timezone.now(),
+        )
+
+    trainer.fit(on_epoch=on_epoch)
+
 def pretrain_run_train(run: TrainingRun) -> None:
     """Train stage 1 for `run`, resuming from its checkpoint; register and try to promote the model."""
     import torch
@@ -196,37 +242,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
         products=torch.from_numpy(data["products"]), category_mask=torch.from_numpy(data["category_mask"])
     )
     trainer = mc.Trainer(train_data, config, device=device)
-    checkpoint = Path(run.checkpoint_path) if run.checkpoint_path else candidate_path(run).with_suffix(".train.pt")
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    if checkpoint.exists():
-        trainer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
-        logger.info("training run %s resumes after epoch %s", run.uuid, trainer.epoch)
-    TrainingRun.objects.filter(pk=run.pk).update(
-        checkpoint_path=str(checkpoint), epochs=config.epochs, device=str(device), epoch=trainer.epoch
-    )
-
-    def on_epoch(row, trainer):
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save(trainer.state_dict(), tmp)
-        tmp.replace(checkpoint)  # atomic: a kill mid-save leaves the previous epoch's checkpoint
-        TrainingRun.objects.filter(pk=run.pk).update(
-            epoch=trainer.epoch,
-            history=[
-                {
-                    "stage": "matching_pretrain",
-                    "epoch": h["epoch"],
-                    "train_loss": h["loss"],
-                    "val_loss": None,
-                    "val_accuracy": {},
-                    "seconds": h["seconds"],
-                }
-                for h in trainer.history
-            ],
-            rows_per_s=row["images_per_s"],
-            heartbeat_at=timezone.now(),
-        )
-
-    trainer.fit(on_epoch=on_epoch)
+    trainer_fit_resumable(run, trainer, stage_name="matching_pretrain", device=device)
     model = trainer.model
     started = time.perf_counter()
     rejection = mc.rejection_calibrate(model, train_data, config, device=device, count=min(2000, len(data["products"])))
