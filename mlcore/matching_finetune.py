@@ -36,7 +36,6 @@ workers, seed}, "max_match_rejection": 0.05, "verified_at_snapshot": n}. The arc
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
@@ -134,13 +133,9 @@ def matching_finetune_create(
 
 def snapshot_records(path: str) -> list[dict]:
     """The records of a matching snapshot. Raises TrainingError on a missing or malformed file."""
-    from .training import TrainingError
+    from .training import TrainingError, snapshot_lines
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"cannot read snapshot {path}: {exc}") from exc
+    records = snapshot_lines(path)
     for n, record in enumerate(records, 1):
         if not {"photo", "split", "product"} <= set(record):
             raise TrainingError(f"snapshot line {n}: needs photo, split and product")

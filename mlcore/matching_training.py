@@ -18,7 +18,6 @@ share of verified matches wrongly left without one. "score" (what promotion comp
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -118,15 +117,11 @@ def matching_run_train(run: TrainingRun) -> None:
         rejection_threshold_fit,
         topk_scores,
     )
-    from .training import TrainingError, candidate_path, candidate_promote, candidate_register
+    from .training import TrainingError, candidate_path, candidate_promote, candidate_register, snapshot_lines
 
     config = run.config
     embedding_version = ModelVersion.objects.get(uuid=config["embedding_version"])
-    try:
-        with open(run.snapshot_path, encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"cannot read snapshot {run.snapshot_path}: {exc}") from exc
+    records = snapshot_lines(run.snapshot_path)
     data = matching_data(records, embedding_version=embedding_version)
     train, val, test = (np.flatnonzero(data["split"] == s) for s in ("train", "validation", "test"))
     if not (data["positives"][train] >= 0).any():

@@ -106,16 +106,22 @@ class Dataset:
     multi: dict[str, list[str]] = field(default_factory=dict)
 
 
+def snapshot_lines(path: str) -> list[dict]:
+    """A snapshot's JSON Lines file as a list of dicts (blank lines skipped). Raises TrainingError on
+    a missing file or a line that is not JSON. Used by every trainer that reads a frozen snapshot."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"cannot read snapshot {path}: {exc}") from exc
+
+
 def snapshot_read(path: str, *, values: dict[str, list[str]], multi_choice=()) -> list[dict]:
     """The snapshot's records; a label of an attribute in `multi_choice` is "|"-joined options of
     `values[slug]` ("" for none). Raises TrainingError on a missing or malformed file or a value
     that is not one of its attribute's."""
     multi = set(multi_choice)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"cannot read snapshot {path}: {exc}") from exc
+    records = snapshot_lines(path)
     for n, record in enumerate(records, 1):
         if not {"product", "split", "labels"} <= set(record):
             raise TrainingError(f"snapshot line {n}: needs product, split and labels")
