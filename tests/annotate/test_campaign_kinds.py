@@ -164,3 +164,24 @@ def test_the_services_refuse_the_other_kind(both):
         tagging.tag_next_for(user=admin, campaign=match, seed=1)
     assert not Answer.objects.exists()
     assert not GoldLabel.objects.exists()
+
+
+def test_skip_and_the_tagging_undo_refuse_the_other_kind(client, both):
+    """The pages added by issue 16 (k skips on both pages, z undoes a tagging answer) are crossed too:
+    nothing is skipped or undone through the other kind's URL."""
+    from annotate.models import Skip
+
+    match, match_task, attributes, product_task, admin = both
+    client.force_login(admin)
+    # verify's skip on the attributes campaign, and on the match campaign with a product task
+    assert client.post(reverse("annotate:verify-skip", args=[attributes.slug]),
+                       {"task": str(product_task.uuid)}).status_code == 404
+    assert client.post(reverse("annotate:verify-skip", args=[match.slug]),
+                       {"task": str(product_task.uuid)}).status_code == 404
+    # tagging's skip and undo on the match campaign, and tagging's skip with the photo task
+    assert client.post(reverse("annotate:tag-skip", args=[match.slug]),
+                       {"task": str(match_task.uuid)}).status_code == 404
+    assert client.post(reverse("annotate:tag-skip", args=[attributes.slug]),
+                       {"task": str(match_task.uuid)}).status_code == 404
+    assert client.post(reverse("annotate:tag-undo", args=[match.slug])).status_code == 404
+    assert not Skip.objects.exists()
