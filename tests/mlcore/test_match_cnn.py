@@ -233,3 +233,61 @@ def test_views_run_on_one_thread_and_give_the_thread_count_back():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_echoed_views_repeat_for_echo_epochs_and_a_resumed_run_is_bit_identical(tmp_path):
+    products, mask = _catalog()
+    data = mc.MatchData(products, mask)
+    config = replace(TINY, epochs=3, echo=2)
+    trainer = mc.Trainer(data, config, device=torch.device("cpu"))
+    first = trainer._epoch_views()
+    assert isinstance(first, mc.EchoViews) and len(first) == 24 and first.view_epoch == 0
+    clean, view, index = first[5]
+    assert clean.shape == view.shape == (3, 16, 16) and index == 5
+    trainer.views.epoch = 0
+    assert torch.allclose(view, trainer.views.view_of(5), atol=1e-2)  # the view CatalogViews draws, in float16
+    trainer.train_one_epoch()
+    assert trainer._epoch_views() is first  # epoch 1 trains on the same set
+    trainer.train_one_epoch()
+    third = trainer._epoch_views()
+    assert third.view_epoch == 1 and not torch.equal(third.views, first.views)
+    trainer.train_one_epoch()
+
+    interrupted = mc.Trainer(data, config, device=torch.device("cpu"))
+    interrupted.train_one_epoch()
+    torch.save(interrupted.state_dict(), tmp_path / "ckpt.pt")
+    resumed = mc.Trainer(data, config, device=torch.device("cpu"))
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    resumed.fit()  # epoch 1 redraws view set 0 in the new process
+    assert _state_equal(trainer.model.state_dict(), resumed.model.state_dict())
+
+
+def test_photo_crops_are_the_whole_photo_then_centre_and_corners_per_fraction():
+    image = torch.arange(20 * 30, dtype=torch.uint8).view(1, 20, 30)
+    crops = mc.photo_crops(image, (0.5,))
+    assert len(crops) == 6 and torch.equal(crops[0], image)
+    assert all(c.shape == (1, 10, 15) for c in crops[1:])
+    assert torch.equal(crops[1], image[:, 5:15, 7:22])  # centre
+    assert torch.equal(crops[2], image[:, :10, :15]) and torch.equal(crops[5], image[:, 10:, 15:])
+    assert len(mc.photo_crops(image)) == 1 + 5 * len(mc.PHOTO_CROPS)
+
+
+def test_photos_embed_is_the_normalised_mean_over_the_photo_and_its_crops():
+    products, mask = _catalog()
+    model = mc.matchnet_build(TINY, category_count=3)
+    cpu = torch.device("cpu")
+    photos = products[:3]
+    z = mc.photos_embed(model, photos, TINY, device=cpu, fractions=(0.8,))
+    by_hand = torch.stack(
+        [
+            torch.cat([mc.images_embed(model, v.contiguous()[None], TINY, device=cpu)
+                       for v in mc.photo_crops(p, (0.8,))])
+            .mean(dim=0)
+            for p in photos
+        ]
+    )  # (3, D): each photo's 6 view embeddings, averaged
+    assert torch.allclose(z, torch.nn.functional.normalize(by_hand, dim=1), atol=1e-5)
+    assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-5)
+    sizes = mc.photos_embed(model, [products[0], torch.zeros(1, 31, 17, dtype=torch.uint8)], TINY, device=cpu)
+    assert sizes.shape == (2, 16)  # photos of different sizes in one call
+    assert mc.photos_embed(model, [], TINY, device=cpu).shape == (0, 16)
