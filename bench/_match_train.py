@@ -117,7 +117,7 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
     catalog = mc.images_embed(model, data["products"], config, device=device)
     embed_s = time.perf_counter() - started
     started = time.perf_counter()
-    z = mc.images_embed(model, data["photos"], config, device=device)
+    z = mc.photos_embed(model, data["photos"], config, device=device)
     photo_s = time.perf_counter() - started
     idx, scores = mc.topk_search(z, catalog, k=10)
     kinds, product = data["kinds"], torch.from_numpy(data["photo_product"])
@@ -145,13 +145,13 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
         out["rejected_in"] = float((p_in[inc_np] < threshold).mean())
         out["rejected_not_in_catalog"] = float((p_in[nic] < threshold).mean())
         out["rejected_non_product"] = float((p_in[nonprod] < threshold).mean()) if nonprod.any() else float("nan")
-    za = mc.images_embed(model, data["alt_in"], config, device=device)
+    za = mc.photos_embed(model, data["alt_in"], config, device=device)
     ia, sa = mc.topk_search(za, catalog, k=10)
     alt_product = torch.from_numpy(data["alt_in_product"])
     out["alt_n"] = len(za)
     out["alt_hitsk"] = int((ia[:, :k] == alt_product[:, None]).any(1).sum())
     out["alt_hits1"] = int((ia[:, 0] == alt_product).sum())
-    zo = mc.images_embed(model, data["alt_out"], config, device=device)
+    zo = mc.photos_embed(model, data["alt_out"], config, device=device)
     _, so = mc.topk_search(zo, catalog, k=10)
     fa, fo = mc.ranking_features(sa), mc.ranking_features(so)
     pa = rejection.probability(fa).numpy() if rejection else fa[:, 0].numpy()
@@ -207,7 +207,7 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
         flush=True,
     )
     overrides = json.loads(args.train_config) if args.train_config else {}
-    config = mc.MatchCNNConfig(epochs=args.stage1_epochs, **overrides)
+    config = mc.MatchCNNConfig(**{"epochs": args.stage1_epochs, "echo": args.echo, **overrides})
     catalog_data = mc.MatchData(products=data["products"], category_mask=data["category_mask"])
     results = []
 
@@ -284,7 +284,7 @@ def _hard_negatives(model, config, data: dict, *, device) -> "torch.Tensor":  # 
     from mlcore.nn import match_cnn as mc
 
     catalog = mc.images_embed(model, data["products"], config, device=device)
-    z = mc.images_embed(model, data["train_photos"], config, device=device)
+    z = mc.photos_embed(model, data["train_photos"], config, device=device)
     idx, _ = mc.topk_search(z, catalog, k=3)
     product = torch.from_numpy(data["train_product"])
     rows = []

@@ -202,7 +202,7 @@ def _score_version(version: ModelVersion, products: list[Image.Image], photos: l
     from . import services
 
     catalog = torch.from_numpy(services.images_embed(version=version, images=products))
-    queries = torch.from_numpy(services.images_embed(version=version, images=photos))
+    queries = torch.from_numpy(services.images_embed(version=version, images=photos, photos=True))
     return _recall_at_1(queries, catalog, np.asarray(truth))
 
 

@@ -161,18 +161,21 @@ def _recall_at_1(queries, catalog, truth) -> float:
     return float((idx[:, 0].numpy() == truth).mean()) if len(truth) else 0.0
 
 
+def _views_uint8(views) -> np.ndarray:
+    """Network-input views, float32 (N, 3, S, S) in [-1, 1] → uint8 (N, 3, S, S) images."""
+    return ((views.numpy() * 0.5 + 0.5).clip(0, 1) * 255).round().astype(np.uint8)
+
+
 def _score_version(version: ModelVersion, views, truth: np.ndarray, data: dict) -> float:
     """recall@1 of `version` (any embedding model the services can load) on the held-out views."""
     import torch
 
     from . import services
 
-    images = [
-        Image.fromarray(((v.permute(1, 2, 0).numpy() * 0.5 + 0.5).clip(0, 1) * 255).astype(np.uint8)) for v in views
-    ]
+    images = [Image.fromarray(v.transpose(1, 2, 0)) for v in _views_uint8(views)]
     products = [Image.fromarray(p.transpose(1, 2, 0)) for p in data["products"]]
     catalog = torch.from_numpy(services.images_embed(version=version, images=products))
-    queries = torch.from_numpy(services.images_embed(version=version, images=images))
+    queries = torch.from_numpy(services.images_embed(version=version, images=images, photos=True))
     return _recall_at_1(queries, catalog, truth)
 
 
@@ -254,9 +257,8 @@ def pretrain_run_train(run: TrainingRun) -> None:
     )
     batch = _views_of(views, held_out)
     catalog = mc.images_embed(model, train_data.products, config, device=device)
-    model.eval()
-    with torch.inference_mode():
-        queries = model(batch.to(device)).float().cpu()
+    # scored as the product scores photos: with the test-time crops (services.images_embed, photos=True)
+    queries = mc.photos_embed(model, torch.from_numpy(_views_uint8(batch)), config, device=device)
     score = _recall_at_1(queries, catalog, held_out)
     path = candidate_path(run)
     sha256 = mc.match_cnn_save(

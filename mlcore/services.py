@@ -98,7 +98,6 @@ def _model_for(version: ModelVersion):
 def _match_cnn_for(version: ModelVersion, device):
     """(MatchNet, PIL image → (3, S, S) float32 network input) for a trained matching CNN; the
     checkpoint's sha256 is checked against the registry's."""
-    import torch
 
     from .nn.match_cnn import match_cnn_load
     from .nn.views import eval_batch
@@ -107,20 +106,42 @@ def _match_cnn_for(version: ModelVersion, device):
     if version.checkpoint_sha256 and file_sha256(version.weights_path) != version.checkpoint_sha256:
         raise TrainingError(f"{version.weights_path} does not match the sha256 registered for {version.name}")
     model, config, _, _ = match_cnn_load(version.weights_path)
-
-    def transform(image: Image.Image):
-        array = np.asarray(image.convert("RGB"))
-        return eval_batch(torch.from_numpy(array.transpose(2, 0, 1).copy())[None], config.image_size_px,
-                          grayscale=config.grayscale)[0]
-
-    return model, transform
+    return model, _MatchTransform(config, eval_batch)
 
 
-def images_embed(*, version: ModelVersion, images: list[Image.Image]) -> np.ndarray:
-    """Embed PIL images with `version`'s network. Returns (N, D) float32, L2-normalised rows."""
+class _MatchTransform:
+    """PIL image → (3, S, S) float32 network input of a matching CNN; `.config` is its MatchCNNConfig."""
+
+    def __init__(self, config, eval_batch):
+        self.config, self._eval_batch = config, eval_batch
+
+    def __call__(self, image: Image.Image):
+        return self._eval_batch(_uint8_chw(image)[None], self.config.image_size_px, grayscale=self.config.grayscale)[0]
+
+
+def _uint8_chw(image: Image.Image):
+    import torch
+
+    return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())  # (3, H, W) uint8
+
+
+def images_embed(*, version: ModelVersion, images: list[Image.Image], photos: bool = False) -> np.ndarray:
+    """Embed PIL images with `version`'s network. Returns (N, D) float32, L2-normalised rows.
+
+    photos: the images are customer photos, not catalog images. A trained matching CNN then embeds
+    each with its test-time crops (mlcore.nn.match_cnn.photos_embed: the mean over the whole photo
+    and 10 crops); other backbones embed photos and catalog images alike.
+    """
     from .nn.infer import embed_images
 
     model, transform, device = _model_for(version)
+    if photos and isinstance(transform, _MatchTransform):
+        from .nn.match_cnn import photos_embed
+
+        if not images:
+            return np.zeros((0, version.embedding_dim), dtype=np.float32)
+        z = photos_embed(model, [_uint8_chw(image) for image in images], transform.config, device=device)
+        return z.numpy().astype(np.float32, copy=False)
     return embed_images(model, images, transform=transform, batch_size=_embed_config(version).batch_size, device=device)
 
 
@@ -206,12 +227,14 @@ def embedding_run_execute(*, run_id: int, chunk_size: int = 256) -> EmbeddingRun
     return run
 
 
-def embedding_cache_key(version: ModelVersion) -> str:
+def embedding_cache_key(version: ModelVersion, *, photos: bool = False) -> str:
     """The embedding cache's name for what `version` computes: a sha256 (first 24 hex digits) of its
     backbone, input size, dimension, weights file and checkpoint sha256, config, the torch version
     and the device type. Not its uuid: another database's (a fresh clone's) version of the same
     pretrained network shares the key, while a retrained network (a new checkpoint) gets a new one.
-    CUDA runs in bf16, so its embeddings are kept apart from the CPU's float32 ones."""
+    CUDA runs in bf16, so its embeddings are kept apart from the CPU's float32 ones. A trained
+    matching CNN embeds photos with test-time crops (images_embed), so with photos=True its key also
+    names the crops: the same image as a catalog image and as a photo gets two vectors."""
     import torch
 
     from .nn.infer import device_resolve
@@ -226,6 +249,10 @@ def embedding_cache_key(version: ModelVersion) -> str:
         "torch": torch.__version__.split("+")[0],
         "device": device_resolve(settings.FITCHECK_DEVICE).type,
     }
+    if photos and version.backbone == "match_cnn":
+        from .nn.match_cnn import PHOTO_CROPS
+
+        content["photo_crops"] = list(PHOTO_CROPS)
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -288,7 +315,7 @@ def _embedding_run_body(run: EmbeddingRun, chunk_size: int) -> None:
     version = run.model_version
     pending, embedding_model, fk, total = _targets(run)
     EmbeddingRun.objects.filter(pk=run.pk).update(total_count=total, done_count=total - pending.count())
-    cache = EmbeddingCache(embedding_cache_key(version), version.embedding_dim)
+    cache = EmbeddingCache(embedding_cache_key(version, photos=fk == "photo"), version.embedding_dim)
     try:
         _embedding_chunks(run, version, pending, embedding_model, fk, cache, chunk_size)
     finally:
@@ -328,7 +355,7 @@ def _embedding_chunks(run, version, pending, embedding_model, fk, cache: Embeddi
             if started is None:
                 _model_for(version)  # load the network before the clock starts: images_per_s is embedding only
                 started = time.perf_counter()
-            computed = images_embed(version=version, images=images)
+            computed = images_embed(version=version, images=images, photos=fk == "photo")
             fresh = {sha: vec.tobytes() for (_, sha), vec in zip(keep, computed, strict=True)}
             cache.put(fresh)
             vectors.update({row.pk: fresh[sha] for row, sha in keep})
