@@ -75,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stage 2: verified matches, photos of products with no test photo (default: %(default)s)")
     parser.add_argument("--train-rejections", type=int, default=300,
                         help="stage 2: photos answered none / not a product (default: %(default)s)")
-    parser.add_argument("--stage1-epochs", type=int, default=12, help="default: %(default)s")
+    parser.add_argument("--stage1-epochs", type=int, default=24, help="default: %(default)s, as the app's")
+    parser.add_argument("--echo", type=int, default=4,
+                        help="epochs per drawn view set (MatchCNNConfig.echo; default: %(default)s, as the app's)")
     parser.add_argument("--stage2-epochs", type=int, default=4, help="default: %(default)s")
     parser.add_argument("--train-config", default="",
                         help='JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. \'{"image_size_px": 40}\'')
