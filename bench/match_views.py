@@ -5,12 +5,14 @@ photos are one demo-generator photo (catalog.demo_data.customer_photo_render, 96
 second-generator photo (bench/_photos_alt.py, 96 px) of each of --test of those products. Trains
 stage 1 (mlcore.nn.match_cnn.Trainer) for --epochs with the view family and repaint share asked
 for, and prints recall@1, recall@3 and category@1 on both generators every quarter of the run;
-at the end also with multi-crop search (the photo, its centre 80% and four 80% corner crops
-embedded; a product scores its best cosine over the six).
+at the end also with the product's test-time crops (mlcore.nn.match_cnn.photos_embed: one vector
+per photo, the mean over the whole photo and its centre and corner crops at 90% and 80%).
 
     .venv/bin/python bench/match_views.py --views hard --repaint 0      # the earlier recipe
-    .venv/bin/python bench/match_views.py --views photo --repaint 0.7   # the default
-Each takes about 25 min at 2,000 products and 16 epochs on the 2-core CPU under load ~4-8.
+    .venv/bin/python bench/match_views.py --views photo --repaint 0.7   # fresh views, 16 epochs
+    .venv/bin/python bench/match_views.py --epochs 96 --echo 6 --workers 2 --threads 2  # data echoing
+The 16-epoch runs take about 6 min idle (25 min under load ~4-8) at 2,000 products on the 2-core
+CPU; the echo run about 20 min idle.
 The generators never reach training: they only make the test photos.
 """
 
@@ -40,6 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--views", default="photo", choices=["photo", "hard"])
     parser.add_argument("--repaint", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=7, help="data seed (default: %(default)s)")
+    parser.add_argument("--echo", type=int, default=1, help="MatchCNNConfig.echo (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="view-generating DataLoader workers")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -67,7 +71,9 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - started:.0f} s; views {args.views}, repaint {args.repaint}")
     products = torch.from_numpy(x[rows])[:, None].contiguous()
     labels = torch.from_numpy(y[rows].astype(np.int64))
-    config = mc.MatchCNNConfig(epochs=args.epochs, views=args.views, repaint=args.repaint)
+    config = mc.MatchCNNConfig(
+        epochs=args.epochs, views=args.views, repaint=args.repaint, echo=args.echo, workers=args.workers
+    )
     trainer = mc.Trainer(
         mc.MatchData(products=products, category_mask=torch.nn.functional.one_hot(labels, 10).bool()),
         config, device=torch.device("cpu"),
@@ -82,13 +88,9 @@ def main(argv=None) -> int:
             r1, r3, c1 = _score(scores, test, labels)
             line.append(f"{name}: recall@1 {r1:.3f} recall@3 {r3:.3f} category@1 {c1:.3f}")
             if crops:
-                side = images.shape[-1]
-                s, o = int(side * 0.8), side - int(side * 0.8)
-                for top, left in ((o // 2, o // 2), (0, 0), (0, o), (o, 0), (o, o)):
-                    crop = images[..., top : top + s, left : left + s].contiguous()
-                    scores = torch.maximum(scores, mc.images_embed(trainer.model, crop, config, device=cpu) @ catalog.T)
+                scores = mc.photos_embed(trainer.model, images, config, device=cpu) @ catalog.T
                 r1, r3, c1 = _score(scores, test, labels)
-                line.append(f"{name} multi-crop: recall@1 {r1:.3f} recall@3 {r3:.3f} category@1 {c1:.3f}")
+                line.append(f"{name} test-time crops: recall@1 {r1:.3f} recall@3 {r3:.3f} category@1 {c1:.3f}")
         print(f"{tag}: " + "; ".join(line), flush=True)
 
     report("epoch 0")
