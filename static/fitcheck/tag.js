@@ -101,7 +101,7 @@
   }
 
   // Arrow up/down move a cursor through the active attribute's options and Space picks it: every
-  // option is reachable by keyboard, also past the 34 that have a key of their own.
+  // option is reachable by keyboard, also past the 32 that have a key of their own.
   function moveCursor(step) {
     var set = fieldsets()[activeIndex()];
     if (!set) return;
