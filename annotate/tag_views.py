@@ -27,7 +27,7 @@ from .models import Campaign, GuideRead, Task
 from .views import _session_seed
 
 # Option keys in order: 1-9, then a-z without the letters the page uses itself (g: the guide,
-# k: skip, z: undo).
+# k: skip, z: undo). 0 is no option's key either: held, it zooms the product's image (tag.js).
 NAVIGATION_KEYS = frozenset("gkz")
 OPTION_KEYS = [k for k in "123456789abcdefghijklmnopqrstuvwxyz" if k not in NAVIGATION_KEYS]
 VALUE_PREFIX = "attr-"

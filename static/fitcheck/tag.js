@@ -2,7 +2,8 @@
 // option's key picks it (single choice, rating: then the next attribute is active) or toggles it
 // (multi choice); Tab or → moves on, Shift+Tab or ← goes back, Backspace clears the active
 // attribute, Enter submits once every required attribute has a value, k skips the product, z undoes
-// the last answer, g opens the guide. The time a product
+// the last answer, g opens the guide, and holding 0 (or pressing and holding the "Hold to zoom"
+// button) shows the product's image at full size over the page. The time a product
 // was on screen goes with the answer as duration_ms. On the guide page: Enter starts tagging, p prints.
 (function () {
   "use strict";
@@ -100,7 +101,7 @@
   }
 
   // Arrow up/down move a cursor through the active attribute's options and Space picks it: every
-  // option is reachable by keyboard, also past the 34 that have a key of their own.
+  // option is reachable by keyboard, also past the 32 that have a key of their own.
   function moveCursor(step) {
     var set = fieldsets()[activeIndex()];
     if (!set) return;
@@ -140,6 +141,34 @@
     hint("");
     return true;
   }
+
+  // The zoom as on the verify page (verify.js: class "zoomed" while the key or the button is held),
+  // on another key: here Space picks the option under the ↑/↓ cursor, and on a focused radio
+  // button or checkbox it would change the answer. 0 is no option's key (annotate.tag_views.OPTION_KEYS).
+  var ZOOM_KEY = "0";
+
+  function zoom(on) {
+    var section = area();
+    if (section) section.classList.toggle("zoomed", on && section.dataset.state === "task");
+  }
+
+  document.addEventListener("keyup", function (event) {
+    if (event.key === ZOOM_KEY) zoom(false);
+  });
+  window.addEventListener("blur", function () {
+    zoom(false);
+  });
+  document.addEventListener("pointerdown", function (event) {
+    if (event.target.closest && event.target.closest("#tag-task [data-zoom-hold]")) {
+      event.preventDefault();
+      zoom(true);
+    }
+  });
+  ["pointerup", "pointercancel"].forEach(function (name) {
+    document.addEventListener(name, function () {
+      zoom(false);
+    });
+  });
 
   function stamp() {
     var section = area();
@@ -214,6 +243,12 @@
     // Focus elsewhere (the top bar's links) keeps the browser's own Tab and Enter.
     if (target !== document.body && target !== document.documentElement && !section.contains(target)) return;
     var key = event.key;
+    if (key === ZOOM_KEY) {
+      // Held keys repeat: a product swapped in while 0 is down zooms too.
+      event.preventDefault();
+      zoom(true);
+      return;
+    }
     if (key.length === 1 && key.toLowerCase() === "g") {
       var guide = section.querySelector('[data-tag-key="g"]');
       if (guide && !event.repeat) {

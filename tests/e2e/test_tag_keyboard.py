@@ -318,3 +318,83 @@ def test_k_skips_a_product_and_z_undoes_the_last_answer(live_server, browser):  
     assert Task.objects.get(uuid=second).answer_count == 0
     assert "Undone" in browser.find_element("id", "tag-task").text
     assert browser.execute_script("return window.__noReload;") == "still here"
+
+
+# The product's main image: its box, the elements of the page whose centre (in the window) shows
+# something other than the image, its computed image-rendering, and the viewport.
+MAIN_IMAGE_JS = """const i = document.querySelector('#tag-task .tag-main'); const r = i.getBoundingClientRect();
+const covered = [...document.body.querySelectorAll('*')].filter(e => e !== i && !e.contains(i)).map(e => {
+  const b = e.getBoundingClientRect(), x = b.left + b.width / 2, y = b.top + b.height / 2;
+  return b.width && b.height && x >= 0 && y >= 0 && x < innerWidth && y < innerHeight
+    && document.elementFromPoint(x, y) !== i ? e.outerHTML.slice(0, 60) : null;
+}).filter(Boolean);
+return {zoomed: document.getElementById('tag-task').classList.contains('zoomed'),
+        left: r.left, top: r.top, width: r.width, height: r.height, rendering: getComputedStyle(i).imageRendering,
+        covered,
+        natural: [i.naturalWidth, i.naturalHeight], innerWidth, innerHeight};"""
+# The form's values as they would be sent: what the zoom key must never change.
+FORM_VALUES_JS = """return [...new FormData(document.querySelector('#tag-task form.tag-form'))]
+  .filter(([name]) => name.startsWith('attr-')).map(([name, value]) => name + '=' + value);"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0_held_zooms_the_product_image_and_changes_no_answer(live_server, browser):  # noqa: F811
+    """0 held (also with a checkbox focused, where Space would toggle it): the 28 x 28 image fills
+    the window over the page, pixelated; let go, the page returns with the same values picked. The
+    "Hold to zoom" button held with the mouse does the same. Then Enter stores those values."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from ..factories import ProductFactory
+
+    schema = {a.slug: a for a in attribute_schema_ensure()}
+    campaign = CampaignFactory(slug="tagging", kind=Campaign.Kind.ATTRIBUTES, gold_first_count=0, gold_rate=0)
+    campaign.attributes.set([schema["color"], schema["season"]])
+    tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory()])
+    tagger = user_with_role("tagger")
+    GuideRead.objects.create(campaign=campaign, user=tagger)
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.add_cookie(_session_cookie(tagger))
+    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
+    _wait_for(lambda: _state(browser)[0] == "task")
+    task = _state(browser)[1]
+    # The key is shown as the others are: on its button and in the key list.
+    assert browser.find_element(By.CSS_SELECTOR, "#tag-task [data-zoom-hold] kbd").text == "0"
+    assert "hold 0 zoom" in browser.find_element(By.CSS_SELECTOR, ".keys").text
+
+    # A color picked (season is active next), then a season checkbox focused.
+    ActionChains(browser).send_keys(OPTION_KEYS[1]).perform()
+    browser.execute_script("document.querySelector('fieldset[data-slug=season] input').focus();")
+    picked = browser.execute_script(FORM_VALUES_JS)
+    assert picked == [f"attr-color={schema['color'].values()[1]}"]
+    before = _wait_for(lambda: (m := browser.execute_script(MAIN_IMAGE_JS))["natural"] == [28, 28] and m)
+    assert not before["zoomed"]
+
+    ActionChains(browser).key_down("0").perform()
+    zoomed = _wait_for(lambda: (m := browser.execute_script(MAIN_IMAGE_JS))["zoomed"] and m)
+    assert (zoomed["left"], zoomed["top"]) == (0, 0)
+    assert (zoomed["width"], zoomed["height"]) == (zoomed["innerWidth"], zoomed["innerHeight"])
+    # object-fit: contain draws the square image as large as the shorter side allows.
+    assert min(zoomed["width"], zoomed["height"]) > 1.5 * max(before["width"], before["height"])
+    assert zoomed["rendering"] == "pixelated"
+    assert zoomed["covered"] == []  # over the whole page, the faded option keys too
+    ActionChains(browser).key_up("0").perform()
+    after = _wait_for(lambda: not (m := browser.execute_script(MAIN_IMAGE_JS))["zoomed"] and m)
+    assert (after["width"], after["height"]) == (before["width"], before["height"])
+    assert browser.execute_script(FORM_VALUES_JS) == picked
+    assert browser.execute_script("return document.activeElement.checked;") is False
+
+    # The mouse: pressed and held on the button, zoomed; released, not.
+    button = browser.find_element(By.CSS_SELECTOR, "#tag-task [data-zoom-hold]")
+    ActionChains(browser).click_and_hold(button).perform()
+    _wait_for(lambda: browser.execute_script(MAIN_IMAGE_JS)["zoomed"])
+    ActionChains(browser).release().perform()
+    _wait_for(lambda: not browser.execute_script(MAIN_IMAGE_JS)["zoomed"])
+    assert browser.execute_script(FORM_VALUES_JS) == picked
+
+    assert _state(browser)[1] == task and not Answer.objects.exists()
+    ActionChains(browser).send_keys(Keys.ENTER).perform()  # season is a multi choice: none is an answer
+    _wait_for(lambda: _state(browser)[0] == "done")
+    stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
+    assert stored == {"color": schema["color"].values()[1], "season": ""}
