@@ -209,6 +209,40 @@ class SkipView(FitcheckAPIView):
         return Response(SkipSerializer(skip).data)
 
 
+class UndoView(FitcheckAPIView):
+    @extend_schema(
+        summary="Undo your last answer",
+        request=None,
+        responses={
+            200: OpenApiResponse(
+                TaskSerializer, description="The task of the undone answer, leased back to you: your next task."
+            ),
+            **_errors(401, 403, 404, e404="No such campaign, or an attributes campaign (code wrong_campaign_kind)."),
+            409: OpenApiResponse(
+                ErrorSerializer,
+                description="Nothing to undo (code nothing_to_undo): no live answer of yours in the campaign "
+                "within the undo window.",
+            ),
+        },
+    )
+    def post(self, request, slug):
+        """Revoke your most recent answer in the campaign, as **z** does on the verify page: within
+        the undo window (services.UNDO_WINDOW), the answer is kept but marked revoked, consensus is
+        updated without it, and its task is leased back to you, so next-task returns it. Undoing
+        again undoes the answer before it, while that one is still inside the window."""
+        campaign = selectors.get_campaign_for_user(request.user, slug)
+        task = services.answer_undo_last(user=request.user, campaign=campaign)
+        if task is None:
+            return Response(
+                {"code": "nothing_to_undo", "detail": "You have no answer in this campaign that can still be undone."},
+                status=status.HTTP_409_CONFLICT,
+            )
+        task = selectors.task_with_candidates(task.pk)
+        lease = Lease.objects.filter(task=task, annotator=request.user, expires_at__gt=timezone.now()).first()
+        task.lease_expires_at = lease.expires_at if lease else None
+        return Response(TaskSerializer(task, context={"request": request}).data)
+
+
 class GoldView(FitcheckAPIView):
     """Gold (known-answer) tasks, for the ML team and admins. An annotator never sees this."""
 

@@ -6,6 +6,7 @@ urlpatterns = [
     path("auth/token", api.TokenCreateView.as_view(), name="api-token-create"),
     path("auth/token/revoke", api.TokenRevokeView.as_view(), name="api-token-revoke"),
     path("campaigns/<slug:slug>/next-task", api.NextTaskView.as_view(), name="api-next-task"),
+    path("campaigns/<slug:slug>/undo", api.UndoView.as_view(), name="api-undo"),
     path("tasks/<uuid:uuid>/answers", api.AnswerCreateView.as_view(), name="api-answer-create"),
     path("tasks/<uuid:uuid>/skip", api.SkipView.as_view(), name="api-task-skip"),
     path("tasks/<uuid:uuid>/gold", api.GoldView.as_view(), name="api-task-gold"),
