@@ -68,9 +68,12 @@ def test_each_role_sees_its_pages(live_server, settings, tmp_path, django_captur
     try:
         for username, path, selector, picture in pages:
             _login(driver, live_server.url, username, path)
-            _wait_for(lambda selector=selector: _has(driver, selector),
-                      describe=lambda: driver.page_source[:2000])
-            assert driver.execute_script("return location.pathname;") == path
+            # On the page asked for, not still on the login page (whose form matches "main form").
+            _wait_for(
+                lambda selector=selector, path=path: driver.execute_script("return location.pathname;") == path
+                and _has(driver, selector),
+                describe=lambda: driver.page_source[:2000],
+            )
             if selector.endswith("img"):  # the pictures themselves, not broken-image boxes
                 _wait_for(lambda: driver.execute_script(
                     "return [...document.querySelectorAll('#task img')].every(i => i.complete && i.naturalWidth > 0);"
