@@ -298,7 +298,10 @@ def pretrain_run_train(run: TrainingRun) -> None:
         promoted, decision = False, f"held-out recall@1 {score:.4f} does not beat {base.name}'s {baseline:.4f}"
     else:
         promoted, decision = candidate_promote(candidate=candidate, score_active=score_active)
-        decision = f"{decision} (and {base.name}'s {baseline:.4f})"
+        if decision == "no active model":  # the first CNN of the scope: say what it beat
+            decision = f"the first matching CNN: held-out recall@1 {score:.4f} beats {base.name}'s {baseline:.4f}"
+        else:
+            decision = f"{decision} (and {base.name}'s {baseline:.4f})"
     TrainingRun.objects.filter(pk=run.pk).update(
         status=TrainingRun.Status.DONE, promoted=promoted, decision=decision, finished_at=timezone.now()
     )

@@ -72,7 +72,14 @@ def test_a_run_registers_its_cnn_and_records_the_decision_against_the_serving_mo
     assert candidate.kind == ModelVersion.Kind.BACKBONE and candidate.backbone == mp.BACKBONE_NAME
     assert candidate.metrics["held_out_views"] >= 1
     assert "recall_at_1" in candidate.metrics["base"]
-    assert run.decision
+    base_score = candidate.metrics["base"]["recall_at_1"]
+    if run.promoted:  # the scope's first CNN: the decision names the model it beat, with both scores
+        assert run.decision == (
+            f"the first matching CNN: held-out recall@1 {candidate.metrics['score']:.4f} beats "
+            f"{candidate.metrics['base']['name']}'s {base_score:.4f}"
+        )
+    else:
+        assert "does not beat" in run.decision
     expected = ModelVersion.Status.ACTIVE if run.promoted else ModelVersion.Status.RETIRED
     assert candidate.status == expected
     model, config, rejection, _ = mc.match_cnn_load(candidate.weights_path)
