@@ -175,11 +175,7 @@ def test_correcting_the_category_by_keyboard_brings_its_attributes(live_server, 
     campaign.attributes.set([schema[s] for s in ("category", "color", "skirt_length", "pant_length")])
     tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(master_category=node)])
     tagger = user_with_role("tagger")
-    GuideRead.objects.create(campaign=campaign, user=tagger)
-    browser.get(f"{live_server.url}/accounts/login/")
-    browser.add_cookie(_session_cookie(tagger))
-    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
-    _wait_for(lambda: _state(browser)[0] == "task")
+    _tagging_open(browser, live_server, campaign, tagger)
     assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "pant_length"]
     key = browser.execute_script(
         "return document.querySelector('fieldset[data-slug=category] input[value=\"' + arguments[0] + '\"]')"
@@ -222,11 +218,7 @@ def test_a_product_filed_under_an_inner_node_keeps_its_attributes_while_no_leaf_
     campaign.attributes.set([schema[s] for s in ("category", "color", "skirt_length", "pant_length")])
     tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(master_category=node)])
     tagger = user_with_role("tagger")
-    GuideRead.objects.create(campaign=campaign, user=tagger)
-    browser.get(f"{live_server.url}/accounts/login/")
-    browser.add_cookie(_session_cookie(tagger))
-    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
-    _wait_for(lambda: _state(browser)[0] == "task")
+    _tagging_open(browser, live_server, campaign, tagger)
     checked = "return document.querySelector('fieldset[data-slug=category] input:checked');"
     assert browser.execute_script(checked) is None
     assert [slug for slug, _, _ in _fields(browser)] == ["category", "color", "skirt_length"]
@@ -253,6 +245,15 @@ def test_a_product_filed_under_an_inner_node_keeps_its_attributes_while_no_leaf_
     _wait_for(lambda: _state(browser)[0] == "done")
     stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
     assert stored == {"category": "cant_tell", "color": schema["color"].values()[0], "skirt_length": "midi"}
+
+
+def _tagging_open(browser, live_server, campaign, tagger) -> None:
+    """Log `tagger` in (guide read) and open `campaign`'s tagging page until a task shows."""
+    GuideRead.objects.create(campaign=campaign, user=tagger)
+    browser.get(f"{live_server.url}/accounts/login/")
+    browser.add_cookie(_session_cookie(tagger))
+    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
+    _wait_for(lambda: _state(browser)[0] == "task")
 
 
 def _session_cookie(user) -> dict:
@@ -286,11 +287,7 @@ def test_k_skips_a_product_and_z_undoes_the_last_answer(live_server, browser):  
     campaign.optional_attributes.set([schema["persona_boho"]])
     tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory(), ProductFactory()])
     tagger = user_with_role("tagger")
-    GuideRead.objects.create(campaign=campaign, user=tagger)
-    browser.get(f"{live_server.url}/accounts/login/")
-    browser.add_cookie(_session_cookie(tagger))
-    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
-    _wait_for(lambda: _state(browser)[0] == "task")
+    _tagging_open(browser, live_server, campaign, tagger)
     browser.execute_script("window.__noReload = 'still here';")
     first = _state(browser)[1]
     assert "(optional)" in browser.execute_script(
@@ -353,11 +350,7 @@ def test_0_held_zooms_the_product_image_and_changes_no_answer(live_server, brows
     campaign.attributes.set([schema["color"], schema["season"]])
     tagging.tag_tasks_build(campaign=campaign, products=[ProductFactory()])
     tagger = user_with_role("tagger")
-    GuideRead.objects.create(campaign=campaign, user=tagger)
-    browser.get(f"{live_server.url}/accounts/login/")
-    browser.add_cookie(_session_cookie(tagger))
-    browser.get(f"{live_server.url}/tag/{campaign.slug}/")
-    _wait_for(lambda: _state(browser)[0] == "task")
+    _tagging_open(browser, live_server, campaign, tagger)
     task = _state(browser)[1]
     # The key is shown as the others are: on its button and in the key list.
     assert browser.find_element(By.CSS_SELECTOR, "#tag-task [data-zoom-hold] kbd").text == "0"

@@ -6,7 +6,16 @@ is set, else to the test's temporary directory."""
 import pytest
 
 from ..factories import CampaignFactory, task_with_candidates, user_with_role
-from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _current_task, _login, _page_state, _wait_for, chrome
+from .test_verify_keyboard import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    _current_task,
+    _login,
+    _page_state,
+    _wait_for,
+    chrome,
+    viewport_set,
+)
 from .test_verify_phone import tour_path
 
 pytestmark = [
@@ -45,11 +54,7 @@ def _portrait(photo, *, seed: int) -> None:
 @pytest.fixture
 def desktop():
     driver = chrome()
-    # The viewport itself, not the window (whose size includes no browser chrome only by luck).
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": WIDTH_PX, "height": HEIGHT_PX, "deviceScaleFactor": 1, "mobile": False},
-    )
+    viewport_set(driver, WIDTH_PX, HEIGHT_PX, mobile=False)
     yield driver
     driver.quit()
 

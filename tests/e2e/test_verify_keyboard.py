@@ -50,6 +50,16 @@ def chrome(*, browser_log: bool = False):
     return driver
 
 
+def viewport_set(driver, width_px: int, height_px: int, *, mobile: bool) -> None:
+    """Emulate a viewport of width_px x height_px CSS px at scale 1: the viewport itself, not the
+    window (whose size would include browser chrome). As a mobile browser (`mobile`), Chromium
+    widens the layout viewport to fit a page that overflows."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width_px, "height": height_px, "deviceScaleFactor": 1, "mobile": mobile},
+    )
+
+
 @pytest.fixture
 def browser():
     driver = chrome()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ..factories import CampaignFactory, task_with_candidates, user_with_role
-from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _current_task, _wait_for, chrome
+from .test_verify_keyboard import CHROMEDRIVER, CHROMIUM, _current_task, _wait_for, chrome, viewport_set
 
 pytestmark = [
     pytest.mark.e2e,
@@ -29,12 +29,8 @@ def tour_path(name: str, tmp_path: Path) -> Path:
 @pytest.fixture
 def phone():
     driver = chrome()
-    # The viewport itself, not the window: 400 x 800 CSS px at scale 1, as a phone in portrait. As a
-    # mobile browser, it widens the layout viewport to fit a page that overflows (innerWidth > 400).
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": WIDTH_PX, "height": HEIGHT_PX, "deviceScaleFactor": 1, "mobile": True},
-    )
+    # 400 x 800 CSS px, as a phone in portrait; a page that overflows widens it (innerWidth > 400).
+    viewport_set(driver, WIDTH_PX, HEIGHT_PX, mobile=True)
     yield driver
     driver.quit()
 
