@@ -595,15 +595,26 @@ def _worker_counts(answers: AnswerArrays, posterior: np.ndarray, weight: np.ndar
 
 
 SHRINKAGE_GRID = np.geomspace(0.5, 5000.0, 41)
+# How much better (log marginal likelihood, nats) a smaller s must explain a person's answers than
+# the largest, one-coin s before they get a full matrix: 3 nats is a Bayes factor of about 20
+# ("strong" on Kass & Raftery's 1995 scale).
+SHRINKAGE_EVIDENCE_NATS = 3.0
 
 
-def shrinkage_fit(counts: np.ndarray, centre: np.ndarray, grid: np.ndarray = SHRINKAGE_GRID) -> np.ndarray:
+def shrinkage_fit(
+    counts: np.ndarray,
+    centre: np.ndarray,
+    grid: np.ndarray = SHRINKAGE_GRID,
+    *,
+    evidence_nats: float = SHRINKAGE_EVIDENCE_NATS,
+) -> np.ndarray:
     """Each annotator's Dirichlet precision s_w (pseudo answers per confusion row): the value in
     `grid` that best explains their answer counts as draws around `centre`, by the Dirichlet-
     multinomial marginal likelihood sum_k log DirMult(counts[w, k] | s_w * centre[w, k]) (empirical
     Bayes; Minka 2000, "Estimating a Dirichlet distribution", with a grid search in place of the
-    fixed-point update). Ties go to the largest s, and people with fewer than K answers get the
-    largest s without being scored.
+    fixed-point update). A smaller s is chosen only when it beats the largest by more than
+    `evidence_nats` (a log Bayes factor; ties and weaker evidence keep the largest s), and people
+    with fewer than K answers get the largest s without being scored.
 
     Large s: the person errs uniformly around their one accuracy (one-coin); small s: they have
     confusions of their own worth a full matrix (a spammer who always picks one option, someone who
@@ -613,6 +624,7 @@ def shrinkage_fit(counts: np.ndarray, centre: np.ndarray, grid: np.ndarray = SHR
         counts: (W, K, K) float64, soft answer counts per annotator, true class and observed class.
         centre: (W, K, K) float64, rows summing to 1.
         grid: (G,) candidate values of s, ascending.
+        evidence_nats: the margin >= 0 in nats (SHRINKAGE_EVIDENCE_NATS).
 
     Returns:
         (W,) float64.
@@ -637,7 +649,11 @@ def shrinkage_fit(counts: np.ndarray, centre: np.ndarray, grid: np.ndarray = SHR
         scores[i] = per_row.sum(axis=1)
     # Reversed so that a flat likelihood (no evidence either way) picks the largest s.
     best = len(grid) - 1 - np.argmax(scores[::-1] >= scores.max(axis=0) - 1e-9, axis=0)
-    strength[fit] = grid[best]
+    # A full matrix only on clear evidence. A few answers per row always look "clumpy" (two right
+    # answers in one row fit a small s better than the one-coin), and a small s chosen on that noise
+    # trusts each row's handful of answers: agreeing answers then look near-certain.
+    clear = scores.max(axis=0) - scores[-1] > evidence_nats
+    strength[fit] = np.where(clear, grid[best], grid[-1])
     return strength
 
 

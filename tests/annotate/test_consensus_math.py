@@ -168,6 +168,17 @@ class TestShrinkageAndGain:
         assert strength[0] == em.SHRINKAGE_GRID[-1]
         assert strength[1] < 5
 
+    def test_a_handful_of_right_answers_is_not_evidence_of_a_personal_matrix(self):
+        # Two right answers in each of 3 rows, around a 0.8 one-coin. Per row, the Dirichlet-
+        # multinomial gives them 0.8^2 = 0.64 at s -> infinity and (0.4 * 1.4) / (0.5 * 1.5) = 0.7467
+        # at s = 0.5 (alpha = 0.5 * centre): a small s "wins" by 3 * log(0.7467 / 0.64) = 0.462 nats,
+        # which is noise, not a confusion of one's own.
+        coin = _coin(0.8, 3)[None]
+        counts = (np.eye(3) * 2.0)[None]
+        assert em.shrinkage_fit(counts, coin, evidence_nats=0.45)[0] == em.SHRINKAGE_GRID[0]
+        assert em.shrinkage_fit(counts, coin, evidence_nats=0.47)[0] == em.SHRINKAGE_GRID[-1]
+        assert em.shrinkage_fit(counts, coin)[0] == em.SHRINKAGE_GRID[-1]
+
     def test_settle_probability_by_hand(self):
         # Posterior (0.7, 0.3), a 0.9 annotator, target 0.95. Answer 0 comes with p = 0.7*0.9 + 0.3*0.1
         # = 0.66 and gives 0.63 / 0.66 = 0.9545 >= 0.95; answer 1 gives 0.27 / 0.34 = 0.794. P = 0.66.
