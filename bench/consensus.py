@@ -39,6 +39,9 @@ Part "recompute" (bench/_consensus_db.py): builds a campaign of --recompute-answ
 SQLite file (or --database-url PostgreSQL), then times `consensus_recompute` twice in a child
 process: load, EM and write, with the child's peak resident memory. Goal: under 60 s.
 
+Part "engine" (bench/_consensus_engine.py): the engine alone on 1,000,000 answers and on 50 labels ×
+2,000 annotators, beside the engine before issue 15 and Crowd-Kit's DawidSkene, in one process.
+
 Run (about 10 minutes for the default parts on an idle 2-core CPU: 6.5 for part accuracy, nearly all of it
 Crowd-Kit's GLAD and MACE, 3 for part overlap; about 5 minutes with --skip-slow):
 
@@ -76,8 +79,9 @@ from _crowd import N_CLASSES, AnswerStream, Crowd, regimes  # noqa: E402
 
 from annotate.consensus.em import AnswerArrays, Consensus, dawid_skene, majority_vote  # noqa: E402
 
-PARTS = ("accuracy", "overlap", "calibration", "recompute")  # every part --parts knows, each a `<part>_report(args)`
-DEFAULT_PARTS = "accuracy,overlap,calibration,recompute"
+# Every part --parts knows, each a `<part>_report(args)`.
+PARTS = ("accuracy", "overlap", "calibration", "recompute", "engine")
+DEFAULT_PARTS = "accuracy,overlap,calibration,recompute,engine"
 REGIME_COUNT = 5
 # Part "accuracy": answers per non-gold item.
 FIXED_ANSWERS = 3
@@ -171,7 +175,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--recompute-answers", type=int, default=1_000_000, help="recompute part (default: %(default)s)"
     )
     parser.add_argument("--recompute-annotators", type=int, default=2_000, help="recompute part (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="recompute part: data seed (default: %(default)s)")
+    parser.add_argument(
+        "--engine-wide-tasks",
+        type=int,
+        default=40_000,
+        help="engine part: tasks of the 50-label crowd (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="recompute and engine parts: data seed (default: %(default)s)"
+    )
     parser.add_argument(
         "--database-url",
         default=None,
@@ -851,6 +863,7 @@ def calibration_job(job: tuple) -> dict:
                 "ece": expected_calibration_error(conf, correct),
                 "settled_accuracy": float(correct[done].mean()) if done.any() else float("nan"),
                 "settled_share": float(done.sum() / len(setting.items)),
+                "settled_count": int(done.sum()),
                 "accuracy": float(correct.mean()) if len(items) else float("nan"),
                 "confidence": float(conf.mean()) if len(items) else float("nan"),
                 "one_answer_settled": float(one.sum() / len(setting.items)),
@@ -966,14 +979,18 @@ def calibration_report(args: argparse.Namespace) -> None:
             f"not converged {unconverged}, "
             f"final objective change at most {max(changes, default=float('nan')):.2g} nats\n"
         )
-        worst = min(
-            float(np.nanmin([r["points"][i]["settled_accuracy"] for r in mine])) for i in range(len(CHECKPOINTS))
+        worst_point = min(
+            (p for r in mine for p in r["points"] if p["settled_count"]), key=lambda p: p["settled_accuracy"]
         )
+        worst, worst_n = worst_point["settled_accuracy"], worst_point["settled_count"]
+        low, high = _common.wilson_interval(int(round(worst * worst_n)), worst_n)
         final_ece = float(np.mean([r["points"][-1]["ece"] for r in mine]))
         summary.append(
             [
                 mine[0]["name"],
                 f"{worst:.4f}",
+                f"{worst_point['share']:.0%}",
+                f"{worst_n} ({low:.3f}-{high:.3f})",
                 "met" if worst >= CALIBRATION_ACCURACY_GOAL else "missed",
                 f"{final_ece:.4f}",
                 "met" if final_ece <= ECE_GOAL else "missed",
@@ -981,11 +998,13 @@ def calibration_report(args: argparse.Namespace) -> None:
                 f"{unconverged}",
             ]
         )
-    headers = ["regime", "worst settled acc.", f">= {CALIBRATION_ACCURACY_GOAL}", "final ECE", f"<= {ECE_GOAL}"]
+    headers = ["regime", "worst settled acc.", "at", "its n settled (95% CI)", f">= {CALIBRATION_ACCURACY_GOAL}"]
+    headers += ["final ECE", f"<= {ECE_GOAL}"]
     headers += ["max iterations", "not converged"]
-    print(_common.table(headers, summary, align="<><><>>"))
+    print(_common.table(headers, summary, align="<>>><><>>"))
     print(
-        f"(worst settled acc.: the lowest over checkpoints and seeds)\npart calibration: {sw.seconds:.0f} s\n",
+        "(worst settled acc.: the lowest over checkpoints and seeds, at that checkpoint's share of the answers, "
+        f"with its number of settled tasks and their Wilson 95% interval)\npart calibration: {sw.seconds:.0f} s\n",
         flush=True,
     )
 
@@ -1063,12 +1082,14 @@ def main(argv=None) -> int:
         flush=True,
     )
     from _consensus_db import recompute_report
+    from _consensus_engine import engine_report
 
     reports = {
         "accuracy": accuracy_report,
         "overlap": overlap_report,
         "calibration": calibration_report,
         "recompute": recompute_report,
+        "engine": engine_report,
     }
     for part in args.parts:
         reports[part](args)
