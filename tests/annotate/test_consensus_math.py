@@ -308,3 +308,14 @@ class TestConvergence:
         assert 12 < a + b < 35
         # Started at the optimum, it stays there.
         assert em.beta_hyper_fit(correct, total, start=(a, b)) == pytest.approx((a, b), rel=1e-3)
+
+    def test_the_population_never_outweighs_twenty_answers_of_ones_own(self):
+        # Everybody right 80% of the time: the beta-binomial's best strength is unbounded (no spread
+        # at all); it is capped at HYPER_STRENGTH_RANGE[1] = 20 pseudo answers, with the mean that
+        # is best at that strength (the fixed-strength fit's; about 0.785, not 0.8: at strength 20 the
+        # beta-binomial of 80/100 peaks a little lower).
+        correct, total = np.full(400, 80.0), np.full(400, 100.0)
+        a, b = em.beta_hyper_fit(correct, total, start=(2.8, 1.2))
+        assert a + b == pytest.approx(em.HYPER_STRENGTH_RANGE[1]) == pytest.approx(20.0)
+        assert (a, b) == pytest.approx(em.beta_hyper_fit(correct, total, start=(2.8, 1.2), fixed_strength=20.0))
+        assert a / (a + b) == pytest.approx(0.8, abs=0.03)
