@@ -26,6 +26,39 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH = 20_000
 
 
+def distinct_workers(rng: np.random.Generator, per_task: np.ndarray, workload: np.ndarray) -> np.ndarray:
+    """(sum(per_task),) int64: for each task in turn, per_task[t] distinct people drawn by `workload`
+    ((W,) float64 summing to 1)."""
+    worker = np.empty(int(per_task.sum()), dtype=np.int64)
+    pos = 0
+    for n in per_task.tolist():
+        worker[pos : pos + n] = rng.choice(len(workload), n, replace=False, p=workload)
+        pos += n
+    return worker
+
+
+def one_coin_answers(rng: np.random.Generator, n_tasks: int, n_answers: int, n_annotators: int, K: int = 6):
+    """This part's crowd as arrays: true classes (35/10/5/35/10/5% over K = 6), 1% of tasks gold, every
+    task floor(n_answers / n_tasks) distinct annotators (some one more), Pareto workloads, one-coin
+    accuracies uniform in 0.6-0.95 with errors uniform over the other classes.
+
+    Returns:
+        truth (T,) int64, gold (G,) int64 task indices, and per answer task, worker, label (N,) int64.
+    """
+    truth = rng.choice(K, n_tasks, p=[0.35, 0.1, 0.05, 0.35, 0.1, 0.05])
+    gold = rng.choice(n_tasks, max(n_tasks // 100, 1), replace=False)
+    per_task = np.full(n_tasks, n_answers // n_tasks)
+    per_task[rng.choice(n_tasks, n_answers - per_task.sum(), replace=False)] += 1
+    accuracy = rng.uniform(0.6, 0.95, n_annotators)
+    workload = rng.pareto(1.5, n_annotators) + 1
+    workload /= workload.sum()
+    task = np.repeat(np.arange(n_tasks), per_task)
+    worker = distinct_workers(rng, per_task, workload)
+    right = rng.random(len(task)) < accuracy[worker]
+    wrong = (truth[task] + rng.integers(1, K, len(task))) % K
+    return truth, gold, task, worker, np.where(right, truth[task], wrong)
+
+
 def _build(n_tasks: int, n_answers: int, n_annotators: int, seed: int) -> int:
     """Create the campaign; returns its id. Prints what it built and how long it took."""
     from django.contrib.auth import get_user_model
@@ -68,28 +101,13 @@ def _build(n_tasks: int, n_answers: int, n_annotators: int, seed: int) -> int:
                     batch_size=BATCH,
                 )
         task_ids = np.array(Task.objects.filter(campaign=campaign).order_by("pk").values_list("pk", flat=True))
-        truth = rng.choice(K, n_tasks, p=[0.35, 0.1, 0.05, 0.35, 0.1, 0.05])
-        gold = rng.choice(n_tasks, max(n_tasks // 100, 1), replace=False)
+        # Every task gets floor(n_answers / n_tasks) distinct annotators, some one more.
+        truth, gold, task_of, worker_of, answer_label = one_coin_answers(rng, n_tasks, n_answers, n_annotators, K)
         GoldLabel.objects.bulk_create(
             [GoldLabel(task_id=int(task_ids[i]), label=labels[truth[i]], source="import") for i in gold],
             batch_size=BATCH,
         )
         Task.objects.filter(pk__in=[int(task_ids[i]) for i in gold]).update(is_gold=True)
-        # Answers: every task gets floor(n_answers / n_tasks) distinct annotators, some one more.
-        per_task = np.full(n_tasks, n_answers // n_tasks)
-        per_task[rng.choice(n_tasks, n_answers - per_task.sum(), replace=False)] += 1
-        accuracy = rng.uniform(0.6, 0.95, n_annotators)
-        workload = rng.pareto(1.5, n_annotators) + 1
-        workload /= workload.sum()
-        task_of = np.repeat(np.arange(n_tasks), per_task)
-        worker_of = np.empty(len(task_of), dtype=np.int64)
-        pos = 0
-        for n in per_task.tolist():
-            worker_of[pos : pos + n] = rng.choice(n_annotators, n, replace=False, p=workload)
-            pos += n
-        right = rng.random(len(task_of)) < accuracy[worker_of]
-        wrong = (truth[task_of] + rng.integers(1, K, len(task_of))) % K
-        answer_label = np.where(right, truth[task_of], wrong)
         duration = rng.lognormal(np.log(2500), 0.5, len(task_of)).astype(np.int64)
         now = timezone.now()
         # Raw executemany: Django model instances cost ~4x more per row at this size.

@@ -25,31 +25,20 @@ from functools import partial
 
 import _common
 import numpy as np
+from _consensus_db import distinct_workers, one_coin_answers
 
 # The engine as the issue measured it ("today's"), before the variational rewrite.
 BEFORE_ISSUE_15 = "5b49c1f"
 
 
 def one_coin_crowd(n_tasks: int, n_answers: int, n_annotators: int, seed: int):
-    """The recompute part's crowd as arrays.
+    """The recompute part's crowd (`_consensus_db.one_coin_answers`) as arrays.
 
     Returns:
         (task, worker, label) (N,) int64 each, truth (T,) int64, gold (G,) int64 task indices, K.
     """
-    rng = np.random.default_rng(seed)
-    K = 6
-    truth = rng.choice(K, n_tasks, p=[0.35, 0.1, 0.05, 0.35, 0.1, 0.05])
-    gold = rng.choice(n_tasks, max(n_tasks // 100, 1), replace=False)
-    per_task = np.full(n_tasks, n_answers // n_tasks)
-    per_task[rng.choice(n_tasks, n_answers - per_task.sum(), replace=False)] += 1
-    accuracy = rng.uniform(0.6, 0.95, n_annotators)
-    workload = rng.pareto(1.5, n_annotators) + 1
-    workload /= workload.sum()
-    task = np.repeat(np.arange(n_tasks), per_task)
-    worker = _distinct_workers(rng, per_task, workload)
-    right = rng.random(len(task)) < accuracy[worker]
-    wrong = (truth[task] + rng.integers(1, K, len(task))) % K
-    return task, worker, np.where(right, truth[task], wrong), truth, gold, K
+    truth, gold, task, worker, label = one_coin_answers(np.random.default_rng(seed), n_tasks, n_answers, n_annotators)
+    return task, worker, label, truth, gold, 6
 
 
 def wide_crowd(n_tasks: int, n_annotators: int, seed: int, *, K: int = 50, per_task: int = 5):
@@ -64,23 +53,13 @@ def wide_crowd(n_tasks: int, n_annotators: int, seed: int, *, K: int = 50, per_t
     workload /= workload.sum()
     counts = np.full(n_tasks, per_task)
     task = np.repeat(np.arange(n_tasks), counts)
-    worker = _distinct_workers(rng, counts, workload)
+    worker = distinct_workers(rng, counts, workload)
     true = truth[task]
     right = rng.random(len(task)) < accuracy[worker]
     uniform_wrong = (true + rng.integers(1, K, len(task))) % K
     to_look_alike = confuser[worker] & (rng.random(len(task)) < 0.5)
     wrong = np.where(to_look_alike, look_alike[worker, true], uniform_wrong)
     return task, worker, np.where(right, true, wrong), truth, gold, K
-
-
-def _distinct_workers(rng, per_task: np.ndarray, workload: np.ndarray) -> np.ndarray:
-    """(sum(per_task),) int64: for each task, per_task[t] distinct people drawn by workload."""
-    worker = np.empty(int(per_task.sum()), dtype=np.int64)
-    pos = 0
-    for n in per_task.tolist():
-        worker[pos : pos + n] = rng.choice(len(workload), n, replace=False, p=workload)
-        pos += n
-    return worker
 
 
 def engine_before_load():

@@ -980,10 +980,12 @@ def calibration_report(args: argparse.Namespace) -> None:
             f"final objective change at most {max(changes, default=float('nan')):.2g} nats\n"
         )
         worst_point = min(
-            (p for r in mine for p in r["points"] if p["settled_count"]), key=lambda p: p["settled_accuracy"]
+            (p for r in mine for p in r["points"] if p["settled_count"]),
+            key=lambda p: p["settled_accuracy"],
+            default={"settled_accuracy": float("nan"), "settled_count": 0, "share": float("nan")},
         )
         worst, worst_n = worst_point["settled_accuracy"], worst_point["settled_count"]
-        low, high = _common.wilson_interval(int(round(worst * worst_n)), worst_n)
+        low, high = _common.wilson_interval(int(round(worst * worst_n)), worst_n) if worst_n else (np.nan, np.nan)
         final_ece = float(np.mean([r["points"][-1]["ece"] for r in mine]))
         summary.append(
             [
