@@ -4,6 +4,13 @@
 // Keys: s (5-minute sprint), l (10-minute sprint), c (close the summary; copy on the announce page).
 (function () {
   "use strict";
+  // htmx attaches itself to swapped-in content only when the swap settles (20 ms later). A key
+  // pressed in between would click or submit a form htmx does not yet know, and the browser would
+  // post it as a whole-page load. Process the form first (a no-op when htmx already has).
+  function htmxReady(el) {
+    var form = el && el.closest ? el.closest("form") || el : el;
+    if (form && window.htmx) window.htmx.process(form);
+  }
 
   var timer = null;
   var endsAt = 0; // performance.now() at which the running sprint ends
@@ -103,6 +110,7 @@
     var button = document.querySelector('#sprint [data-key="' + CSS.escape(key) + '"], .announce [data-key="' + CSS.escape(key) + '"]');
     if (button && !button.disabled) {
       event.preventDefault();
+      htmxReady(button);
       button.click();
     }
   });

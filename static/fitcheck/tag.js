@@ -7,6 +7,13 @@
 // was on screen goes with the answer as duration_ms. On the guide page: Enter starts tagging, p prints.
 (function () {
   "use strict";
+  // htmx attaches itself to swapped-in content only when the swap settles (20 ms later). A key
+  // pressed in between would click or submit a form htmx does not yet know, and the browser would
+  // post it as a whole-page load. Process the form first (a no-op when htmx already has).
+  function htmxReady(el) {
+    var form = el && el.closest ? el.closest("form") || el : el;
+    if (form && window.htmx) window.htmx.process(form);
+  }
 
   function area() {
     return document.getElementById("tag-task");
@@ -90,7 +97,9 @@
       return;
     }
     var form = area().querySelector("form.tag-form");
-    if (form) form.requestSubmit();
+    if (!form) return;
+    htmxReady(form);
+    form.requestSubmit();
   }
 
   function pick(key) {
@@ -180,6 +189,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", stamp);
+  document.addEventListener("htmx:afterSwap", stamp);
   document.addEventListener("htmx:afterSettle", stamp);
 
   document.addEventListener("htmx:configRequest", function (event) {
@@ -222,6 +232,7 @@
       var start = document.querySelector('.guide [data-tag-key="Enter"]');
       if (start) {
         event.preventDefault();
+        htmxReady(start);
         start.click();
       }
     } else if (event.key === "p") {
@@ -253,6 +264,7 @@
       var guide = section.querySelector('[data-tag-key="g"]');
       if (guide && !event.repeat) {
         event.preventDefault();
+        htmxReady(guide);
         guide.click();
       }
       return;
@@ -262,6 +274,7 @@
       var action = section.querySelector('[data-tag-key="' + key.toLowerCase() + '"]');
       if (action && !event.repeat && !action.disabled) {
         event.preventDefault();
+        htmxReady(action);
         action.click();
       }
       return;

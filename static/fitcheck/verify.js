@@ -4,6 +4,13 @@
 // candidates side by side at full size (class "zoomed" on #task); letting go returns.
 (function () {
   "use strict";
+  // htmx attaches itself to swapped-in content only when the swap settles (20 ms later). A key
+  // pressed in between would click or submit a form htmx does not yet know, and the browser would
+  // post it as a whole-page load. Process the form first (a no-op when htmx already has).
+  function htmxReady(el) {
+    var form = el && el.closest ? el.closest("form") || el : el;
+    if (form && window.htmx) window.htmx.process(form);
+  }
 
   // Only a task node that has no stamp yet is new: other swaps on the page (the sprint bar loading,
   // the points toast) must not restart the clock of the task on screen.
@@ -69,6 +76,7 @@
     var button = document.querySelector('#task [data-key="' + CSS.escape(key) + '"]');
     if (button && !button.disabled) {
       event.preventDefault();
+      htmxReady(button);
       button.click();
     }
   });

@@ -72,9 +72,9 @@ def _keys_for(i: int, fields) -> tuple[list[str], dict[str, str]]:
     return keys + [Keys.ENTER], expected
 
 
-@needs_dataset
-@pytest.mark.django_db(transaction=True)
-def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_server, browser):  # noqa: F811
+def _tagging_start(live_server, browser, product_count: int):
+    """A tagging campaign over product_count demo products, the tagger "tara" logged in, past the
+    guide (Enter) and on her first product. Returns (campaign, tagger)."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -84,7 +84,7 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
     fashion_mnist_load(
         directory=str(DATASET_DIR),
         allow_download=False,
-        product_count=PRODUCT_COUNT,
+        product_count=product_count,
         photo_in_catalog_count=0,
         photo_not_in_catalog_count=0,
         photo_non_product_count=0,
@@ -101,7 +101,7 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
     slugs = ["color", "pattern", "sleeve_length", "pant_length", "season", "persona_boho"]
     campaign.attributes.set([schema[s] for s in slugs])
     products = list(Product.objects.select_related("master_category"))
-    assert len(products) == PRODUCT_COUNT
+    assert len(products) == product_count
     tagging.tag_tasks_build(campaign=campaign, products=products)
     tagger = user_with_role("tagger", username="tara", password="tara-password-1")
 
@@ -116,6 +116,16 @@ def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_ser
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     _wait_for(lambda: _state(browser)[0] == "task")
     assert browser.current_url.endswith(f"/tag/{campaign.slug}/")
+    return campaign, tagger
+
+
+@needs_dataset
+@pytest.mark.django_db(transaction=True)
+def test_a_tagger_reads_the_guide_then_tags_twenty_products_by_keyboard(live_server, browser):  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    campaign, tagger = _tagging_start(live_server, browser, PRODUCT_COUNT)
     # A marker that a full page load would wipe out.
     browser.execute_script("window.__noReload = 'still here';")
 
@@ -391,3 +401,26 @@ def test_0_held_zooms_the_product_image_and_changes_no_answer(live_server, brows
     _wait_for(lambda: _state(browser)[0] == "done")
     stored = dict(Answer.objects.get().attribute_answers.values_list("attribute__slug", "value"))
     assert stored == {"color": schema["color"].values()[1], "season": ""}
+
+
+@needs_dataset
+@pytest.mark.django_db(transaction=True)
+def test_keys_pressed_before_the_swap_settles_still_tag_in_place(live_server, browser):  # noqa: F811
+    # htmx attaches itself to a swapped-in form when the swap settles (20 ms by default). Enter in
+    # that window used to submit a form htmx did not know yet: the browser posted it as a
+    # whole-page load (a rare CI failure of the test above). A 1.5 s settle makes the window wide
+    # enough to hit every time.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    campaign, tagger = _tagging_start(live_server, browser, 3)
+    browser.execute_script("window.__noReload = 'still here'; htmx.config.defaultSettleDelay = 1500;")
+    seen = []
+    for i in range(3):
+        state, task = _state(browser)
+        assert state == "task" and task not in seen
+        seen.append(task)
+        keys, _ = _keys_for(i, _fields(browser))
+        ActionChains(browser).send_keys(*keys).perform()
+        _wait_for(lambda: (s := _state(browser)) and (s[0] == "done" or (s[1] and s[1] != seen[-1])))
+        assert browser.execute_script("return window.__noReload;") == "still here"
+    assert Answer.objects.filter(annotator=tagger, task__campaign=campaign).count() == 3

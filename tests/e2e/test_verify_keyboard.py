@@ -252,3 +252,30 @@ def test_k_skips_to_the_next_task_and_space_held_zooms(live_server, browser):
     ActionChains(browser).send_keys("1").perform()
     _wait_for(lambda: _current_task(browser) == first, describe=lambda: _page_state(browser))
     assert browser.execute_script("return window.__noReload;") == "still here"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_pressed_before_the_swap_settles_still_answers_in_place(live_server, browser):
+    # htmx attaches itself to swapped-in content when the swap settles (20 ms by default). A key in
+    # that window used to click a button htmx did not know yet: the browser posted the form as a
+    # whole-page load (a rare CI failure of the tagging test). A 1.5 s settle makes the window
+    # wide enough to hit every time.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    campaign = CampaignFactory()
+    tasks = [task_with_candidates(campaign, shuffle_key=k) for k in (10, 20, 30)]
+    user_with_role("employee", username="kim", password="kim-password-1")
+    seen = [_login(browser, live_server, campaign)]
+    browser.execute_script("window.__noReload = 'still here'; htmx.config.defaultSettleDelay = 1500;")
+
+    for key in ("1", "0"):
+        ActionChains(browser).send_keys(key).perform()
+        seen.append(
+            _wait_for(lambda: (t := _current_task(browser)) != seen[-1] and t, describe=lambda: _page_state(browser))
+        )
+        assert browser.execute_script("return window.__noReload;") == "still here"
+        # The new task is in the page, htmx has not processed it yet.
+        assert browser.execute_script("return !!document.querySelector('#task.htmx-added, #task .htmx-added');")
+
+    assert set(seen) == {str(t.uuid) for t in tasks}
+    assert [a.choice for a in Answer.objects.order_by("created_at")] == ["product", "none"]
