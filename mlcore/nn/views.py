@@ -94,6 +94,8 @@ class CatalogViews(torch.utils.data.Dataset):
         most 1.8×, crops of 70-100% of the area, clutter behind it in 25% of views, occlusion in 30%,
         and its luma kept ≥ 0.25 from the background's under it (a product photographed to be seen).
     repaint: the share of views whose product is repainted first (`_repainted`).
+    zoom_out: the "photo" style's v2.RandomZoomOut side range (default (1.0, 1.8)); the localiser's
+        views (mlcore.nn.localise) zoom out further, so the item may fill a third of the frame.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class CatalogViews(torch.utils.data.Dataset):
         seed: int = 0,
         repaint: float = 0.0,
         style: str = "hard",
+        zoom_out: tuple[float, float] | None = None,
     ):
         self.images = _square(_float_image(products, grayscale=grayscale), size_px)  # (N, C, S, S)
         self.size_px, self.seed, self.epoch, self.repaint, self.style = size_px, seed, 0, repaint, style
@@ -121,7 +124,7 @@ class CatalogViews(torch.utils.data.Dataset):
         self.clutter_p = 0.25 if photo else 0.5
         self.geometry = v2.Compose(
             [
-                v2.RandomZoomOut(fill=0.0, side_range=(1.0, 1.8), p=0.7),
+                v2.RandomZoomOut(fill=0.0, side_range=zoom_out or (1.0, 1.8), p=0.7),
                 v2.RandomAffine(degrees=20, translate=(0.08, 0.08), scale=(0.85, 1.1), shear=(-8, 8, -8, 8)),
                 v2.RandomPerspective(distortion_scale=0.3, p=0.5),
                 v2.RandomResizedCrop(s, scale=(0.7, 1.0), ratio=(0.8, 1.25), antialias=True),
@@ -240,6 +243,12 @@ class CatalogViews(torch.utils.data.Dataset):
 
     def view_of(self, index: int) -> torch.Tensor:
         """A generated view of product `index` for this epoch: (3, S, S) float32 network input."""
+        return _network_input(self.view_and_mask(index)[0][None])[0]
+
+    def view_and_mask(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A generated view of product `index` for this epoch and where the product is in it:
+        (image (C, S, S) float32 in [0, 1], mask (1, S, S) float32 in [0, 1], the product's soft
+        foreground after the geometry, before occlusion). Same draws as `view_of`."""
         with _one_thread(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(_item_seed(self.seed, self.epoch, index))
             if self.repaint > 0 and torch.rand(()) < self.repaint:
@@ -261,7 +270,7 @@ class CatalogViews(torch.utils.data.Dataset):
                     background = (background + (gap if up else -gap)).clamp(0, 1)
             image = mask * image + (1 - mask) * background
             image = self.photometry(image.clamp(0, 1))
-        return _network_input(image[None])[0]
+        return image.clamp(0, 1), mask
 
     def __getitem__(self, index: int):
         clean = _network_input(self.images[index][None])[0]

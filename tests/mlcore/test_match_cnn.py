@@ -291,3 +291,91 @@ def test_photos_embed_is_the_normalised_mean_over_the_photo_and_its_crops():
     sizes = mc.photos_embed(model, [products[0], torch.zeros(1, 31, 17, dtype=torch.uint8)], TINY, device=cpu)
     assert sizes.shape == (2, 16)  # photos of different sizes in one call
     assert mc.photos_embed(model, [], TINY, device=cpu).shape == (0, 16)
+
+
+class _FixedMap(torch.nn.Module):
+    """A stand-in localiser that always answers the same (1, 1, 16, 16) logit map."""
+
+    def __init__(self, on):
+        super().__init__()
+        self.width = 8
+        logits = torch.full((1, 1, 16, 16), -9.0)
+        logits[0, 0][on] = 9.0
+        self.register_buffer("logits", logits)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1, -1, -1)
+
+
+def test_photo_boxes_span_the_main_region_grown_by_the_margin_and_squared():
+    from mlcore.nn import localise
+
+    on = torch.zeros(16, 16, dtype=torch.bool)
+    on[4:8, 6:10] = True  # the product: cells rows 4-7, columns 6-9
+    on[14, 0] = True  # a stray cell, not connected: left out
+    photos = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)
+    boxes = localise.photo_boxes(_FixedMap(on), photos, margin=0.25)
+    # cells of 4 px: rows 16-32, columns 24-40, side 16 grown by 2 × 25% = 24, centred on (24, 32)
+    assert boxes.tolist() == [[12, 20, 24, 24]] * 2
+    # a 96 × 128 photo is squared first (96 × 96 at column 16), cells of 6 px
+    boxes = localise.photo_boxes(_FixedMap(on), [torch.zeros(1, 96, 128, dtype=torch.uint8)], margin=0.0)
+    assert boxes.tolist() == [[24, 16 + 36, 24, 24]]
+    # nothing found: the whole (squared) frame
+    boxes = localise.photo_boxes(_FixedMap(torch.zeros(16, 16, dtype=torch.bool)), photos[:1])
+    assert boxes.tolist() == [[0, 0, 64, 64]]
+    image = torch.arange(64 * 64, dtype=torch.int64).view(1, 64, 64)
+    crops = localise.photos_crop([image], torch.tensor([[12, 20, 24, 24]]))
+    assert crops[0].shape == (1, 24, 24) and int(crops[0][0, 0, 0]) == 12 * 64 + 20
+
+
+def test_a_localiser_trains_on_catalog_views_and_photos_are_embedded_from_its_crops(tmp_path):
+    from mlcore.nn import localise
+
+    products, mask = _catalog()
+    config = localise.LocaliserConfig(views=48, sets=2, echo=2, batch_size=16, width=8)
+    localiser, rows = localise.localiser_fit(products, config)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] < rows[0]["loss"]
+    again, _ = localise.localiser_fit(products, config)
+    assert _state_equal(localiser.state_dict(), again.state_dict())  # deterministic: a resumed run retrains it alike
+
+    model = mc.matchnet_build(TINY, category_count=3)
+    on = torch.zeros(16, 16, dtype=torch.bool)
+    on[2:10, 4:12] = True
+    model.localiser = _FixedMap(on)
+    photos = torch.randint(0, 255, (3, 1, 40, 40), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    boxes = localise.photo_boxes(model.localiser, photos)
+    # cells of 2.5 px: rows 5-25, columns 10-30, side 20 grown by 2 × 5% (localise.MARGIN) = 22 px
+    assert boxes.tolist() == [[4, 9, 22, 22]] * 3
+    assert torch.allclose(
+        mc.photos_embed(model, photos, TINY, device=cpu),
+        # one pass over the cut, no test-time crops of it
+        mc.photos_embed(_without_localiser(model), [p[:, 4:26, 9:31] for p in photos], TINY, device=cpu, fractions=()),
+    )
+    cut = localise.photos_localised(model.localiser, photos, size_px=20)  # stage 2's photos
+    assert cut.shape == (3, 1, 20, 20) and cut.dtype == torch.uint8
+    assert torch.equal(cut[0], eval_like_resize(photos[0][:, 4:26, 9:31], 20))
+
+    model.localiser = localiser
+    mc.match_cnn_save(model, TINY, tmp_path / "m.pt")
+    loaded, *_ = mc.match_cnn_load(tmp_path / "m.pt")
+    assert loaded.localiser is not None
+    assert torch.equal(
+        mc.photos_embed(loaded, photos, TINY, device=cpu), mc.photos_embed(model, photos, TINY, device=cpu)
+    )
+    with pytest.raises(ValueError, match="at least one catalog image"):
+        localise.localiser_fit(products[:0], config)
+
+
+def _without_localiser(model):
+    import copy
+
+    bare = copy.deepcopy(model)
+    bare.localiser = None
+    return bare
+
+
+def eval_like_resize(image: torch.Tensor, size_px: int) -> torch.Tensor:
+    """uint8 (C, H, W) → uint8 (C, size_px, size_px), bilinear and antialiased, rounded."""
+    x = torch.nn.functional.interpolate(image[None].float(), size=(size_px, size_px), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).to(torch.uint8)[0]
