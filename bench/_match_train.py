@@ -221,7 +221,8 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
 
     print(f"stage 1: {config}", flush=True)
     trainer = mc.Trainer(catalog_data, config, device=device)
-    r1 = _stage_run(trainer, catalog_data, data, args=args, device=device, progress=progress)
+    localise = not getattr(args, "no_localise", False)
+    r1 = _stage_run(trainer, catalog_data, data, args=args, device=device, progress=progress, localise=localise)
     print(
         report(
             f"stage 1 (catalog only, {config.epochs} epochs, {r1['train_s']:.0f} s, "
@@ -236,10 +237,17 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
 
     if args.train_matches:
         hard = _hard_negatives(trainer.model, config, data, device=device)
+        train_photos = data["train_photos"]
+        if trainer.model.localiser is not None:  # as mlcore.matching_finetune: trained on the photos cut to the product
+            from mlcore.nn.localise import photos_localised
+
+            train_photos = photos_localised(
+                trainer.model.localiser, train_photos, size_px=train_photos.shape[-1], grayscale=config.grayscale
+            )
         stage2 = mc.MatchData(
             products=data["products"],
             category_mask=data["category_mask"],
-            photos=data["train_photos"],
+            photos=train_photos,
             photo_product=torch.from_numpy(data["train_product"]),
             hard_negatives=hard,
         )
@@ -261,18 +269,36 @@ def stages_run(args, product_class: dict[int, int]) -> list[tuple[str, dict]]:
     return results
 
 
-def _stage_run(trainer, train_data, data: dict, *, args, device, progress) -> dict:
+def _stage_run(trainer, train_data, data: dict, *, args, device, progress, localise: bool = False) -> dict:
     """Train `trainer` to the end, fit its rejection model, evaluate; adds train_s and
-    train_images_per_s (the mean of its epochs') to evaluate()'s figures."""
+    train_images_per_s (the mean of its epochs') to evaluate()'s figures. With `localise` (stage 1),
+    the figures without the localiser come first (as "whole_photo"), then the localiser is trained
+    (mlcore.nn.localise, as mlcore.matching_pretrain does) and the figures are taken again with it."""
     from mlcore.nn import match_cnn as mc
 
     started = time.perf_counter()
     trainer.fit(on_epoch=progress)
     train_s = time.perf_counter() - started
+    whole = None
+    if localise:
+        from mlcore.nn import localise as loc
+
+        rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
+        whole = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
+        print(report("stage 1 without the localiser (photos embedded whole, test-time crops)", whole, k=args.k),
+              flush=True)
+        started = time.perf_counter()
+        trainer.model.localiser, rows = loc.localiser_fit(
+            train_data.products, loc.LocaliserConfig(), grayscale=trainer.config.grayscale,
+            on_epoch=lambda row: print(f"  localiser epoch {row['epoch']}: loss {row['loss']:.4f}", flush=True),
+        )
+        print(f"localiser trained in {time.perf_counter() - started:.0f} s", flush=True)
     rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
     result = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
     result["train_s"] = train_s
     result["train_images_per_s"] = float(np.mean([h["images_per_s"] for h in trainer.history]))
+    if whole is not None:
+        result["whole_photo"] = whole
     return result
 
 

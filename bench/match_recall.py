@@ -79,6 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--echo", type=int, default=4,
                         help="epochs per drawn view set (MatchCNNConfig.echo; default: %(default)s, as the app's)")
     parser.add_argument("--stage2-epochs", type=int, default=4, help="default: %(default)s")
+    parser.add_argument("--no-localise", action="store_true",
+                        help="with --train: no product localiser after stage 1 (photos embedded whole, as before)")
     parser.add_argument("--train-config", default="",
                         help='JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. \'{"image_size_px": 40}\'')
     parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda (default: %(default)s)")

@@ -391,6 +391,11 @@ FITCHECK_MATCH_PRETRAIN_CONFIG = {
     "epochs": env.int("FITCHECK_MATCH_PRETRAIN_EPOCHS", default=24),
     "echo": env.int("FITCHECK_MATCH_PRETRAIN_ECHO", default=4),
 }
+# After stage 1, the product localiser (mlcore.nn.localise) is trained on FITCHECK_MATCH_LOCALISER_VIEWS
+# generated views per set (3 sets, each trained on for 4 epochs): about 5 min on 2 CPU cores. Photos are
+# then embedded cut to the product. Off with FITCHECK_MATCH_LOCALISE=0 (photos embedded whole).
+FITCHECK_MATCH_LOCALISE = env.bool("FITCHECK_MATCH_LOCALISE", default=True)
+FITCHECK_MATCH_LOCALISER_CONFIG = {"views": env.int("FITCHECK_MATCH_LOCALISER_VIEWS", default=6000)}
 # Stage 2 (mlcore.matching_finetune): the learning loop fine-tunes a campaign's serving matching CNN
 # once this many new verified matches have settled since its last CNN run (0: never by itself; the
 # Models page's Retrain still does).

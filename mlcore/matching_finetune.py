@@ -255,6 +255,15 @@ def finetune_run_train(run: TrainingRun) -> None:
         raise TrainingError("the snapshot has no verified matches to train on (outside the held-out photos)")
     products = torch.from_numpy(data["products"])
     mask = torch.from_numpy(data["category_mask"])
+    if base_model.localiser is not None and len(train["photos"]):
+        # Trained on the photos as the product embeds them: cut to the product (held-out photos are
+        # embedded by photos_embed, which cuts them itself).
+        from .nn.localise import photos_localised
+
+        train["photos"] = photos_localised(
+            base_model.localiser, torch.from_numpy(train["photos"]), size_px=train["photos"].shape[-1],
+            grayscale=config.grayscale,
+        ).numpy()
     train_data = mc.MatchData(
         products=products,
         category_mask=mask,

@@ -143,7 +143,12 @@ def matching_pretrain_create(*, scope: str, base_version: ModelVersion, reason: 
         kind=ModelVersion.Kind.BACKBONE,
         scope=scope,
         reason=reason or "catalog prepared",
-        config={"base_version": str(base_version.uuid), "cnn": config},
+        config={
+            "base_version": str(base_version.uuid),
+            "cnn": config,
+            "localise": settings.FITCHECK_MATCH_LOCALISE,
+            "localiser": dict(settings.FITCHECK_MATCH_LOCALISER_CONFIG),
+        },
         epochs=int(config.get("epochs", 12)),
     )
 
@@ -225,6 +230,30 @@ def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device,
 
     trainer.fit(on_epoch=on_epoch)
 
+def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
+    """Train the product localiser (mlcore.nn.localise) on views of `products` (uint8 (N, C, H, W))
+    and attach it to `model` (model.localiser), unless the run's config says {"localise": false}.
+    Each of its epochs beats the run's heartbeat, so the stale-run sweep leaves it alone. Seeded:
+    a run resumed after a kill here trains the same localiser again. Returns its seconds, or None
+    when skipped."""
+    from .nn import localise
+
+    if not run.config.get("localise", True):
+        return None
+    started = time.perf_counter()
+    known = localise.LocaliserConfig.__dataclass_fields__
+    fields = {k: v for k, v in run.config.get("localiser", {}).items() if k in known}
+
+    def beat(row):
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        logger.info("training run %s: localiser epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
+
+    model.localiser, _ = localise.localiser_fit(
+        products, localise.LocaliserConfig(**fields), grayscale=grayscale, on_epoch=beat
+    )
+    return time.perf_counter() - started
+
+
 def pretrain_run_train(run: TrainingRun) -> None:
     """Train stage 1 for `run`, resuming from its checkpoint; register and try to promote the model."""
     import torch
@@ -247,6 +276,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
     trainer = mc.Trainer(train_data, config, device=device)
     trainer_fit_resumable(run, trainer, stage_name="matching_pretrain", device=device)
     model = trainer.model
+    localiser_s = localiser_train(run, model, train_data.products, grayscale=config.grayscale)
     started = time.perf_counter()
     rejection = mc.rejection_calibrate(model, train_data, config, device=device, count=min(2000, len(data["products"])))
     held_out = held_out_rows(data["product_ids"])
@@ -270,6 +300,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
         "recall_at_1": score,
         "threshold": rejection.threshold,
         "calibration_s": time.perf_counter() - started,
+        "localiser_s": localiser_s,
         "images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])) if trainer.history else None,
     }
     candidate = ModelVersion.objects.create(
