@@ -179,8 +179,8 @@ def test_checkpoint_round_trip_gives_the_same_embeddings_and_a_bad_file_is_refus
 
 
 def test_stage_1_never_reads_the_demo_photo_generator():
-    """Train with catalog.demo_data and catalog.fashion_mnist made unimportable (None in sys.modules):
-    the training side must not need the demo's generator at all."""
+    """Train stage 1 and the localiser with catalog.demo_data and catalog.fashion_mnist made
+    unimportable (None in sys.modules): the training side must not need the demo's generator at all."""
     script = """
 import sys
 for name in ("catalog.demo_data", "catalog.fashion_mnist", "catalog.images"):
@@ -192,6 +192,8 @@ mask = torch.ones(12, 2, dtype=torch.bool)
 config = mc.MatchCNNConfig(image_size_px=16, width=8, embedding_dim=8, epochs=1, batch_size=4, workers=0)
 trainer = mc.Trainer(mc.MatchData(images, mask), config, device=torch.device("cpu"))
 trainer.fit()
+from mlcore.nn import localise
+localise.localiser_fit(images, localise.LocaliserConfig(views=8, sets=1, echo=1, batch_size=4, width=8))
 loaded = [m for m, module in sys.modules.items() if m.startswith("catalog") and module is not None]
 assert not loaded, loaded
 print("trained", len(trainer.history))
