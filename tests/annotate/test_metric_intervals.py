@@ -86,7 +86,12 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
         backbone="match_cnn",
         image_size_px=32,
         embedding_dim=128,
-        metrics={"held_out_views": 500, "recall_at_1": 0.13, "base": {"name": "pretrained", "recall_at_1": 0.06}},
+        metrics={
+            "held_out_views": 500,
+            "recall_at_1": 0.13,
+            "base": {"name": "pretrained", "recall_at_1": 0.06},
+            "localiser_s": 266.4,
+        },
     )
     client.force_login(user_with_role("ml"))
     html = re.sub(r"\s+", " ", client.get(reverse("annotate:learning")).content.decode())
@@ -98,6 +103,7 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
         assert _ci(successes, n) in html, (successes, n)
     # Matching CNN: recall@1 65/500 on held-out views, the pretrained yardstick's 30/500.
     assert _ci(65, 500) in html and _ci(30, 500) in html
+    assert "photos cut to the product by its localiser, trained in 266 s" in html
 
 
 def test_the_agreement_report_shows_alphas_interval_and_n(client):
