@@ -288,7 +288,7 @@ def _stage_run(trainer, train_data, data: dict, *, args, device, progress, local
         print(report("stage 1 without the localiser (photos embedded whole, test-time crops)", whole, k=args.k),
               flush=True)
         started = time.perf_counter()
-        trainer.model.localiser, rows = loc.localiser_fit(
+        trainer.model.localiser, _ = loc.localiser_fit(
             train_data.products, loc.LocaliserConfig(), grayscale=trainer.config.grayscale,
             on_epoch=lambda row: print(f"  localiser epoch {row['epoch']}: loss {row['loss']:.4f}", flush=True),
         )

@@ -230,6 +230,7 @@ def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device,
 
     trainer.fit(on_epoch=on_epoch)
 
+
 def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
     """Train the product localiser (mlcore.nn.localise) on views of `products` (uint8 (N, C, H, W))
     and attach it to `model` (model.localiser), unless the run's config says {"localise": false}.

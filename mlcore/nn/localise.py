@@ -172,8 +172,9 @@ def photo_boxes(
     """Predicted product boxes of customer photos: int64 (N, 4) rows (top, left, height, width) in
     each photo's own pixels, square where the photo allows, grown by `margin` of the side.
 
-    The box spans the cells whose probability is above `threshold` (the 16×16 map, then scaled to the
-    photo); a photo with no such cell keeps its whole frame. Each photo is squared (centre crop) and
+    The box spans the connected region of cells above `threshold` that holds the most probability
+    mass (`_main_component`; the 16×16 map, then scaled to the photo); a photo with no such cell
+    keeps its whole frame. Each photo is squared (centre crop) and
     resized to 64 px first, as the network was trained; boxes are given in the squared frame's
     coordinates offset back into the photo.
 
@@ -229,11 +230,5 @@ def photos_localised(
     uint8 (N, C, H, W) → uint8 (N, C, size_px, size_px). Stage 2 trains on these, as the product
     embeds photos (mlcore.nn.match_cnn.photos_embed)."""
     crops = photos_crop(photos, photo_boxes(model, photos, grayscale=grayscale, margin=margin))
-    out = [
-        F.interpolate(c[None].float(), size=(size_px, size_px), mode="bilinear", antialias=True, align_corners=False)
-        .round()
-        .clamp(0, 255)
-        .to(torch.uint8)[0]
-        for c in crops
-    ]
+    out = [_square(c[None].float(), size_px).round().clamp(0, 255).to(torch.uint8)[0] for c in crops]
     return torch.stack(out) if out else photos[:0]

@@ -7,12 +7,8 @@
 // was on screen goes with the answer as duration_ms. On the guide page: Enter starts tagging, p prints.
 (function () {
   "use strict";
-  // htmx attaches itself to swapped-in content only when the swap settles (20 ms later). A key
-  // pressed in between would click or submit a form htmx does not yet know, and the browser would
-  // post it as a whole-page load. Process the form first (a no-op when htmx already has).
   function htmxReady(el) {
-    var form = el && el.closest ? el.closest("form") || el : el;
-    if (form && window.htmx) window.htmx.process(form);
+    if (window.fitcheck) window.fitcheck.htmxReady(el); // app.js
   }
 
   function area() {
