@@ -918,7 +918,9 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
 
     The image is rebuilt from its raw pixels first, so nothing from `image.info` (ICC profile,
     dpi, text chunks, EXIF) reaches the file; there are no timestamps. Bytes are stable for a given
-    Pillow/zlib build (fixed compression level, no optimisation pass).
+    Pillow/zlib build (fixed compression level, no optimisation pass). zlib level 1: a 224-px demo
+    photo (noisy RGB) took 17.6 ms at level 6 and 4.1 ms at level 1, for files 2% larger; 1,324
+    photos are most of the demo setup's time (issue 16).
 
     Args:
         image: a PIL image (modes 1, L, LA, I;16, RGB, RGBA; P is converted to RGB/RGBA) or a
@@ -942,5 +944,5 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
         raise ValueError(f"image mode {image.mode} is not supported for lossless PNG")
     clean = Image.frombytes(image.mode, image.size, image.tobytes())
     buffer = io.BytesIO()
-    clean.save(buffer, format="PNG", compress_level=6, optimize=False)
+    clean.save(buffer, format="PNG", compress_level=1, optimize=False)
     return buffer.getvalue()
