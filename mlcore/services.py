@@ -328,50 +328,61 @@ def _embedding_chunks(run, version, pending, embedding_model, fk, cache: Embeddi
     computed by the network (loaded only when some are missing) and added to the cache."""
     started, embedded = None, 0
     skipped_ids: set[int] = set()
-    while True:
-        rows = list(pending.exclude(pk__in=skipped_ids).order_by("pk")[:chunk_size])
-        if not rows:
-            break
-        images, keep, vectors = [], [], {}
-        located = []
-        for row in rows:
-            try:
-                located.append((row, *_image_of(row)))
-            except ProductImage.DoesNotExist as exc:
-                logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
-                skipped_ids.add(row.pk)
-        cached = cache.get([sha for _, _, sha in located])
-        for row, field_file, sha in located:
-            if sha in cached:
-                vectors[row.pk] = cached[sha]
-                continue
-            try:
-                images.append(_open_image(field_file))
-                keep.append((row, sha))
-            except (OSError, ValueError) as exc:
-                logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
-                skipped_ids.add(row.pk)
-        if keep:
-            if started is None:
-                _model_for(version)  # load the network before the clock starts: images_per_s is embedding only
-                started = time.perf_counter()
-            computed = images_embed(version=version, images=images, photos=fk == "photo")
-            fresh = {sha: vec.tobytes() for (_, sha), vec in zip(keep, computed, strict=True)}
-            cache.put(fresh)
-            vectors.update({row.pk: fresh[sha] for row, sha in keep})
-            embedded += len(keep)
-        done = [row for row, _, _ in located if row.pk in vectors]
-        if done:
-            embedding_model.objects.bulk_create(
-                [embedding_model(**{fk: row, "model_version": version, "vector": vectors[row.pk]}) for row in done],
-                ignore_conflicts=True,
+    threads = None  # torch's thread count per chunk on a CPU, from the cores left idle (CpuThreads)
+    try:
+        while True:
+            rows = list(pending.exclude(pk__in=skipped_ids).order_by("pk")[:chunk_size])
+            if not rows:
+                break
+            images, keep, vectors = [], [], {}
+            located = []
+            for row in rows:
+                try:
+                    located.append((row, *_image_of(row)))
+                except ProductImage.DoesNotExist as exc:
+                    logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
+                    skipped_ids.add(row.pk)
+            cached = cache.get([sha for _, _, sha in located])
+            for row, field_file, sha in located:
+                if sha in cached:
+                    vectors[row.pk] = cached[sha]
+                    continue
+                try:
+                    images.append(_open_image(field_file))
+                    keep.append((row, sha))
+                except (OSError, ValueError) as exc:
+                    logger.warning("embedding run %s: skipping %s %s: %s", run.uuid, fk, row.pk, exc)
+                    skipped_ids.add(row.pk)
+            if keep:
+                if started is None:
+                    # Load the network before the clock starts: images_per_s is embedding only.
+                    if _model_for(version)[2].type == "cpu":
+                        from .nn.infer import CpuThreads
+
+                        threads = CpuThreads()
+                    started = time.perf_counter()
+                if threads is not None:
+                    threads.apply()
+                computed = images_embed(version=version, images=images, photos=fk == "photo")
+                fresh = {sha: vec.tobytes() for (_, sha), vec in zip(keep, computed, strict=True)}
+                cache.put(fresh)
+                vectors.update({row.pk: fresh[sha] for row, sha in keep})
+                embedded += len(keep)
+            done = [row for row, _, _ in located if row.pk in vectors]
+            if done:
+                embedding_model.objects.bulk_create(
+                    [embedding_model(**{fk: row, "model_version": version, "vector": vectors[row.pk]}) for row in done],
+                    ignore_conflicts=True,
+                )
+            EmbeddingRun.objects.filter(pk=run.pk).update(
+                done_count=F("done_count") + len(done),
+                skipped_count=len(skipped_ids),
+                heartbeat_at=timezone.now(),
+                images_per_s=embedded / max(time.perf_counter() - started, 1e-9) if started is not None else None,
             )
-        EmbeddingRun.objects.filter(pk=run.pk).update(
-            done_count=F("done_count") + len(done),
-            skipped_count=len(skipped_ids),
-            heartbeat_at=timezone.now(),
-            images_per_s=embedded / max(time.perf_counter() - started, 1e-9) if started is not None else None,
-        )
+    finally:
+        if threads is not None:
+            threads.restore()
 
 
 def _image_of(row) -> tuple:

@@ -1,5 +1,7 @@
 """Batched, device-agnostic inference: images → L2-normalised embeddings."""
 
+import os
+import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -27,6 +29,65 @@ def model_prepare(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(monotonic s, CPU seconds busy on the whole machine, CPU seconds of this process), or None where
+    /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 8:
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    ticks = [int(value) for value in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+class CpuThreads:
+    """Torch's intra-op thread count for the next batch, from the cores other processes left idle.
+
+    Call it between batches; it returns round(cores - cores others kept busy since the last call),
+    clamped to [1, max_threads]. On a 2-core machine where another process keeps one core busy,
+    EfficientNet-Lite0 at 96 px embedded 95 images/s on 2 threads and 155 on 1 (the second
+    thread waits at every operator's barrier for a core it rarely gets); alone, 292 on 2 threads
+    and 162 on 1 (docs/benchmarks.md, the demo's first start). Where /proc/stat is unreadable, or
+    less than `min_interval_s` passed since the last reading, the last choice stands.
+
+    Args:
+        max_threads: the most threads to use; default torch.get_num_threads() when constructed.
+        min_interval_s: the shortest interval, in seconds, worth measuring.
+    """
+
+    def __init__(self, max_threads: int | None = None, *, min_interval_s: float = 0.2):
+        self.max_threads = max(1, max_threads or torch.get_num_threads())
+        self.min_interval_s = min_interval_s
+        self.threads = self.max_threads
+        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._last = _cpu_sample()
+
+    def apply(self) -> int:
+        """Measure, set torch.set_num_threads to the choice, and return it."""
+        torch.set_num_threads(self())
+        return self.threads
+
+    def restore(self) -> None:
+        """Set torch's thread count back to max_threads."""
+        torch.set_num_threads(self.max_threads)
+
+    def __call__(self) -> int:
+        """The thread count for the next batch (see the class docstring); sets nothing."""
+        now = _cpu_sample()
+        if now is None or self._last is None or now[0] - self._last[0] < self.min_interval_s:
+            return self.threads
+        wall, busy, own = (a - b for a, b in zip(now, self._last, strict=True))
+        others = max(0.0, busy - own) / wall  # cores kept busy by other processes
+        self.threads = max(1, min(self.max_threads, round(self._cores - others)))
+        self._last = now
+        return self.threads
 
 
 def embed_images(

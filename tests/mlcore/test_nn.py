@@ -90,3 +90,40 @@ def test_device_resolve():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             device_resolve("cuda")
+
+
+def test_cpu_threads_gives_the_cores_other_processes_left_idle(monkeypatch):
+    from mlcore.nn import infer
+
+    # (monotonic s, CPU s busy machine-wide, CPU s of this process), read at construction then per call.
+    samples = iter(
+        [
+            (0.0, 0.0, 0.0),
+            (1.0, 1.8, 1.0),  # others kept 0.8 of a core busy: round(2 - 0.8) = 1
+            (1.1, 1.9, 1.1),  # 0.1 s later: too short to measure, the last choice stands
+            (2.0, 2.9, 1.9),  # others 0.1 core since the last reading: both cores
+            (3.0, 4.9, 2.9),  # others a whole core: 1
+            (4.0, 5.2, 3.2),  # this process alone: max_threads
+        ]
+    )
+    monkeypatch.setattr(infer, "_cpu_sample", lambda: next(samples))
+    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    threads = infer.CpuThreads(max_threads=2)
+    assert [threads(), threads(), threads(), threads(), threads()] == [1, 1, 2, 1, 2]
+
+
+def test_cpu_threads_keeps_max_threads_without_proc_stat(monkeypatch):
+    from mlcore.nn import infer
+
+    monkeypatch.setattr(infer, "_cpu_sample", lambda: None)
+    assert infer.CpuThreads(max_threads=3)() == 3
+
+
+def test_cpu_sample_reads_the_machine_and_this_process():
+    from mlcore.nn import infer
+
+    sample = infer._cpu_sample()
+    if sample is None:
+        pytest.skip("no /proc/stat on this system")
+    wall, busy, own = sample
+    assert busy >= own >= 0 and wall > 0

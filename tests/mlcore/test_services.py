@@ -141,3 +141,28 @@ def test_an_unreadable_cache_file_is_skipped_and_the_network_embeds(version, set
     )
     assert (run.status, run.done_count) == (EmbeddingRun.Status.DONE, 1)
     assert ProductEmbedding.objects.filter(model_version=version).count() == 1
+
+
+def test_an_embedding_run_on_a_busy_cpu_embeds_on_fewer_threads_and_gives_them_back(version, monkeypatch):
+    import torch
+
+    from mlcore.nn import infer
+
+    ProductFactory()
+    ProductFactory()
+    seen = []
+    monkeypatch.setattr(infer.CpuThreads, "__call__", lambda self: 1)
+    original = services.images_embed
+    monkeypatch.setattr(
+        services, "images_embed", lambda **kwargs: (seen.append(torch.get_num_threads()), original(**kwargs))[1]
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run = services.embedding_run_create(version=version, target=EmbeddingRun.Target.PRODUCTS)
+        run = services.embedding_run_execute(run_id=run.pk, chunk_size=1)
+        assert run.status == EmbeddingRun.Status.DONE
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2  # the worker's next job (training) gets its threads back
+    finally:
+        torch.set_num_threads(before)
