@@ -7,6 +7,7 @@ transport); on the PostgreSQL pass `make test` points CELERY_BROKER_URL at the R
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -312,6 +313,38 @@ def test_the_beat_embedded_in_a_worker_dies_when_the_worker_is_killed(broker_url
         assert not survived, "the embedded beat outlived its worker"
     finally:
         _worker_stop(process, log)
+
+
+@pytest.mark.parametrize(
+    ("selected", "pool", "imports"),
+    [
+        (["gpu"], "solo", True),
+        (["default", "gpu"], "solo", True),
+        ([], "solo", True),  # no -Q: the worker consumes every queue, gpu among them
+        (["default"], "solo", False),
+        (["gpu"], "prefork", False),  # forking beside a thread that holds an import lock can deadlock
+    ],
+)
+def test_a_solo_gpu_worker_imports_torch_in_the_background_as_it_starts(monkeypatch, selected, pool, imports):
+    from types import SimpleNamespace
+
+    from celery.concurrency import get_implementation
+    from kombu import Queue
+
+    import config.celery
+
+    started = []
+    monkeypatch.setattr(config.celery, "_torch_import", lambda: started.append(threading.current_thread().name))
+    queues = celery_app.amqp.Queues([Queue("default"), Queue("gpu")])  # the registry -Q selects from
+    if selected:
+        queues.select(selected)
+    amqp = SimpleNamespace(queues=queues)
+    instance = SimpleNamespace(app=SimpleNamespace(amqp=amqp), pool_cls=get_implementation(pool))
+    config.celery._gpu_worker_imports_torch(sender="gpu@test", instance=instance)
+    for thread in threading.enumerate():
+        if thread.name == "torch-import":
+            thread.join(timeout=10)
+    assert started == (["torch-import"] if imports else [])
 
 
 @pytest.mark.worker
