@@ -355,11 +355,11 @@ def _embedding_chunks(run, version, pending, embedding_model, fk, cache: Embeddi
                     skipped_ids.add(row.pk)
             if keep:
                 if started is None:
-                    # Load the network before the clock starts: images_per_s is embedding only.
-                    if _model_for(version)[2].type == "cpu":
-                        from .nn.infer import CpuThreads
+                    from .nn.infer import CpuThreads, device_resolve
 
-                        threads = CpuThreads()
+                    if device_resolve(settings.FITCHECK_DEVICE).type == "cpu":
+                        threads = CpuThreads()  # its first reading spans the network's loading
+                    _model_for(version)  # loaded before the clock starts: images_per_s is embedding only
                     started = time.perf_counter()
                 if threads is not None:
                     threads.apply()

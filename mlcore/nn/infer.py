@@ -62,7 +62,7 @@ class CpuThreads:
         min_interval_s: the shortest interval, in seconds, worth measuring.
     """
 
-    def __init__(self, max_threads: int | None = None, *, min_interval_s: float = 0.2):
+    def __init__(self, max_threads: int | None = None, *, min_interval_s: float = 0.1):
         self.max_threads = max(1, max_threads or torch.get_num_threads())
         self.min_interval_s = min_interval_s
         self.threads = self.max_threads

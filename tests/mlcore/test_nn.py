@@ -100,7 +100,7 @@ def test_cpu_threads_gives_the_cores_other_processes_left_idle(monkeypatch):
         [
             (0.0, 0.0, 0.0),
             (1.0, 1.8, 1.0),  # others kept 0.8 of a core busy: round(2 - 0.8) = 1
-            (1.1, 1.9, 1.1),  # 0.1 s later: too short to measure, the last choice stands
+            (1.05, 1.9, 1.1),  # 0.05 s later: too short to measure, the last choice stands
             (2.0, 2.9, 1.9),  # others 0.1 core since the last reading: both cores
             (3.0, 4.9, 2.9),  # others a whole core: 1
             (4.0, 5.2, 3.2),  # this process alone: max_threads
