@@ -349,6 +349,71 @@ def test_a_solo_gpu_worker_imports_torch_in_the_background_as_it_starts(monkeypa
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_while_the_localiser_trains_resumes_at_the_localiser(broker_url, settings):
+    """After stage 1's last epoch the run trains the product localiser (mlcore.matching_pretrain.
+    localiser_train). Kill -9 the worker there; the run, sent again by the stale-run sweep, resumes
+    after stage 1's last epoch (no epoch is trained twice), trains the localiser again and finishes
+    with it in the checkpoint."""
+    from annotate.tasks import jobs_recover_task
+    from mlcore import training
+    from mlcore.matching_pretrain import matching_pretrain_create
+    from mlcore.models import TrainingRun
+    from mlcore.nn.match_cnn import match_cnn_load
+    from mlcore.tasks import matching_pretrain_task
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    # Long enough to be caught mid-way (hundreds of tiny epochs, seconds in all), short for a test.
+    settings.FITCHECK_MATCH_LOCALISER_CONFIG = {"views": 48, "sets": 1, "echo": 100, "width": 8}
+    celery_app.conf.task_always_eager = False
+    _use_broker(broker_url)
+    for _ in range(16):
+        ProductFactory()
+    tiny = {"image_size_px": 16, "width": 8, "embedding_dim": 16, "epochs": 2, "batch_size": 8, "workers": 0}
+    run = matching_pretrain_create(scope="backbone:worker-test", base_version=ModelVersionFactory(), config=tiny)
+    assert run.config["localiser"]["echo"] == 100
+    first, first_log = _worker_start(broker_url, settings, log_name="worker-1.log")
+    try:
+        matching_pretrain_task.delay(run.pk)
+        deadline = time.monotonic() + 2 * WAIT_S
+        while time.monotonic() < deadline and first.poll() is None:
+            if "localiser epoch 10," in _log_tail(first_log):
+                break
+            time.sleep(0.1)
+        log = _log_tail(first_log)
+        assert "localiser epoch 10," in log and "localiser epoch 100," not in log, log
+        first.kill()
+        first.wait(timeout=20)
+    finally:
+        _worker_stop(first, first_log)
+    run.refresh_from_db()
+    assert (run.status, run.epoch, run.candidate) == (TrainingRun.Status.RUNNING, 2, None)
+
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - training.STALE_RUN_AFTER * 2)
+    second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
+    try:
+        jobs_recover_task.delay()
+        deadline = time.monotonic() + 2 * WAIT_S
+        while time.monotonic() < deadline and second.poll() is None:
+            run.refresh_from_db()
+            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+                break
+            time.sleep(0.5)
+        second_log.flush()
+        second_log.seek(0)
+        log = second_log.read()
+        assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(second_log)}"
+        assert "resumes after epoch 2" in log and "localiser epoch 100," in log, _log_tail(second_log)
+    finally:
+        _worker_stop(second, second_log)
+        _use_broker(settings.CELERY_BROKER_URL)
+    assert [h["epoch"] for h in run.history] == [1, 2]
+    assert run.candidate.metrics["localiser_s"] > 0
+    model, _, _, _ = match_cnn_load(run.candidate.weights_path)
+    assert model.localiser is not None
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
 def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is_killed(broker_url, settings):
     """Stage 1 of the matching CNN (tiny model, 16 products) on a real worker; kill -9 it mid-run; a
     second worker, sent the run by the stale-run sweep, resumes from the last epoch's checkpoint."""
