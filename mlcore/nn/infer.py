@@ -103,7 +103,8 @@ def embed_images(
     Args:
         model: maps (B, 3, H, W) float32 to (B, D); already on `device` (see model_prepare).
         images: PIL images (or anything `transform` accepts).
-        transform: one image → (3, H, W) float32 tensor.
+        transform: one image → (3, H, W) float32 tensor; one with a `batch` method (list of images →
+            (B, 3, H, W), mlcore.nn.data.EvalTransform) is given each batch at once.
         batch_size: images per forward pass.
         device: CUDA runs under bf16 autocast with channels_last inputs; CPU runs in float32.
 
@@ -124,6 +125,18 @@ def embed_images(
         out.append(z.cpu().numpy().astype(np.float32, copy=False))
         batch.clear()
 
+    if hasattr(transform, "batch"):  # mlcore.nn.data.EvalTransform: a batch transformed at once
+        pending: list = []
+        for image in images:
+            pending.append(image)
+            if len(pending) == batch_size:
+                batch.extend(transform.batch(pending))
+                pending.clear()
+                flush()
+        if pending:
+            batch.extend(transform.batch(pending))
+            flush()
+        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
     for image in images:
         batch.append(transform(image))
         if len(batch) == batch_size:

@@ -51,6 +51,22 @@ def test_eval_transform_makes_a_normalised_square_rgb_tensor():
     assert torch.allclose(x, torch.ones_like(x), atol=1e-3)  # white → (1 - 0.5) / 0.5
 
 
+def test_the_batched_eval_transform_equals_the_one_image_transform_bit_for_bit():
+    transform = eval_transform(image_size_px=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    rng = np.random.default_rng(1)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), mode="L"),  # grey, catalog size
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)),  # a photo
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), mode="L"),
+        Image.fromarray(rng.integers(0, 255, (40, 70, 4), dtype=np.uint8), mode="RGBA"),  # wide, with alpha
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)),
+    ]
+    batched = transform.batch(images)
+    assert batched.shape == (5, 3, 32, 32) and batched.dtype == torch.float32
+    assert torch.equal(batched, torch.stack([transform(image) for image in images]))
+    assert transform.batch([]).shape == (0, 3, 32, 32)
+
+
 def test_embed_images_batches_and_l2_normalises():
     model, spec = backbone_build("tiny_cnn")
     transform = eval_transform(image_size_px=32, mean=spec.mean, std=spec.std)
@@ -59,9 +75,11 @@ def test_embed_images_batches_and_l2_normalises():
     vectors = embed_images(model, images, transform=transform, batch_size=2, device=torch.device("cpu"))
     assert vectors.shape == (5, 32) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
-    # Batching does not change the result.
+    # Batching does not change the result, nor does transforming a batch at once.
     one_batch = embed_images(model, images, transform=transform, batch_size=8, device=torch.device("cpu"))
     np.testing.assert_allclose(vectors, one_batch, atol=1e-5)
+    one_by_one = embed_images(model, images, transform=transform.__call__, batch_size=2, device=torch.device("cpu"))
+    np.testing.assert_array_equal(vectors, one_by_one)
 
 
 def test_exact_index_returns_the_hand_computed_top_k():
