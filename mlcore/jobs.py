@@ -85,3 +85,14 @@ def embedding_runs_recover(*, now=None) -> int:
     if failed:
         logger.info("failed %s embedding runs whose worker was lost", failed)
     return failed
+
+
+def worker_stopping() -> bool:
+    """Whether the Celery worker this code runs in has been asked to shut down (SIGTERM or SIGINT:
+    `make demo`'s Ctrl-C, a deploy). Celery sets celery.worker.state.should_stop (warm shutdown) or
+    should_terminate (cold) in its signal handler and lets the running task go on; a long job polls
+    this to stop at a point it can resume from instead of being killed mid-step. False outside a
+    worker (tests, the shell)."""
+    from celery.worker import state
+
+    return state.should_stop is not None or state.should_terminate not in (None, False)

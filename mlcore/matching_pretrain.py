@@ -228,7 +228,11 @@ def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device,
             heartbeat_at=timezone.now(),
         )
 
-    trainer.fit(on_epoch=on_epoch)
+    from .jobs import worker_stopping
+
+    # A worker asked to shut down stops between two steps (TrainingInterrupted); training_run_execute
+    # queues the run again and the next worker resumes it from the checkpoint above.
+    trainer.fit(on_epoch=on_epoch, should_stop=worker_stopping)
 
 
 def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
@@ -237,7 +241,9 @@ def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> fl
     Each of its epochs beats the run's heartbeat, so the stale-run sweep leaves it alone. Seeded:
     a run resumed after a kill here trains the same localiser again. Returns its seconds, or None
     when skipped."""
+    from .jobs import worker_stopping
     from .nn import localise
+    from .nn.match_cnn import TrainingInterrupted
 
     if not run.config.get("localise", True):
         return None
@@ -248,6 +254,8 @@ def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> fl
     def beat(row):
         TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
         logger.info("training run %s: localiser epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
+        if worker_stopping():  # seeded, so the resumed run trains the same localiser from its start
+            raise TrainingInterrupted(f"stopped after localiser epoch {row['epoch']}")
 
     model.localiser, _ = localise.localiser_fit(
         products, localise.LocaliserConfig(**fields), grayscale=grayscale, on_epoch=beat

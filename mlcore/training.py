@@ -488,13 +488,26 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
     that was killed), so two workers never train it at once; a claimed run resumes from its last
     per-epoch checkpoint. Until the candidate is promoted, the active model keeps serving: a failed
     or killed run changes nothing else. On an error the run is left FAILED with the error text (and a
-    candidate row, if one was made, FAILED too) and the error is re-raised.
+    candidate row, if one was made, FAILED too) and the error is re-raised; but a run stopped by its
+    worker's shutdown (mlcore.jobs.worker_stopping: TrainingInterrupted between two steps, or any
+    error raised while the worker stops) goes back to PENDING and is sent again, to resume from its
+    checkpoint on the next worker (`_run_requeue_after_stop`). A worker already shutting down sends
+    a PENDING run on without claiming it.
 
     Returns the run, or None when it no longer exists.
     """
-    now = timezone.now()
     from django.db.models import Q
 
+    from .jobs import task_send, worker_stopping
+
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is not None and run.status == TrainingRun.Status.PENDING and worker_stopping():
+        # A worker shutting down still runs the message it had prefetched, often the very run it just
+        # stopped and queued again: leave it to the next worker rather than load the checkpoint here.
+        task_send(_run_task(run.kind, run.config).si(run.pk))
+        logger.info("training run %s left for the next worker: this one is shutting down", run.uuid)
+        return run
+    now = timezone.now()
     claimed = TrainingRun.objects.filter(
         Q(status=TrainingRun.Status.PENDING)
         | Q(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_RUN_AFTER),
@@ -521,6 +534,9 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         else:
             _train(run)
     except Exception as exc:
+        if worker_stopping():
+            _run_requeue_after_stop(run, exc)
+            return run
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
         )
@@ -530,6 +546,38 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
         raise
     run.refresh_from_db()
     return run
+
+
+def _run_requeue_after_stop(run: TrainingRun, exc: Exception) -> None:
+    """The worker is shutting down and the run stopped (TrainingInterrupted, or an error the shutdown
+    caused, such as a DataLoader worker killed with its process group): not the run's failure. It
+    goes back to PENDING and is sent again at once, so the next gpu worker to start (or another one
+    running now) resumes it from its last checkpoint; were the message lost, the sweep sends a
+    PENDING run again after mlcore.jobs.PENDING_RESEND_AFTER. Failing it instead left a demo
+    stopped with Ctrl-C during the matching CNN's training without a trained CNN for good."""
+    from .jobs import task_send
+
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.PENDING, heartbeat_at=None, error="")
+    run.refresh_from_db()
+    sent = task_send(_run_task(run.kind, run.config).si(run.pk))
+    logger.warning(
+        "training run %s stopped at epoch %s by the worker's shutdown (%s: %s); %s",
+        run.uuid,
+        run.epoch,
+        type(exc).__name__,
+        exc,
+        "queued again, it resumes from its checkpoint" if sent else "left PENDING for the sweep to send",
+    )
+
+
+def _run_task(kind: str, config: dict):
+    """The Celery task that trains a run of `kind` (and stage, for a matching CNN run)."""
+    from .matching_finetune import STAGE
+    from .tasks import matching_finetune_task, matching_pretrain_task, train_task
+
+    if kind == ModelVersion.Kind.BACKBONE:
+        return matching_finetune_task if (config or {}).get("stage") == STAGE else matching_pretrain_task
+    return train_task
 
 
 def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -> int:
@@ -553,8 +601,6 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     from django.db.models import Q
 
     from .jobs import PENDING_RESEND_AFTER, RESEND_EXPIRES_S, task_send
-    from .matching_finetune import STAGE
-    from .tasks import matching_finetune_task, matching_pretrain_task, train_task
 
     now = now or timezone.now()
     pending_after = PENDING_RESEND_AFTER if pending_after is None else pending_after
@@ -576,10 +622,7 @@ def training_runs_recover(*, pending_after: timedelta | None = None, now=None) -
     ]
     sent = 0
     for pk, kind, config in runs:
-        task = train_task
-        if kind == ModelVersion.Kind.BACKBONE:
-            task = matching_finetune_task if (config or {}).get("stage") == STAGE else matching_pretrain_task
-        sent += task_send(task.si(pk), expires=RESEND_EXPIRES_S)
+        sent += task_send(_run_task(kind, config).si(pk), expires=RESEND_EXPIRES_S)
     if runs:
         logger.info("re-queued %s of %s stale training runs", sent, len(runs))
     return sent

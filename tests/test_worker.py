@@ -93,10 +93,18 @@ def broker_url(tmp_path):
 
 
 def _worker_start(
-    broker_url: str, settings, *, log_name: str = "worker.log", extra_args=(), queues: str = "default,gpu"
+    broker_url: str,
+    settings,
+    *,
+    log_name: str = "worker.log",
+    extra_args=(),
+    queues: str = "default,gpu",
+    own_group: bool = False,
 ):
     """Start a `celery worker` process on `queues` (default and gpu), sharing this test's database
-    and media; `extra_args` are added to its command line. Returns (process, log file opened w+)."""
+    and media; `extra_args` are added to its command line; `own_group` makes it lead a process group
+    of its own, as bin/demo runs each worker, to be signalled with its children. Returns (process,
+    log file opened w+)."""
     env = os.environ | {
         "DATABASE_URL": _database_url(),
         "CELERY_BROKER_URL": broker_url,
@@ -132,6 +140,7 @@ def _worker_start(
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=own_group,
     )
     return process, log
 
@@ -472,6 +481,68 @@ def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is
         _use_broker(settings.CELERY_BROKER_URL)
     assert run.epoch == 40 and [h["epoch"] for h in run.history] == list(range(1, 41))
     assert run.candidate.kind == ModelVersion.Kind.BACKBONE and run.decision
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_stopped_as_make_demo_stops_it_hands_its_training_run_to_the_next_worker(broker_url, settings):
+    """bin/demo stops a worker by sending SIGTERM to its whole process group, DataLoader workers
+    included. The run (views drawn by a DataLoader worker) stops between two steps, goes back to
+    PENDING and is queued again before the worker exits; the next worker to start resumes it from
+    its last checkpoint at once, with no stale-heartbeat wait and no sweep."""
+    import signal
+
+    from mlcore.matching_pretrain import matching_pretrain_create
+    from mlcore.models import TrainingRun
+    from mlcore.tasks import matching_pretrain_task
+
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    celery_app.conf.task_always_eager = False
+    _use_broker(broker_url)
+    for _ in range(16):
+        ProductFactory()
+    tiny = {"image_size_px": 16, "width": 8, "embedding_dim": 16, "epochs": 60, "batch_size": 8}
+    tiny |= {"workers": 1, "echo": 2}  # views drawn by a DataLoader worker process
+    settings.FITCHECK_MATCH_LOCALISE = False
+    run = matching_pretrain_create(scope="backbone:worker-test", base_version=ModelVersionFactory(), config=tiny)
+    first, first_log = _worker_start(broker_url, settings, log_name="worker-1.log", own_group=True)
+    try:
+        matching_pretrain_task.delay(run.pk)
+        deadline = time.monotonic() + 2 * WAIT_S
+        while time.monotonic() < deadline and first.poll() is None:
+            run.refresh_from_db()
+            if run.epoch >= 2 or run.status not in (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING):
+                break
+            time.sleep(0.2)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.RUNNING and 2 <= run.epoch < 60, (
+            f"{run.status} at epoch {run.epoch}:\n{_log_tail(first_log)}"
+        )
+        os.killpg(first.pid, signal.SIGTERM)  # as bin/demo's cleanup: the worker and its children
+        first.wait(timeout=60)  # warm shutdown: the run stops at its next step, then the worker exits
+    finally:
+        _worker_stop(first, first_log)
+    run.refresh_from_db()
+    first_log_text = open(settings.MEDIA_ROOT.parent / "worker-1.log").read()
+    assert run.status == TrainingRun.Status.PENDING and run.error == "", first_log_text[-4000:]
+    assert "stopped at epoch" in first_log_text and "exited unexpectedly" not in first_log_text
+    assert "resumes after" not in first_log_text  # the stopping worker leaves the run to the next
+    stopped_at = run.epoch
+
+    second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
+    try:
+        deadline = time.monotonic() + 2 * WAIT_S
+        while time.monotonic() < deadline and second.poll() is None:
+            run.refresh_from_db()
+            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+                break
+            time.sleep(0.5)
+        assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(second_log)}"
+        assert f"resumes after epoch {stopped_at}" in _log_tail(second_log) or stopped_at == 0
+    finally:
+        _worker_stop(second, second_log)
+        _use_broker(settings.CELERY_BROKER_URL)
+    assert [h["epoch"] for h in run.history] == list(range(1, 61))
 
 
 @pytest.mark.worker

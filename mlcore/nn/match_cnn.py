@@ -27,6 +27,7 @@ import hashlib
 import io
 import math
 import pickle
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -413,6 +414,22 @@ def _rng_state() -> dict:
     return {"torch": torch.get_rng_state()}
 
 
+class TrainingInterrupted(Exception):
+    """Raised by Trainer.fit (between two steps) and EchoViews.draw (between two batches) when the
+    `should_stop` callable they were given returns True: the process is shutting down. The last
+    epoch's checkpoint (written by fit's `on_epoch`) is where a resumed run starts again."""
+
+
+def _loader_worker_init(worker_id: int) -> None:
+    """A DataLoader worker ignores SIGINT and SIGTERM: a stop signal sent to the whole process group
+    (Ctrl-C of `make demo`, which signals each worker's group) is for the training process to act on.
+    Killed first, a DataLoader worker made the training process raise "DataLoader worker exited
+    unexpectedly" and the run was failed instead of resumed. A worker still exits when the training
+    process is gone (PyTorch's watchdog checks its parent every 5 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader(dataset, *, batch_size: int, workers: int, seed: int, epoch: int, drop_last: bool):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.utils.data.DataLoader(
@@ -423,6 +440,7 @@ def _loader(dataset, *, batch_size: int, workers: int, seed: int, epoch: int, dr
         num_workers=workers,
         generator=generator,
         persistent_workers=False,
+        worker_init_fn=_loader_worker_init if workers else None,
     )
 
 
@@ -441,12 +459,26 @@ class EchoViews(torch.utils.data.Dataset):
         self.clean, self.views, self.view_epoch = clean, views, view_epoch  # float16 (N, 1|3, S, S) each
 
     @classmethod
-    def draw(cls, source: CatalogViews, view_epoch: int, *, workers: int) -> "EchoViews":
-        """Draw one view of every product of `source` (its .epoch already set to view_epoch)."""
-        loader = torch.utils.data.DataLoader(source, batch_size=256, shuffle=False, num_workers=workers)
+    def draw(
+        cls, source: CatalogViews, view_epoch: int, *, workers: int, should_stop: Callable[[], bool] | None = None
+    ) -> "EchoViews":
+        """Draw one view of every product of `source` (its .epoch already set to view_epoch).
+
+        Raises:
+            TrainingInterrupted: `should_stop()` returned True between two batches of 256.
+        """
+        loader = torch.utils.data.DataLoader(
+            source,
+            batch_size=256,
+            shuffle=False,
+            num_workers=workers,
+            worker_init_fn=_loader_worker_init if workers else None,
+        )
         clean, views = [], []
         keep = 1 if source.images.shape[1] == 1 else 3  # grayscale views repeat one channel
         for c, v, _ in loader:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted(f"stopped while drawing views, after {sum(map(len, views))} of {len(source)}")
             clean.append(c[:, :keep].half())
             views.append(v[:, :keep].half())
         return cls(torch.cat(clean), torch.cat(views), view_epoch)
@@ -514,6 +546,7 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self._echo_set: EchoViews | None = None
+        self._should_stop: Callable[[], bool] | None = None  # set by fit
 
     # -- checkpoints --
     def state_dict(self) -> dict:
@@ -557,7 +590,9 @@ class Trainer:
         if self._echo_set is None or self._echo_set.view_epoch != view_epoch:
             self._echo_set = None  # free the old set before drawing the next
             self.views.epoch = view_epoch
-            self._echo_set = EchoViews.draw(self.views, view_epoch, workers=self.config.workers)
+            self._echo_set = EchoViews.draw(
+                self.views, view_epoch, workers=self.config.workers, should_stop=self._should_stop
+            )
         return self._echo_set
 
     def train_one_epoch(self) -> dict:
@@ -595,6 +630,8 @@ class Trainer:
         steps = images = 0
         tau = config.temperature
         for clean, view, idx in loader:
+            if self._should_stop is not None and self._should_stop():
+                raise TrainingInterrupted(f"stopped in epoch {self.epoch + 1} after {steps} steps")
             clean, view, idx = _to_device(clean, device), _to_device(view, device), idx.to(device)
             with _autocast(device):
                 z = self.model(torch.cat([clean, view]))  # (2B, D)
@@ -668,8 +705,19 @@ class Trainer:
             )
         return loss
 
-    def fit(self, *, on_epoch: Callable[[dict, "Trainer"], None] | None = None) -> list[dict]:
-        """Train the remaining epochs; `on_epoch(row, trainer)` after each (save a checkpoint there)."""
+    def fit(
+        self,
+        *,
+        on_epoch: Callable[[dict, "Trainer"], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[dict]:
+        """Train the remaining epochs; `on_epoch(row, trainer)` after each (save a checkpoint there).
+
+        `should_stop()` is asked before every step (and every batch of views drawn): when it returns
+        True, fit raises TrainingInterrupted and the epoch in progress is lost; the state after the
+        last whole epoch, which `on_epoch` saw, is what to resume from. Returns the history rows.
+        """
+        self._should_stop = should_stop
         while self.epoch < self.config.epochs:
             row = self.train_one_epoch()
             if on_epoch:

@@ -381,3 +381,66 @@ def eval_like_resize(image: torch.Tensor, size_px: int) -> torch.Tensor:
     """uint8 (C, H, W) → uint8 (C, size_px, size_px), bilinear and antialiased, rounded."""
     x = torch.nn.functional.interpolate(image[None].float(), size=(size_px, size_px), mode="bilinear", antialias=True)
     return x.round().clamp(0, 255).to(torch.uint8)[0]
+
+
+def test_a_stop_request_interrupts_fit_between_steps_and_the_last_epoch_resumes_bit_identical(tmp_path):
+    """should_stop is asked before every step: True in epoch 2 raises TrainingInterrupted with the
+    trainer still at epoch 1, whose checkpoint (saved by on_epoch) resumes to the uninterrupted
+    run's weights."""
+    products, mask = _catalog()
+    data = mc.MatchData(products, mask)
+    config = replace(TINY, epochs=2)  # 24 products, batch 8: 3 steps an epoch
+    straight = mc.Trainer(data, config, device=torch.device("cpu"))
+    straight.fit()
+
+    asked = []
+
+    def should_stop():
+        asked.append(len(asked))
+        return len(asked) > 4  # steps 1-3 of epoch 1, step 1 of epoch 2, then stop
+
+    def on_epoch(row, trainer):
+        torch.save(trainer.state_dict(), tmp_path / "ckpt.pt")
+
+    interrupted = mc.Trainer(data, config, device=torch.device("cpu"))
+    with pytest.raises(mc.TrainingInterrupted, match="stopped in epoch 2 after 1 steps"):
+        interrupted.fit(on_epoch=on_epoch, should_stop=should_stop)
+    assert interrupted.epoch == 1 and len(asked) == 5
+    resumed = mc.Trainer(data, config, device=torch.device("cpu"))
+    resumed.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True))
+    resumed.fit()
+    assert _state_equal(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_drawing_echoed_views_stops_between_batches_when_asked():
+    products, mask = _catalog(n=300)  # two batches of 256
+    views = CatalogViews(products, size_px=16, grayscale=True, seed=0)
+    answers = iter([False, True])
+    with pytest.raises(mc.TrainingInterrupted, match="after 256 of 300"):
+        mc.EchoViews.draw(views, 0, workers=0, should_stop=lambda: next(answers))
+
+
+class _SignalsItself(torch.utils.data.Dataset):
+    """Each item sends the process that loads it SIGTERM and SIGINT, as `make demo`'s stop signals a
+    worker's whole process group."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        return torch.tensor([index])
+
+
+def test_dataloader_workers_outlive_the_stop_signal_sent_to_their_process_group():
+    """Without _loader_worker_init the first SIGTERM kills the worker and iterating raises
+    "DataLoader worker ... exited unexpectedly" (what failed the demo's training run on Ctrl-C)."""
+    loader = mc._loader(_SignalsItself(), batch_size=1, workers=1, seed=0, epoch=0, drop_last=False)
+    assert sorted(int(batch) for batch in loader) == [0, 1, 2, 3]
+    bare = torch.utils.data.DataLoader(_SignalsItself(), batch_size=1, num_workers=1)
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        list(bare)

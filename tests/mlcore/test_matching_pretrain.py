@@ -112,6 +112,55 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_model(catalog, mon
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+def test_a_run_stopped_by_the_workers_shutdown_is_queued_again_and_resumes_to_the_same_model(catalog, monkeypatch):
+    """A worker asked to shut down (mlcore.jobs.worker_stopping) stops the run between two steps of
+    epoch 2: the run goes back to PENDING at epoch 1 and its task is sent again at once (not FAILED,
+    as a "DataLoader worker exited unexpectedly" once made it); run again, it resumes from epoch 1's
+    checkpoint to the uninterrupted run's weights."""
+    from mlcore import jobs
+
+    straight = training.training_run_execute(run_id=_run(scope="backbone:a", epochs=3).pk)
+    stopping = {"now": False}
+    real = mc.Trainer.train_one_epoch
+
+    def stop_asked_in_epoch_two(self):
+        stopping["now"] = self.epoch == 1
+        return real(self)
+
+    sent = []
+    monkeypatch.setattr(jobs, "worker_stopping", lambda: stopping["now"])
+    monkeypatch.setattr(jobs, "task_send", lambda sig, **kw: sent.append((sig.task, sig.args[0])) or True)
+    monkeypatch.setattr(mc.Trainer, "train_one_epoch", stop_asked_in_epoch_two)
+    run = _run(scope="backbone:b", epochs=3)
+    assert training.training_run_execute(run_id=run.pk).status == TrainingRun.Status.PENDING
+    run.refresh_from_db()
+    assert (run.epoch, run.error, run.heartbeat_at, run.candidate) == (1, "", None, None)
+    assert sent == [("mlcore.matching_pretrain", run.pk)]
+
+    stopping["now"] = False
+    monkeypatch.setattr(mc.Trainer, "train_one_epoch", real)
+    resumed = training.training_run_execute(run_id=run.pk)
+    assert resumed.status == TrainingRun.Status.DONE and [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a, *_ = mc.match_cnn_load(straight.candidate.weights_path)
+    b, *_ = mc.match_cnn_load(resumed.candidate.weights_path)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_an_error_while_the_worker_is_not_stopping_still_fails_the_run(catalog, monkeypatch):
+    from mlcore import jobs
+
+    def broken(self):
+        raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly")
+
+    monkeypatch.setattr(jobs, "worker_stopping", lambda: False)
+    monkeypatch.setattr(mc.Trainer, "train_one_epoch", broken)
+    run = _run(scope="backbone:c")
+    with pytest.raises(RuntimeError):
+        training.training_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED and "exited unexpectedly" in run.error
+
+
 def test_the_sweep_requeues_stale_and_lost_runs_only(catalog, monkeypatch):
     sent = []
     from mlcore import jobs
