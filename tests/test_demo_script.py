@@ -74,7 +74,7 @@ def _kill_processes_under(folder: Path) -> None:
 def test_a_stop_signal_during_the_setup_stops_the_demo_at_once(tmp_path):
     """`kill <make demo's script>` while the minute-long setup runs: bash ran its trap only once the
     setup had finished, then went on to report "the web server did not start". Now the setup is
-    stopped, everything else too, and the script exits 143 within seconds."""
+    stopped, everything else too, and the script exits 0 (a stop asked for) within seconds."""
     script, marks = _demo_with_stand_ins(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -101,7 +101,7 @@ def test_a_stop_signal_during_the_setup_stops_the_demo_at_once(tmp_path):
             demo.kill()
         _kill_processes_under(tmp_path)  # a failed run leaves the workers' supervising loops behind
     output = log.read_text()
-    assert demo.returncode == 143, output
+    assert demo.returncode == 0, output
     assert took < 15, f"{took:.1f} s"  # the trap waits at most 5 s for the workers
     assert marks.read_text().split() == ["setup-started", "setup-stopped"]
     assert "Stopping the workers and the web server" in output
