@@ -647,6 +647,48 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
     return run
 
 
+LIVE_RUN_STATUSES = (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING)
+
+
+def matching_pretrain_start(
+    *, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None
+) -> TrainingRun:
+    """Queue stage 1 of the matching CNN (mlcore.matching_pretrain, queue gpu) again for a match
+    campaign still served by a pretrained embedding: what preparing the campaign starts
+    (annotate.services.campaign_prepare), by hand, for a campaign whose run failed or whose CNN was
+    not promoted. Promoted, the CNN re-suggests the open photos as after the first run.
+
+    Args:
+        config: the CNN's config over settings.FITCHECK_MATCH_PRETRAIN_CONFIG (tests: a tiny one).
+
+    Raises:
+        ValueError: not a match campaign; a trained matching CNN serves it already (the Retrain
+            button fine-tunes that one on verified photos); a matching CNN run of the campaign is
+            queued or running.
+    """
+    from mlcore.matching_pretrain import matching_pretrain_create
+    from mlcore.tasks import matching_pretrain_task
+
+    from .services import version_is_pretrained
+
+    if campaign.kind != Campaign.Kind.MATCH or campaign.model_version_id is None:
+        raise ValueError("the matching CNN learns for a match campaign with an embedding model version")
+    if not version_is_pretrained(campaign.model_version):
+        raise ValueError(
+            f"{campaign.model_version.name} is already a trained model; Retrain fine-tunes the matching CNN "
+            "on verified photos"
+        )
+    scope = backbone_scope_of(campaign)
+    live = TrainingRun.objects.filter(kind=ModelVersion.Kind.BACKBONE, scope=scope, status__in=LIVE_RUN_STATUSES)
+    if live.exists():
+        raise ValueError(f"the matching CNN of {campaign.name} is already queued or training: its run shows below")
+    run = matching_pretrain_create(
+        scope=scope, base_version=campaign.model_version, reason=reason or "by hand", config=config
+    )
+    send_on_commit(matching_pretrain_task.si(run.pk))
+    return run
+
+
 def verified_matches(campaign: Campaign):
     """The tasks of a match campaign whose photo people settled on a product (a candidate's rank as
     the label; not gold, not settled by a model): what stage 2 of the matching CNN learns from and
@@ -941,6 +983,13 @@ def matching_report(*, campaign: Campaign) -> dict:
         "active_backbone": _active_of(versions, ModelVersion.Kind.BACKBONE),
         "serving": campaign.model_version,
         "serving_cnn": serving_cnn(campaign),
+        # Stage 1 may be started by hand: the campaign still serves a pretrained embedding and no
+        # matching CNN run of it is queued or running (a failed or unpromoted one may be).
+        "pretrain_available": campaign.model_version is not None
+        and campaign.model_version.kind == ModelVersion.Kind.EMBEDDING
+        and not any(
+            r.kind == ModelVersion.Kind.BACKBONE and r.status in LIVE_RUN_STATUSES for r in runs
+        ),
         "runs": runs,
     }
 

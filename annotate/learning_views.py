@@ -90,6 +90,19 @@ def matching_retrain(request, slug):
     )
 
 
+@login_required
+@require_POST
+def matching_pretrain(request, slug):
+    """Train a match campaign's matching CNN on its catalog again (stage 1; ML team and admins), when a
+    pretrained embedding still serves it (learning.matching_pretrain_start)."""
+    return _retrain(
+        request,
+        slug,
+        learning.matching_pretrain_start,
+        "Training the matching CNN of {name} on its catalog: the run shows below.",
+    )
+
+
 def _retrain(request, slug, start, success: str, *, campaign=None):
     """Run `start` (a learning.*_start service) for campaign `slug`; a refusal becomes a message."""
     campaign = campaign or selectors.get_campaign_for_exporter(request.user, slug)

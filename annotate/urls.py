@@ -22,6 +22,7 @@ urlpatterns = [
     path("learning/<slug:slug>/retrain", learning_views.learning_retrain, name="learning-retrain"),
     path("learning/<slug:slug>/rollback", learning_views.learning_rollback, name="learning-rollback"),
     path("learning/<slug:slug>/matching/retrain", learning_views.matching_retrain, name="matching-retrain"),
+    path("learning/<slug:slug>/matching/pretrain", learning_views.matching_pretrain, name="matching-pretrain"),
     # Attribute tagging (annotate.tag_views).
     path("tag/<slug:slug>/", tag_views.tag, name="tag"),
     path("tag/<slug:slug>/answer", tag_views.tag_answer, name="tag-answer"),

@@ -91,7 +91,11 @@ def test_the_agreement_report_and_the_learning_actions_check_the_kind(client, bo
     # is refused with a message, and no run is made.
     from mlcore.models import TrainingRun
 
-    for name, campaign in (("annotate:learning-retrain", match), ("annotate:matching-retrain", attributes)):
+    for name, campaign in (
+        ("annotate:learning-retrain", match),
+        ("annotate:matching-retrain", attributes),
+        ("annotate:matching-pretrain", attributes),
+    ):
         response = client.post(reverse(name, args=[campaign.slug]), follow=True)
         assert response.status_code == 200
         assert any(m.level_tag == "error" for m in response.context["messages"])

@@ -265,3 +265,49 @@ def test_a_lost_switch_to_a_promoted_cnn_is_resumed_by_the_beat_task(catalog, mo
     campaign.model_version = active
     campaign.save()
     assert learning.backbones_unapplied_resume() == []  # switched: nothing left to do
+
+
+def test_the_models_page_trains_the_cnn_again_after_a_failed_run_once_at_a_time(catalog, client, monkeypatch):
+    """A campaign whose stage-1 run failed is still served by the pretrained embedding, and nothing
+    trained it again: the ML team's "Train the matching CNN on the catalog" queues a new run, offered
+    and accepted only while no run is queued or running and only while a pretrained model serves."""
+    from django.urls import reverse
+
+    from ..factories import user_with_role
+
+    sent = []
+    monkeypatch.setattr(learning, "send_on_commit", lambda sig: sent.append((sig.task, sig.args[0])))
+    campaign = CampaignFactory(slug="lunch")
+    scope = learning.backbone_scope_of(campaign)
+    failed = mp.matching_pretrain_create(scope=scope, base_version=campaign.model_version, config=TINY)
+    TrainingRun.objects.filter(pk=failed.pk).update(status=TrainingRun.Status.FAILED, error="RuntimeError: boom")
+    button = "Train the matching CNN on the catalog"
+
+    client.force_login(user_with_role("employee", username="alice"))
+    assert client.post(reverse("annotate:matching-pretrain", args=[campaign.slug])).status_code in (403, 404)
+    assert not sent
+    client.force_login(user_with_role("ml", username="mila"))
+    assert button in client.get(reverse("annotate:learning")).content.decode()
+    response = client.post(reverse("annotate:matching-pretrain", args=[campaign.slug]), follow=True)
+    messages = [(m.level_tag, str(m)) for m in response.context["messages"]]
+    assert messages == [("success", "Training the matching CNN of Lunch verify on its catalog: the run shows below.")]
+    run = TrainingRun.objects.exclude(pk=failed.pk).get(scope=scope)
+    assert (run.status, run.reason, run.config["base_version"]) == (
+        TrainingRun.Status.PENDING,
+        "by mila",
+        str(campaign.model_version.uuid),
+    )
+    assert sent == [("mlcore.matching_pretrain", run.pk)]
+    assert button not in response.content.decode()  # one run at a time
+
+    response = client.post(reverse("annotate:matching-pretrain", args=[campaign.slug]), follow=True)
+    assert [m.level_tag for m in response.context["messages"]] == ["error"]
+    assert "already queued or training" in str(list(response.context["messages"])[0])
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.DONE)
+    trained = ModelVersionFactory(name="match_cnn-trained", kind=ModelVersion.Kind.BACKBONE, scope=scope)
+    campaign.model_version = trained
+    campaign.save(update_fields=["model_version"])
+    response = client.post(reverse("annotate:matching-pretrain", args=[campaign.slug]), follow=True)
+    assert "already a trained model" in str(list(response.context["messages"])[0])
+    assert button not in response.content.decode()
+    assert TrainingRun.objects.filter(scope=scope).count() == 2 and len(sent) == 1
