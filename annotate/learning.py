@@ -1115,6 +1115,10 @@ def learning_report(*, campaign: Campaign) -> dict:
         "scope": scope,
         "versions": versions,
         "active": active,
+        # What training.rollback would bring back exists: a model promoted before and retired since.
+        "can_roll_back": any(
+            v.status == ModelVersion.Status.RETIRED and v.promoted_at is not None and v is not active for v in versions
+        ),
         "runs": runs,
         "model_labels": model_labels,
         "answers_per_human_label": per_label,

@@ -177,6 +177,7 @@ def test_retrain_and_rollback_buttons(client, as_role, loop, django_capture_on_c
     response = client.post("/learning/match-only/retrain", follow=True)
     assert "attribute campaigns" in response.content.decode() and not TrainingRun.objects.exists()
     as_role("ml")
+    assert "Roll back to the previous model" not in client.get("/learning/").content.decode()  # none to go back to
     response = client.post(f"/learning/{campaign.slug}/rollback")
     assert response.status_code == 302  # nothing to roll back to: a message, nothing changes
     assert not ModelVersion.objects.filter(kind="tagging").exists()
@@ -194,6 +195,7 @@ def test_rolling_back_withdraws_the_models_labels_and_reopens_its_tasks(loop, dj
     first = training.active_model("campaign:tagging")
     first_labels = AttributeLabel.objects.filter(model_version=first).count()
     assert first_labels > 0
+    assert not learning.learning_report(campaign=campaign)["can_roll_back"]  # no earlier model
     # A second model takes over (promoted by hand here), then is rolled back.
     second = ModelVersion.objects.create(
         name="second",
@@ -210,6 +212,7 @@ def test_rolling_back_withdraws_the_models_labels_and_reopens_its_tasks(loop, dj
     with django_capture_on_commit_callbacks(execute=True):
         assert training.candidate_promote(candidate=second)[0]
     assert AttributeLabel.objects.filter(model_version=second).exists()
+    assert learning.learning_report(campaign=campaign)["can_roll_back"]  # the first, retired
     reopened = set(AttributeLabel.objects.filter(model_version=second).values_list("task_id", flat=True))
     with django_capture_on_commit_callbacks(execute=True):
         assert training.rollback(scope="campaign:tagging") == first
