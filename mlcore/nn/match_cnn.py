@@ -465,11 +465,12 @@ class EchoViews(torch.utils.data.Dataset):
         """Draw one view of every product of `source` (its .epoch already set to view_epoch).
 
         Raises:
-            TrainingInterrupted: `should_stop()` returned True between two batches of 256.
+            TrainingInterrupted: `should_stop()` returned True between two batches of 64 views (about
+                a second's work on one CPU core: a stopping worker has 5 s before bin/demo kills it).
         """
         loader = torch.utils.data.DataLoader(
             source,
-            batch_size=256,
+            batch_size=64,
             shuffle=False,
             num_workers=workers,
             worker_init_fn=_loader_worker_init if workers else None,

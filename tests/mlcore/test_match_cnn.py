@@ -413,10 +413,10 @@ def test_a_stop_request_interrupts_fit_between_steps_and_the_last_epoch_resumes_
 
 
 def test_drawing_echoed_views_stops_between_batches_when_asked():
-    products, mask = _catalog(n=300)  # two batches of 256
+    products, mask = _catalog(n=100)  # two batches of 64
     views = CatalogViews(products, size_px=16, grayscale=True, seed=0)
     answers = iter([False, True])
-    with pytest.raises(mc.TrainingInterrupted, match="after 256 of 300"):
+    with pytest.raises(mc.TrainingInterrupted, match="after 64 of 100"):
         mc.EchoViews.draw(views, 0, workers=0, should_stop=lambda: next(answers))
 
 
