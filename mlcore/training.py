@@ -645,6 +645,7 @@ def _waits_for_embeddings(kind: str, config: dict) -> bool:
 def _train(run: TrainingRun) -> None:
     import torch
 
+    from .jobs import worker_stopping
     from .nn import tagging as nt
     from .nn.infer import device_resolve
 
@@ -703,6 +704,10 @@ def _train(run: TrainingRun) -> None:
             TrainingRun.objects.filter(pk=run.pk).update(
                 epoch=result.epoch, history=history, heartbeat_at=timezone.now(), rows_per_s=result.rows_per_s
             )
+            if worker_stopping():  # the worker is shutting down: resume from this epoch's checkpoint
+                from .nn.match_cnn import TrainingInterrupted
+
+                raise TrainingInterrupted(f"stopped after {stage} epoch {result.epoch}")
 
         state = saved.get(stage)
         if state is not None and state["epoch"] >= heads_config.epochs:

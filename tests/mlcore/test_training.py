@@ -162,6 +162,39 @@ def test_a_killed_run_leaves_the_active_model_serving_and_resumes_from_its_check
     assert [h["epoch"] for h in run.history if h["stage"] == "image"] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_tagging_run_stopped_by_the_workers_shutdown_is_queued_again_and_resumes(catalog, tmp_path, monkeypatch):
+    """The worker asks to stop during epoch 2: the run stops once that epoch's checkpoint is saved,
+    goes back to PENDING with its task sent again, and run again trains epochs 3 on."""
+    from mlcore import jobs
+
+    version, products, colours = catalog
+    path = _snapshot(tmp_path, products, colours)
+    real = nt.heads_train
+    stopping = {"now": False}
+
+    def stop_asked_in_epoch_two(*args, on_epoch=None, **kwargs):
+        def hook(result, state):
+            stopping["now"] = result.epoch == 2
+            on_epoch(result, state)
+
+        return real(*args, on_epoch=hook, **kwargs)
+
+    sent = []
+    monkeypatch.setattr(jobs, "worker_stopping", lambda: stopping["now"])
+    monkeypatch.setattr(jobs, "task_send", lambda sig, **kw: sent.append((sig.task, sig.args[0])) or True)
+    monkeypatch.setattr(nt, "heads_train", stop_asked_in_epoch_two)
+    run = _run(version, path)
+    assert training.training_run_execute(run_id=run.pk).status == TrainingRun.Status.PENDING
+    run.refresh_from_db()
+    assert (run.epoch, run.error, run.candidate_id) == (2, "", None)
+    assert sent == [("mlcore.train", run.pk)]
+    stopping["now"] = False
+    monkeypatch.setattr(nt, "heads_train", real)
+    run = training.training_run_execute(run_id=run.pk)
+    assert run.status == TrainingRun.Status.DONE
+    assert [h["epoch"] for h in run.history if h["stage"] == "image"] == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_broken_snapshot_fails_the_run_and_changes_nothing(catalog, tmp_path):
     version, products, colours = catalog
     training.training_run_execute(run_id=_run(version, _snapshot(tmp_path, products, colours)).pk)
