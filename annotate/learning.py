@@ -647,9 +647,6 @@ def matching_retrain_start(*, campaign: Campaign, reason: str = "", created_by=N
     return run
 
 
-LIVE_RUN_STATUSES = (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING)
-
-
 def matching_pretrain_start(
     *, campaign: Campaign, reason: str = "", created_by=None, config: dict | None = None
 ) -> TrainingRun:
@@ -669,24 +666,37 @@ def matching_pretrain_start(
     from mlcore.matching_pretrain import matching_pretrain_create
     from mlcore.tasks import matching_pretrain_task
 
-    from .services import version_is_pretrained
-
-    if campaign.kind != Campaign.Kind.MATCH or campaign.model_version_id is None:
-        raise ValueError("the matching CNN learns for a match campaign with an embedding model version")
-    if not version_is_pretrained(campaign.model_version):
-        raise ValueError(
-            f"{campaign.model_version.name} is already a trained model; Retrain fine-tunes the matching CNN "
-            "on verified photos"
-        )
+    refusal = _pretrain_refusal(campaign)
+    if refusal is not None:
+        raise ValueError(refusal)
     scope = backbone_scope_of(campaign)
-    live = TrainingRun.objects.filter(kind=ModelVersion.Kind.BACKBONE, scope=scope, status__in=LIVE_RUN_STATUSES)
-    if live.exists():
-        raise ValueError(f"the matching CNN of {campaign.name} is already queued or training: its run shows below")
     run = matching_pretrain_create(
         scope=scope, base_version=campaign.model_version, reason=reason or "by hand", config=config
     )
     send_on_commit(matching_pretrain_task.si(run.pk))
     return run
+
+
+def _pretrain_refusal(campaign: Campaign) -> str | None:
+    """Why stage 1 of the matching CNN cannot be started by hand for `campaign`, or None when it can
+    (`matching_pretrain_start`; the Models page offers the button exactly then)."""
+    from .services import version_is_pretrained
+
+    if campaign.kind != Campaign.Kind.MATCH or campaign.model_version_id is None:
+        return "the matching CNN learns for a match campaign with an embedding model version"
+    if not version_is_pretrained(campaign.model_version):
+        return (
+            f"{campaign.model_version.name} is already a trained model; Retrain fine-tunes the matching CNN "
+            "on verified photos"
+        )
+    live = TrainingRun.objects.filter(
+        kind=ModelVersion.Kind.BACKBONE,
+        scope=backbone_scope_of(campaign),
+        status__in=[TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING],
+    )
+    if live.exists():
+        return f"the matching CNN of {campaign.name} is already queued or training: its run shows below"
+    return None
 
 
 def verified_matches(campaign: Campaign):
@@ -983,13 +993,7 @@ def matching_report(*, campaign: Campaign) -> dict:
         "active_backbone": _active_of(versions, ModelVersion.Kind.BACKBONE),
         "serving": campaign.model_version,
         "serving_cnn": serving_cnn(campaign),
-        # Stage 1 may be started by hand: the campaign still serves a pretrained embedding and no
-        # matching CNN run of it is queued or running (a failed or unpromoted one may be).
-        "pretrain_available": campaign.model_version is not None
-        and campaign.model_version.kind == ModelVersion.Kind.EMBEDDING
-        and not any(
-            r.kind == ModelVersion.Kind.BACKBONE and r.status in LIVE_RUN_STATUSES for r in runs
-        ),
+        "pretrain_available": _pretrain_refusal(campaign) is None,
         "runs": runs,
     }
 
@@ -1115,10 +1119,7 @@ def learning_report(*, campaign: Campaign) -> dict:
         "scope": scope,
         "versions": versions,
         "active": active,
-        # What training.rollback would bring back exists: a model promoted before and retired since.
-        "can_roll_back": any(
-            v.status == ModelVersion.Status.RETIRED and v.promoted_at is not None and v is not active for v in versions
-        ),
+        "can_roll_back": training.rollback_target(scope=scope) is not None,
         "runs": runs,
         "model_labels": model_labels,
         "answers_per_human_label": per_label,

@@ -500,13 +500,14 @@ def training_run_execute(*, run_id: int) -> TrainingRun | None:
 
     from .jobs import task_send, worker_stopping
 
-    run = TrainingRun.objects.filter(pk=run_id).first()
-    if run is not None and run.status == TrainingRun.Status.PENDING and worker_stopping():
+    if worker_stopping():
         # A worker shutting down still runs the message it had prefetched, often the very run it just
         # stopped and queued again: leave it to the next worker rather than load the checkpoint here.
-        task_send(_run_task(run.kind, run.config).si(run.pk))
-        logger.info("training run %s left for the next worker: this one is shutting down", run.uuid)
-        return run
+        pending = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.PENDING).first()
+        if pending is not None:
+            task_send(_run_task(pending.kind, pending.config).si(pending.pk))
+            logger.info("training run %s left for the next worker: this one is shutting down", pending.uuid)
+            return pending
     now = timezone.now()
     claimed = TrainingRun.objects.filter(
         Q(status=TrainingRun.Status.PENDING)
@@ -911,15 +912,12 @@ def _activate(version: ModelVersion, *, rollback: bool = False) -> None:
         )
 
 
-def rollback(*, scope: str) -> ModelVersion | None:
-    """Make the previously active model of `scope` active again (the RETIRED one promoted most
-    recently before the current); the current one is RETIRED. Atomic. Covers tagging models,
-    matching heads and matching CNNs (BACKBONE; `model_activated` then makes annotate re-apply the
-    restored CNN's embedding: annotate.learning.backbone_apply_start). Returns the model now
-    active, or None when there is nothing to roll back to."""
+def rollback_target(*, scope: str) -> ModelVersion | None:
+    """The model `rollback` would make active again: the RETIRED one of `scope` promoted most
+    recently (tagging models, matching heads, matching CNNs), or None."""
     trained = [ModelVersion.Kind.TAGGING, ModelVersion.Kind.MATCHING, ModelVersion.Kind.BACKBONE]
     current = ModelVersion.objects.filter(kind__in=trained, scope=scope, status=ModelVersion.Status.ACTIVE).first()
-    previous = (
+    return (
         ModelVersion.objects.filter(
             kind__in=trained, scope=scope, status=ModelVersion.Status.RETIRED, promoted_at__isnull=False
         )
@@ -927,6 +925,15 @@ def rollback(*, scope: str) -> ModelVersion | None:
         .order_by("-promoted_at", "-pk")
         .first()
     )
+
+
+def rollback(*, scope: str) -> ModelVersion | None:
+    """Make the previously active model of `scope` active again (`rollback_target`: the RETIRED one
+    promoted most recently before the current); the current one is RETIRED. Atomic. Covers tagging
+    models, matching heads and matching CNNs (BACKBONE; `model_activated` then makes annotate
+    re-apply the restored CNN's embedding: annotate.learning.backbone_apply_start). Returns the model
+    now active, or None when there is nothing to roll back to."""
+    previous = rollback_target(scope=scope)
     if previous is None:
         return None
     _activate(previous, rollback=True)

@@ -356,6 +356,32 @@ def test_a_solo_gpu_worker_imports_torch_in_the_background_as_it_starts(monkeypa
     assert started == (["torch-import"] if imports else [])
 
 
+def _wait_until_run_ends(run, process) -> None:
+    """Poll `run` (a TrainingRun) until it is DONE or FAILED, `process` (its worker) exits, or
+    2 × WAIT_S pass; the caller asserts on the refreshed run."""
+    from mlcore.models import TrainingRun
+
+    deadline = time.monotonic() + 2 * WAIT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        run.refresh_from_db()
+        if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
+            break
+        time.sleep(0.5)
+
+
+def _wait_until_run_reaches_epoch(run, process, epoch: int) -> None:
+    """Poll `run` until it has finished `epoch` epochs or is neither PENDING nor RUNNING, `process`
+    exits, or 2 × WAIT_S pass; the caller refreshes and asserts."""
+    from mlcore.models import TrainingRun
+
+    deadline = time.monotonic() + 2 * WAIT_S
+    while time.monotonic() < deadline and process.poll() is None:
+        run.refresh_from_db()
+        if run.epoch >= epoch or run.status not in (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING):
+            break
+        time.sleep(0.2)
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_killed_while_the_localiser_trains_resumes_at_the_localiser(broker_url, settings):
@@ -401,12 +427,7 @@ def test_a_worker_killed_while_the_localiser_trains_resumes_at_the_localiser(bro
     second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
     try:
         jobs_recover_task.delay()
-        deadline = time.monotonic() + 2 * WAIT_S
-        while time.monotonic() < deadline and second.poll() is None:
-            run.refresh_from_db()
-            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
-                break
-            time.sleep(0.5)
+        _wait_until_run_ends(run, second)
         second_log.flush()
         second_log.seek(0)
         log = second_log.read()
@@ -442,12 +463,7 @@ def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is
     first, first_log = _worker_start(broker_url, settings, log_name="worker-1.log")
     try:
         matching_pretrain_task.delay(run.pk)
-        deadline = time.monotonic() + 2 * WAIT_S  # the worker imports torch and torchvision first
-        while time.monotonic() < deadline and first.poll() is None:
-            run.refresh_from_db()
-            if run.epoch >= 2 or run.status != TrainingRun.Status.PENDING and run.status != TrainingRun.Status.RUNNING:
-                break
-            time.sleep(0.2)
+        _wait_until_run_reaches_epoch(run, first, 2)  # the worker imports torch and torchvision first
         run.refresh_from_db()
         assert run.status == TrainingRun.Status.RUNNING and 2 <= run.epoch < 40, (
             f"{run.status} at epoch {run.epoch}:\n{_log_tail(first_log)}"
@@ -465,12 +481,7 @@ def test_matching_pretrain_runs_on_a_real_worker_and_resumes_after_the_worker_is
     second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
     try:
         jobs_recover_task.delay()
-        deadline = time.monotonic() + 2 * WAIT_S
-        while time.monotonic() < deadline and second.poll() is None:
-            run.refresh_from_db()
-            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
-                break
-            time.sleep(0.5)
+        _wait_until_run_ends(run, second)
         assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(second_log)}"
         # It resumed from the checkpoint of the last epoch the first worker finished (or a later
         # one, when the first worker saved another checkpoint between our read and the kill).
@@ -508,12 +519,7 @@ def test_a_worker_stopped_as_make_demo_stops_it_hands_its_training_run_to_the_ne
     first, first_log = _worker_start(broker_url, settings, log_name="worker-1.log", own_group=True)
     try:
         matching_pretrain_task.delay(run.pk)
-        deadline = time.monotonic() + 2 * WAIT_S
-        while time.monotonic() < deadline and first.poll() is None:
-            run.refresh_from_db()
-            if run.epoch >= 2 or run.status not in (TrainingRun.Status.PENDING, TrainingRun.Status.RUNNING):
-                break
-            time.sleep(0.2)
+        _wait_until_run_reaches_epoch(run, first, 2)
         run.refresh_from_db()
         assert run.status == TrainingRun.Status.RUNNING and 2 <= run.epoch < 60, (
             f"{run.status} at epoch {run.epoch}:\n{_log_tail(first_log)}"
@@ -531,12 +537,7 @@ def test_a_worker_stopped_as_make_demo_stops_it_hands_its_training_run_to_the_ne
 
     second, second_log = _worker_start(broker_url, settings, log_name="worker-2.log")
     try:
-        deadline = time.monotonic() + 2 * WAIT_S
-        while time.monotonic() < deadline and second.poll() is None:
-            run.refresh_from_db()
-            if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
-                break
-            time.sleep(0.5)
+        _wait_until_run_ends(run, second)
         assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(second_log)}"
         assert f"resumes after epoch {stopped_at}" in _log_tail(second_log) or stopped_at == 0
     finally:
@@ -593,12 +594,7 @@ def test_matching_finetune_runs_on_a_real_worker(worker, settings):
             GoldLabel.objects.create(task=task, label="1")
     with transaction.atomic():
         run = learning.matching_finetune_start(campaign=campaign, config={"epochs": 2, "workers": 0})
-    deadline = time.monotonic() + 2 * WAIT_S
-    while time.monotonic() < deadline and process.poll() is None:
-        run.refresh_from_db()
-        if run.status in (TrainingRun.Status.DONE, TrainingRun.Status.FAILED):
-            break
-        time.sleep(0.5)
+    _wait_until_run_ends(run, process)
     assert run.status == TrainingRun.Status.DONE, f"{run.status}: {run.error}\n{_log_tail(log)}"
     assert run.epoch == 2 and [h["epoch"] for h in run.history] == [1, 2]
     assert run.candidate.metrics["stage"] == 2 and run.candidate.metrics["held_out_matches"] >= 2
