@@ -420,14 +420,36 @@ class TrainingInterrupted(Exception):
     epoch's checkpoint (written by fit's `on_epoch`) is where a resumed run starts again."""
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _loader_worker_init(worker_id: int) -> None:
     """A DataLoader worker ignores SIGINT and SIGTERM: a stop signal sent to the whole process group
     (Ctrl-C of `make demo`, which signals each worker's group) is for the training process to act on.
     Killed first, a DataLoader worker made the training process raise "DataLoader worker exited
     unexpectedly" and the run was failed instead of resumed. A worker still exits when the training
-    process is gone (PyTorch's watchdog checks its parent every 5 s)."""
+    process is gone (PyTorch's watchdog checks its parent every 5 s).
+
+    The worker was forked with both signals blocked (`_iterate`): one that arrived before this point
+    is pending, and is discarded when its action becomes SIG_IGN (POSIX), before they are unblocked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _iterate(loader: torch.utils.data.DataLoader):
+    """iter(loader), with SIGINT and SIGTERM blocked in this thread while its worker processes are
+    started. They inherit the block, so a stop signal sent to the process group before a worker has
+    run `_loader_worker_init` waits there and is discarded, instead of killing a worker half-started
+    (PyTorch's own SIGTERM handler is set first in a worker, and re-raises the signal). This
+    process's own pending stop signals are delivered when the block is lifted."""
+    if not loader.num_workers:
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _loader(dataset, *, batch_size: int, workers: int, seed: int, epoch: int, drop_last: bool):
@@ -477,7 +499,7 @@ class EchoViews(torch.utils.data.Dataset):
         )
         clean, views = [], []
         keep = 1 if source.images.shape[1] == 1 else 3  # grayscale views repeat one channel
-        for c, v, _ in loader:
+        for c, v, _ in _iterate(loader):
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(f"stopped while drawing views, after {sum(map(len, views))} of {len(source)}")
             clean.append(c[:, :keep].half())
@@ -630,7 +652,7 @@ class Trainer:
         totals = {"loss": 0.0, "instance_loss": 0.0, "category_loss": 0.0, "photo_loss": 0.0}
         steps = images = 0
         tau = config.temperature
-        for clean, view, idx in loader:
+        for clean, view, idx in _iterate(loader):
             if self._should_stop is not None and self._should_stop():
                 raise TrainingInterrupted(f"stopped in epoch {self.epoch + 1} after {steps} steps")
             clean, view, idx = _to_device(clean, device), _to_device(view, device), idx.to(device)

@@ -444,3 +444,34 @@ def test_dataloader_workers_outlive_the_stop_signal_sent_to_their_process_group(
     bare = torch.utils.data.DataLoader(_SignalsItself(), batch_size=1, num_workers=1)
     with pytest.raises(RuntimeError, match="DataLoader worker"):
         list(bare)
+
+
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.tensor([index])
+
+
+def test_a_stop_signal_that_reaches_a_dataloader_worker_before_its_init_is_discarded(monkeypatch):
+    """A worker is forked with SIGINT and SIGTERM blocked (_iterate): a SIGTERM that arrives while it
+    starts up waits, and _loader_worker_init discards it. Here the start-up window is widened to 1 s
+    and the worker is sent SIGTERM inside it; with a plain iter() the worker dies (PyTorch's handler
+    re-raises it) and iterating raises "DataLoader worker ... exited unexpectedly"."""
+    import os
+    import signal
+    import time
+
+    real = mc._loader_worker_init
+
+    def slow_init(worker_id):
+        time.sleep(1.0)
+        real(worker_id)
+
+    monkeypatch.setattr(mc, "_loader_worker_init", slow_init)
+    batches = mc._iterate(mc._loader(_Numbers(), batch_size=1, workers=1, seed=0, epoch=0, drop_last=False))
+    time.sleep(0.3)
+    os.kill(batches._workers[0].pid, signal.SIGTERM)
+    assert sorted(int(batch) for batch in batches) == [0, 1, 2, 3]
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked here again
