@@ -283,10 +283,14 @@ def test_the_models_page_trains_the_cnn_again_after_a_failed_run_once_at_a_time(
     TrainingRun.objects.filter(pk=failed.pk).update(status=TrainingRun.Status.FAILED, error="RuntimeError: boom")
     button = "Train the matching CNN on the catalog"
 
+    url = reverse("annotate:matching-pretrain", args=[campaign.slug])
+    assert client.post(url).status_code == 302 and "/login" in client.post(url)["Location"]  # anonymous
     client.force_login(user_with_role("employee", username="alice"))
-    assert client.post(reverse("annotate:matching-pretrain", args=[campaign.slug])).status_code in (403, 404)
+    assert client.post(url).status_code in (403, 404)
     assert not sent
     client.force_login(user_with_role("ml", username="mila"))
+    assert client.get(url).status_code == 405  # POST only
+    assert client.post(reverse("annotate:matching-pretrain", args=["no-such-campaign"])).status_code == 404
     assert button in client.get(reverse("annotate:learning")).content.decode()
     response = client.post(reverse("annotate:matching-pretrain", args=[campaign.slug]), follow=True)
     messages = [(m.level_tag, str(m)) for m in response.context["messages"]]
