@@ -152,6 +152,9 @@ class MatchNet(nn.Module):
         # Where the product is in a customer photo (mlcore.nn.localise), trained after stage 1 and
         # carried by stage 2 unchanged; None: photos are embedded whole.
         self.localiser: nn.Module | None = None
+        # The photo's per-pixel product mask (mlcore.nn.verify), trained after the localiser and
+        # carried by stage 2 unchanged; None: the CNN's ranking is not re-ranked.
+        self.matte: nn.Module | None = None
 
     def category_logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) unit embeddings → (B, C) logits, scaled as a cosine classifier would be (NormFace,
@@ -557,7 +560,7 @@ class Trainer:
         self.steps_per_epoch = max(1, len(data.products) // config.batch_size)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            if name.startswith("localiser."):  # trained on its own (mlcore.nn.localise); stage 2 keeps it
+            if name.startswith(("localiser.", "matte.")):  # trained on their own; stage 2 keeps them
                 p.requires_grad_(False)
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)
@@ -847,6 +850,7 @@ def match_cnn_save(
             "model": {k: v.cpu() for k, v in model.state_dict().items()},
             "rejection": asdict(rejection) if rejection else None,
             "localiser_width": model.localiser.width if getattr(model, "localiser", None) is not None else None,
+            "matte_width": model.matte.width if getattr(model, "matte", None) is not None else None,
             "extra": extra or {},
         },
         buffer,
@@ -880,6 +884,10 @@ def match_cnn_load(
         from .localise import Localiser
 
         model.localiser = Localiser(int(state["localiser_width"]))
+    if state.get("matte_width"):
+        from .verify import Matte
+
+        model.matte = Matte(int(state["matte_width"]))
     model.load_state_dict(state["model"])
     model = model.to(device or torch.device("cpu")).eval()
     rejection = Rejection(**state["rejection"]) if state.get("rejection") else None

@@ -179,7 +179,7 @@ def test_checkpoint_round_trip_gives_the_same_embeddings_and_a_bad_file_is_refus
 
 
 def test_stage_1_never_reads_the_demo_photo_generator():
-    """Train stage 1 and the localiser with catalog.demo_data and catalog.fashion_mnist made
+    """Train stage 1, the localiser and the matte with catalog.demo_data and catalog.fashion_mnist made
     unimportable (None in sys.modules): the training side must not need the demo's generator at all."""
     script = """
 import sys
@@ -194,6 +194,9 @@ trainer = mc.Trainer(mc.MatchData(images, mask), config, device=torch.device("cp
 trainer.fit()
 from mlcore.nn import localise
 localise.localiser_fit(images, localise.LocaliserConfig(views=8, sets=1, echo=1, batch_size=4, width=8))
+from mlcore.nn import verify
+verify.matte_fit(images, verify.MatteConfig(views=8, sets=1, echo=1, batch_size=4, width=8))
+verify.silhouettes(images)
 loaded = [m for m, module in sys.modules.items() if m.startswith("catalog") and module is not None]
 assert not loaded, loaded
 print("trained", len(trainer.history))
