@@ -112,6 +112,7 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
 
     from catalog.models import DemoPhotoTruth
     from mlcore.nn import match_cnn as mc
+    from mlcore.nn import verify
 
     started = time.perf_counter()
     catalog = mc.images_embed(model, data["products"], config, device=device)
@@ -119,7 +120,9 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
     started = time.perf_counter()
     z = mc.photos_embed(model, data["photos"], config, device=device)
     photo_s = time.perf_counter() - started
-    idx, scores = mc.topk_search(z, catalog, k=10)
+    verified = getattr(model, "matte", None) is not None and getattr(model, "localiser", None) is not None
+    shortlist = max(10, verify.SHORTLIST) if verified else 10
+    idx, scores = mc.topk_search(z, catalog, k=shortlist)
     kinds, product = data["kinds"], torch.from_numpy(data["photo_product"])
     inc = torch.from_numpy(kinds == DemoPhotoTruth.Kind.IN_CATALOG)
     nic = kinds == DemoPhotoTruth.Kind.NOT_IN_CATALOG
@@ -133,7 +136,7 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
         "catalog_images_per_s": len(catalog) / embed_s,
         "photo_images_per_s": len(z) / photo_s,
     }
-    features = mc.ranking_features(scores)
+    features = mc.ranking_features(scores[:, :10])
     p_in = rejection.probability(features).numpy() if rejection else features[:, 0].numpy()
     inc_np = inc.numpy()
     out["auroc_not_in_catalog"] = _auroc(p_in[inc_np], p_in[nic])
@@ -146,11 +149,35 @@ def evaluate(model, config, data: dict, rejection, *, k: int, device) -> dict:
         out["rejected_not_in_catalog"] = float((p_in[nic] < threshold).mean())
         out["rejected_non_product"] = float((p_in[nonprod] < threshold).mean()) if nonprod.any() else float("nan")
     za = mc.photos_embed(model, data["alt_in"], config, device=device)
-    ia, sa = mc.topk_search(za, catalog, k=10)
+    ia, sa = mc.topk_search(za, catalog, k=shortlist)
     alt_product = torch.from_numpy(data["alt_in_product"])
     out["alt_n"] = len(za)
     out["alt_hitsk"] = int((ia[:, :k] == alt_product[:, None]).any(1).sum())
     out["alt_hits1"] = int((ia[:, 0] == alt_product).sum())
+    if verified:  # geometric verification (mlcore.nn.verify) re-ranks the shortlist: the figures above
+        # become the CNN's alone, the main ones the re-ranked
+        started = time.perf_counter()
+        silhouettes = verify.silhouettes(data["products"], grayscale=config.grayscale)
+        out["silhouettes_s"] = time.perf_counter() - started
+        for key in ("hits1", "hitsk", "cat1", "alt_hits1", "alt_hitsk"):
+            out["cnn_" + key] = out[key]
+        started = time.perf_counter()
+        vi, _ = verify.shortlists_rerank(
+            model,
+            [data["photos"][i] for i in inc.nonzero()[:, 0].tolist()],
+            idx[inc],
+            scores[inc],
+            silhouettes,
+            grayscale=config.grayscale,
+        )
+        out["verify_photos_per_s"] = len(vi) / (time.perf_counter() - started)
+        out["hits1"] = int((vi[:, 0] == product[inc]).sum())
+        out["hitsk"] = int((vi[:, :k] == product[inc, None]).any(1).sum())
+        out["cat1"] = int((labels[vi[:, 0]] == torch.from_numpy(data["photo_label"])[inc]).sum())
+        va, _ = verify.shortlists_rerank(model, data["alt_in"], ia, sa, silhouettes, grayscale=config.grayscale)
+        out["alt_hitsk"] = int((va[:, :k] == alt_product[:, None]).any(1).sum())
+        out["alt_hits1"] = int((va[:, 0] == alt_product).sum())
+    sa = sa[:, :10]
     zo = mc.photos_embed(model, data["alt_out"], config, device=device)
     _, so = mc.topk_search(zo, catalog, k=10)
     fa, fo = mc.ranking_features(sa), mc.ranking_features(so)
@@ -173,6 +200,15 @@ def report(name: str, r: dict, *, k: int) -> str:
         f"second generator    recall@1 {rate(r['alt_hits1'], r['alt_n'])}, recall@{k} "
         f"{rate(r['alt_hitsk'], r['alt_n'])}  (difference from the demo photos' recall@{k}: "
         f"{r['alt_hitsk'] / r['alt_n'] - r['hitsk'] / r['n_in']:+.3f})",
+    ]
+    if "cnn_hits1" in r:
+        lines.append(
+            f"  (the CNN's ranking alone, before geometric verification: recall@1 {rate(r['cnn_hits1'], r['n_in'])}, "
+            f"recall@{k} {rate(r['cnn_hitsk'], r['n_in'])}, category@1 {r['cnn_cat1'] / r['n_in']:.3f}; second "
+            f"generator recall@{k} {r['cnn_alt_hitsk'] / r['alt_n']:.3f}; verification {r['verify_photos_per_s']:.1f} "
+            f"photos/s, catalog silhouettes {r['silhouettes_s']:.0f} s)"
+        )
+    lines += [
         f"not-in-catalog AUROC {r['auroc_not_in_catalog']:.3f} (rejection model; top-1 cosine alone "
         f"{r['auroc_top1']:.3f}); second generator {r['alt_auroc']:.3f}",
     ]
@@ -279,26 +315,44 @@ def _stage_run(trainer, train_data, data: dict, *, args, device, progress, local
     started = time.perf_counter()
     trainer.fit(on_epoch=progress)
     train_s = time.perf_counter() - started
-    whole = None
+    whole = matte_s = None
     if localise:
         from mlcore.nn import localise as loc
 
         rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
         whole = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
-        print(report("stage 1 without the localiser (photos embedded whole, test-time crops)", whole, k=args.k),
-              flush=True)
+        print(
+            report("stage 1 without the localiser (photos embedded whole, test-time crops)", whole, k=args.k),
+            flush=True,
+        )
         started = time.perf_counter()
         trainer.model.localiser, _ = loc.localiser_fit(
-            train_data.products, loc.LocaliserConfig(), grayscale=trainer.config.grayscale,
+            train_data.products,
+            loc.LocaliserConfig(views=getattr(args, "localiser_views", 6000)),
+            grayscale=trainer.config.grayscale,
             on_epoch=lambda row: print(f"  localiser epoch {row['epoch']}: loss {row['loss']:.4f}", flush=True),
         )
         print(f"localiser trained in {time.perf_counter() - started:.0f} s", flush=True)
+        if not getattr(args, "no_verify", False):
+            from mlcore.nn import verify
+
+            started = time.perf_counter()
+            trainer.model.matte, _ = verify.matte_fit(
+                train_data.products,
+                verify.MatteConfig(views=getattr(args, "matte_views", 6000)),
+                grayscale=trainer.config.grayscale,
+                on_epoch=lambda row: print(f"  matte epoch {row['epoch']}: loss {row['loss']:.4f}", flush=True),
+            )
+            matte_s = time.perf_counter() - started
+            print(f"matte trained in {matte_s:.0f} s", flush=True)
     rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
     result = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
     result["train_s"] = train_s
     result["train_images_per_s"] = float(np.mean([h["images_per_s"] for h in trainer.history]))
     if whole is not None:
         result["whole_photo"] = whole
+    if matte_s is not None:
+        result["matte_s"] = matte_s
     return result
 
 

@@ -48,45 +48,88 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Recall@k of the pretrained embedding's suggestions on the Fashion-MNIST demo data, "
         "and embedding throughput. Uses a throwaway database (var/bench/match_recall/).",
     )
-    parser.add_argument("--backbone", default="efficientnet_lite0",
-                        help="a name from mlcore.nn.backbones.BACKBONES (default: %(default)s)")
     parser.add_argument(
-        "--image-size", type=IMAGE_SIZES, default=[96], metavar="PX[,PX...]",
+        "--backbone",
+        default="efficientnet_lite0",
+        help="a name from mlcore.nn.backbones.BACKBONES (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=IMAGE_SIZES,
+        default=[96],
+        metavar="PX[,PX...]",
         help="network input side in px (default: 96); several, e.g. 96,128,224, are compared on the same data",
     )
     parser.add_argument("--weights", default="", help="local weights file (torchvision backbones need one)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--products", type=int, default=10_000, help="catalog products (default: %(default)s)")
     parser.add_argument("--photos", type=int, default=1_000, help="photos of catalog products (default: %(default)s)")
-    parser.add_argument("--photos-not-in-catalog", type=int, default=300,
-                        help="photos of products from the test split (default: %(default)s)")
-    parser.add_argument("--photos-non-product", type=int, default=24,
-                        help="photos of no product (default: %(default)s)")
-    parser.add_argument("--k", type=int, default=3,
-                        help="the k of recall@k; recall@1 is always printed (default: %(default)s)")
+    parser.add_argument(
+        "--photos-not-in-catalog",
+        type=int,
+        default=300,
+        help="photos of products from the test split (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--photos-non-product", type=int, default=24, help="photos of no product (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--k", type=int, default=3, help="the k of recall@k; recall@1 is always printed (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="data seed for fashion_mnist_load (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dataset-dir", default=None, help="Fashion-MNIST directory (default: the loader's search)")
-    parser.add_argument("--train", action="store_true",
-                        help="also train the matching CNN (stage 1 from the catalog, stage 2 from verified matches) "
-                        "and report it on the demo photos and on the second generator (bench/_photos_alt.py)")
+    parser.add_argument(
+        "--train",
+        action="store_true",
+        help="also train the matching CNN (stage 1 from the catalog, stage 2 from verified matches) "
+        "and report it on the demo photos and on the second generator (bench/_photos_alt.py)",
+    )
     parser.add_argument("--skip-pretrained", action="store_true", help="with --train: skip the pretrained backbone")
-    parser.add_argument("--train-matches", type=int, default=1_000,
-                        help="stage 2: verified matches, photos of products with no test photo (default: %(default)s)")
-    parser.add_argument("--train-rejections", type=int, default=300,
-                        help="stage 2: photos answered none / not a product (default: %(default)s)")
+    parser.add_argument(
+        "--train-matches",
+        type=int,
+        default=1_000,
+        help="stage 2: verified matches, photos of products with no test photo (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--train-rejections",
+        type=int,
+        default=300,
+        help="stage 2: photos answered none / not a product (default: %(default)s)",
+    )
     parser.add_argument("--stage1-epochs", type=int, default=24, help="default: %(default)s, as the app's")
-    parser.add_argument("--echo", type=int, default=4,
-                        help="epochs per drawn view set (MatchCNNConfig.echo; default: %(default)s, as the app's)")
+    parser.add_argument(
+        "--echo",
+        type=int,
+        default=4,
+        help="epochs per drawn view set (MatchCNNConfig.echo; default: %(default)s, as the app's)",
+    )
     parser.add_argument("--stage2-epochs", type=int, default=4, help="default: %(default)s")
-    parser.add_argument("--no-localise", action="store_true",
-                        help="with --train: no product localiser after stage 1 (photos embedded whole, as before)")
-    parser.add_argument("--train-config", default="",
-                        help='JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. \'{"image_size_px": 40}\'')
+    parser.add_argument(
+        "--no-localise",
+        action="store_true",
+        help="with --train: no product localiser after stage 1 (photos embedded whole, as before)",
+    )
+    parser.add_argument(
+        "--localiser-views", type=int, default=6000, help="localiser views per set (default: %(default)s)"
+    )
+    parser.add_argument("--matte-views", type=int, default=6000, help="matte views per set (default: %(default)s)")
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="with --train: no geometric verification (mlcore.nn.verify) of the shortlist",
+    )
+    parser.add_argument(
+        "--train-config",
+        default="",
+        help="JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. '{\"image_size_px\": 40}'",
+    )
     parser.add_argument("--device", default="auto", help="training device: auto, cpu, cuda (default: %(default)s)")
     parser.add_argument("--alt-size", type=int, default=96, help="second generator's photo side in px")
     parser.add_argument(
-        "--database-url", default=None,
+        "--database-url",
+        default=None,
         help="run on this database (dropped and recreated; name must contain 'bench') instead of SQLite",
     )
     return parser.parse_args(argv)
@@ -238,21 +281,34 @@ def report(result: dict, *, k: int) -> str:
         scores = result["top1_by_kind"].get(kind.value, [])
         if scores:
             a = np.asarray(scores)
-            rows.append([kind.value, len(a), f"{a.mean():.3f}", f"{a.std():.3f}", f"{np.percentile(a, 5):.3f}",
-                         f"{np.median(a):.3f}", f"{np.percentile(a, 95):.3f}"])
+            rows.append(
+                [
+                    kind.value,
+                    len(a),
+                    f"{a.mean():.3f}",
+                    f"{a.std():.3f}",
+                    f"{np.percentile(a, 5):.3f}",
+                    f"{np.median(a):.3f}",
+                    f"{np.percentile(a, 95):.3f}",
+                ]
+            )
         else:
             rows.append([kind.value, 0, "-", "-", "-", "-", "-"])
     lines.append(_common.table(["top-1 cosine", "photos", "mean", "sd", "p5", "p50", "p95"], rows))
     lines.append(f"AUROC in-catalog vs. rest by top-1 cosine: {result['auroc']:.3f}")
     lines.append("")
     rows = [
-        [r["target"], r["count"], r["skipped"], f"{r['wall_s']:.1f}", f"{r['run_images_per_s']:.1f}",
-         f"{r['wall_images_per_s']:.1f}"]
+        [
+            r["target"],
+            r["count"],
+            r["skipped"],
+            f"{r['wall_s']:.1f}",
+            f"{r['run_images_per_s']:.1f}",
+            f"{r['wall_images_per_s']:.1f}",
+        ]
         for r in (result["products"], result["photos"])
     ]
-    lines.append(
-        _common.table(["embedding", "images", "skipped", "wall s", "run img/s", "wall img/s"], rows)
-    )
+    lines.append(_common.table(["embedding", "images", "skipped", "wall s", "run img/s", "wall img/s"], rows))
     lines.append(
         f"model load {result['load_s']:.1f} s; top-{k} for all photos {result['topk_s'] * 1000:.0f} ms; "
         f"load average after embedding {result['load_average']:.2f}"
@@ -308,15 +364,31 @@ def main(argv=None) -> int:
         print(report(result, k=args.k), end="\n\n", flush=True)
     if len(results) > 1:
         rows = [
-            [f"{r['image_size_px']} px", f"{r['hits1'] / r['n_in']:.3f}", f"{r['hitsk'] / r['n_in']:.3f}",
-             f"{r['cat_in'] / r['n_in']:.3f}", f"{r['auroc']:.3f}", f"{r['products']['wall_images_per_s']:.1f}",
-             f"{r['photos']['wall_images_per_s']:.1f}"]
+            [
+                f"{r['image_size_px']} px",
+                f"{r['hits1'] / r['n_in']:.3f}",
+                f"{r['hitsk'] / r['n_in']:.3f}",
+                f"{r['cat_in'] / r['n_in']:.3f}",
+                f"{r['auroc']:.3f}",
+                f"{r['products']['wall_images_per_s']:.1f}",
+                f"{r['photos']['wall_images_per_s']:.1f}",
+            ]
             for r in results
         ]
-        print(_common.table(
-            ["image size", "recall@1", f"recall@{args.k}", "cat. recall@1", "AUROC", "products img/s",
-             "photos img/s"], rows,
-        ))
+        print(
+            _common.table(
+                [
+                    "image size",
+                    "recall@1",
+                    f"recall@{args.k}",
+                    "cat. recall@1",
+                    "AUROC",
+                    "products img/s",
+                    "photos img/s",
+                ],
+                rows,
+            )
+        )
         print()
     if args.train:
         import _match_train

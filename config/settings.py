@@ -396,6 +396,11 @@ FITCHECK_MATCH_PRETRAIN_CONFIG = {
 # then embedded cut to the product. Off with FITCHECK_MATCH_LOCALISE=0 (photos embedded whole).
 FITCHECK_MATCH_LOCALISE = env.bool("FITCHECK_MATCH_LOCALISE", default=True)
 FITCHECK_MATCH_LOCALISER_CONFIG = {"views": env.int("FITCHECK_MATCH_LOCALISER_VIEWS", default=6000)}
+# Then the matte (mlcore.nn.verify) is trained on FITCHECK_MATCH_MATTE_VIEWS views per set, and each
+# photo's shortlist of the CNN's top candidates is re-ranked by geometric verification (the product
+# silhouettes aligned to the photo). Off with FITCHECK_MATCH_VERIFY=0 (the CNN's ranking as it is).
+FITCHECK_MATCH_VERIFY = env.bool("FITCHECK_MATCH_VERIFY", default=True)
+FITCHECK_MATCH_MATTE_CONFIG = {"views": env.int("FITCHECK_MATCH_MATTE_VIEWS", default=6000)}
 # Stage 2 (mlcore.matching_finetune): the learning loop fine-tunes a campaign's serving matching CNN
 # once this many new verified matches have settled since its last CNN run (0: never by itself; the
 # Models page's Retrain still does).

@@ -148,6 +148,8 @@ def matching_pretrain_create(*, scope: str, base_version: ModelVersion, reason: 
             "cnn": config,
             "localise": settings.FITCHECK_MATCH_LOCALISE,
             "localiser": dict(settings.FITCHECK_MATCH_LOCALISER_CONFIG),
+            "verify": settings.FITCHECK_MATCH_VERIFY,
+            "matte": dict(settings.FITCHECK_MATCH_MATTE_CONFIG),
         },
         epochs=int(config.get("epochs", 12)),
     )
@@ -182,7 +184,6 @@ def _score_version(version: ModelVersion, views, truth: np.ndarray, data: dict) 
     catalog = torch.from_numpy(services.images_embed(version=version, images=products))
     queries = torch.from_numpy(services.images_embed(version=version, images=images, photos=True))
     return _recall_at_1(queries, catalog, truth)
-
 
 
 def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device, history_extra: tuple[str, ...] = ()):
@@ -263,6 +264,31 @@ def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> fl
     return time.perf_counter() - started
 
 
+def matte_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
+    """Train the matte of geometric verification (mlcore.nn.verify) on views of `products` (uint8
+    (N, C, H, W)) and attach it to `model` (model.matte), unless the run's config says
+    {"verify": false} or the model has no localiser (verification cuts photos with it). Heartbeat,
+    stop and seeding as localiser_train. Returns its seconds, or None when skipped."""
+    from .jobs import worker_stopping
+    from .nn import verify
+    from .nn.match_cnn import TrainingInterrupted
+
+    if not run.config.get("verify", True) or getattr(model, "localiser", None) is None:
+        return None
+    started = time.perf_counter()
+    known = verify.MatteConfig.__dataclass_fields__
+    fields = {k: v for k, v in run.config.get("matte", {}).items() if k in known}
+
+    def beat(row):
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        logger.info("training run %s: matte epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
+        if worker_stopping():
+            raise TrainingInterrupted(f"stopped after matte epoch {row['epoch']}")
+
+    model.matte, _ = verify.matte_fit(products, verify.MatteConfig(**fields), grayscale=grayscale, on_epoch=beat)
+    return time.perf_counter() - started
+
+
 def pretrain_run_train(run: TrainingRun) -> None:
     """Train stage 1 for `run`, resuming from its checkpoint; register and try to promote the model."""
     import torch
@@ -286,6 +312,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
     trainer_fit_resumable(run, trainer, stage_name="matching_pretrain", device=device)
     model = trainer.model
     localiser_s = localiser_train(run, model, train_data.products, grayscale=config.grayscale)
+    matte_s = matte_train(run, model, train_data.products, grayscale=config.grayscale)
     started = time.perf_counter()
     rejection = mc.rejection_calibrate(model, train_data, config, device=device, count=min(2000, len(data["products"])))
     held_out = held_out_rows(data["product_ids"])
@@ -310,6 +337,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
         "threshold": rejection.threshold,
         "calibration_s": time.perf_counter() - started,
         "localiser_s": localiser_s,
+        "matte_s": matte_s,
         "images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])) if trainer.history else None,
     }
     candidate = ModelVersion.objects.create(

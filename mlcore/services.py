@@ -455,6 +455,96 @@ def product_index_get(*, version: ModelVersion) -> "VectorIndex":
     return index
 
 
+_silhouette_cache: dict = {}  # (version uuid, product pk) → float16 (2, 48, 48), mlcore.nn.verify.silhouettes
+SILHOUETTE_CACHE_MAX = 200_000  # about 1.8 GB at most; cleared whole when full
+
+
+def _verifying_model(version: ModelVersion):
+    """The matching CNN of `version` when it re-ranks its shortlists by geometric verification (it
+    carries a localiser and a matte, mlcore.nn.verify), else None."""
+    if version.backbone != "match_cnn":
+        return None
+    model, transform, _ = _model_for(version)
+    if getattr(model, "matte", None) is None or getattr(model, "localiser", None) is None:
+        return None
+    return model
+
+
+def _silhouettes_of(version: ModelVersion, product_ids, *, grayscale: bool):
+    """float16 (len(product_ids), 2, 48, 48) catalog silhouettes (mlcore.nn.verify.silhouettes) of
+    each product's first image, computed once per process and model version."""
+    import torch
+
+    from .nn.verify import silhouettes
+
+    missing = sorted({int(p) for p in product_ids if (version.uuid, int(p)) not in _silhouette_cache})
+    if missing:
+        first = {}
+        for image in ProductImage.objects.filter(product_id__in=missing).order_by("product_id", "position", "pk"):
+            first.setdefault(image.product_id, image)
+        images = [_uint8_chw(_open_image(first[p].image)) for p in missing if p in first]
+        shown = [p for p in missing if p in first]
+        if images:
+            sizes = {tuple(im.shape[-2:]) for im in images}
+            batch = (
+                torch.stack(images)
+                if len(sizes) == 1
+                else torch.stack(
+                    [
+                        torch.nn.functional.interpolate(
+                            im[None].float(), size=(96, 96), mode="bilinear", antialias=True
+                        )[0]
+                        .round()
+                        .clamp(0, 255)
+                        .to(torch.uint8)
+                        for im in images
+                    ]
+                )
+            )
+            with _cache_lock:
+                if len(_silhouette_cache) + len(shown) > SILHOUETTE_CACHE_MAX:
+                    _silhouette_cache.clear()
+                for p, row in zip(shown, silhouettes(batch, grayscale=grayscale), strict=True):
+                    _silhouette_cache[(version.uuid, p)] = row
+    blank = torch.zeros((2, 48, 48), dtype=torch.float16)
+    return torch.stack([_silhouette_cache.get((version.uuid, int(p)), blank) for p in product_ids])
+
+
+def _shortlists_verify(version: ModelVersion, model, photo_ids: list[int], ids: np.ndarray, scores: np.ndarray):
+    """Re-rank each photo's shortlist (ids (Q, K) int64 product pks best first, scores (Q, K) cosines)
+    by mlcore.nn.verify.shortlists_rerank. Returns (ids, scores) (Q, K) in the new order; the scores
+    stay the CNN's cosines. A photo whose image cannot be read keeps its shortlist as it was."""
+    import torch
+
+    from .nn.verify import shortlists_rerank
+
+    if ids.size == 0:
+        return ids, scores
+    grayscale = _model_for(version)[1].config.grayscale
+    photos = {p.pk: p for p in Photo.objects.filter(pk__in=photo_ids)}
+    readable, images = [], []
+    for row, photo_id in enumerate(photo_ids):
+        try:
+            images.append(_uint8_chw(_open_image(photos[photo_id].image)))
+            readable.append(row)
+        except (KeyError, OSError, ValueError) as exc:
+            logger.warning("photo %s: not verified, its image cannot be read (%s)", photo_id, exc)
+    if not readable:
+        return ids, scores
+    flat = ids[readable].reshape(-1)
+    rows = {int(p): i for i, p in enumerate(dict.fromkeys(flat.tolist()))}
+    catalog = _silhouettes_of(version, list(rows), grayscale=grayscale)
+    local = torch.tensor([[rows[int(p)] for p in r] for r in ids[readable]], dtype=torch.int64)
+    new_local, new_scores = shortlists_rerank(
+        model, images, local, torch.from_numpy(scores[readable]), catalog, grayscale=grayscale
+    )
+    back = np.asarray(list(rows), np.int64)
+    ids, scores = ids.copy(), scores.copy()
+    ids[readable] = back[new_local.numpy()]
+    scores[readable] = new_scores.numpy()
+    return ids, scores
+
+
 def photos_topk_products(
     *, version: ModelVersion, photo_ids: list[int], k: int = 3, product_ids: list[int] | None = None
 ) -> dict[int, list[tuple[int, float]]]:
@@ -466,6 +556,10 @@ def photos_topk_products(
         k: products per photo.
         product_ids: only suggest among these Product pks (one retailer's, say); inactive or
             unembedded ones are never suggested. None (the default): every active product.
+
+    A trained matching CNN that carries a matte (mlcore.nn.verify) takes its top SHORTLIST (60)
+    products and re-ranks them by geometric verification before keeping k: the order is then the
+    fused one, and the scores, still the CNN's cosines, need not be sorted.
 
     Returns:
         {photo_id: [(product_id, cosine similarity in [-1, 1]), ...]} best first, up to k each.
@@ -485,9 +579,16 @@ def photos_topk_products(
         return {photo_id: [] for photo_id, _ in rows}
     queries = _vectors([vector for _, vector in rows], version.embedding_dim)
     allowed = None if product_ids is None else np.asarray(product_ids, np.int64)
-    ids, scores = index.search(queries, k, allowed_ids=allowed)
+    model = _verifying_model(version)
+    if model is None:
+        ids, scores = index.search(queries, k, allowed_ids=allowed)
+    else:  # the CNN's shortlist, re-ranked by geometric verification (mlcore.nn.verify)
+        from .nn.verify import SHORTLIST
+
+        ids, scores = index.search(queries, max(k, SHORTLIST), allowed_ids=allowed)
+        ids, scores = _shortlists_verify(version, model, [photo_id for photo_id, _ in rows], ids, scores)
+        ids, scores = ids[:, :k], scores[:, :k]
     return {
         photo_id: [(int(p), float(s)) for p, s in zip(ids[i], scores[i], strict=True)]
         for i, (photo_id, _) in enumerate(rows)
     }
-

@@ -217,6 +217,9 @@ def test_preparing_a_campaign_trains_the_cnn_and_a_promoted_one_takes_over_the_o
     assert run.status == TrainingRun.Status.DONE, run.error
     assert Task.objects.filter(campaign=campaign).count() == 6
     assert run.promoted, run.decision
+    model, *_ = mc.match_cnn_load(run.candidate.weights_path)
+    assert model.localiser is not None and model.matte is not None  # its suggestions are verified
+    assert run.candidate.metrics["matte_s"] > 0
     campaign.refresh_from_db()
     assert campaign.model_version == run.candidate
     assert ProductEmbedding.objects.filter(model_version=run.candidate).count() == 16
