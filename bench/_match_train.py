@@ -14,6 +14,10 @@ Data, all from the bench database that match_recall.py loaded with fashion_mnist
   each in-catalog test photo's product, and 300 photos of Fashion-MNIST training images that are not
   in the catalog (and not among the stage-2 rejections), so that recall@3 and the not-in-catalog
   AUROC can be compared across generators.
+
+After the localiser, stage 1 trains the matte (mlcore.nn.verify, unless --no-verify); from then on
+recall and category@1 are those of the CNN's top SHORTLIST re-ranked by geometric verification, as
+the app suggests, and the CNN's own ranking is reported beside them.
 """
 
 import time
