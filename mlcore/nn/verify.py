@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .localise import _block  # 3×3 conv + GroupNorm + ReLU, as the localiser's
 from .views import CatalogViews, _float_image, _network_input, _square
 
 MATTE_PX = 48
@@ -61,14 +62,6 @@ class MatteConfig:
         return asdict(self)
 
 
-def _block(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False),
-        nn.GroupNorm(8, c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
 class Matte(nn.Module):
     """(B, 3, 48, 48) normalised network input → (B, 1, 48, 48) foreground logits."""
 
@@ -77,11 +70,11 @@ class Matte(nn.Module):
         self.width = w = width
         self.body = nn.Sequential(
             _block(3, w),
-            _block(w, 2 * w, 2),
-            _block(2 * w, 2 * w, 4),
-            _block(2 * w, 2 * w, 8),
-            _block(2 * w, 2 * w, 16),
-            _block(2 * w, 2 * w, 1),
+            _block(w, 2 * w, dilation=2),
+            _block(2 * w, 2 * w, dilation=4),
+            _block(2 * w, 2 * w, dilation=8),
+            _block(2 * w, 2 * w, dilation=16),
+            _block(2 * w, 2 * w, dilation=1),
             nn.Conv2d(2 * w, 1, 1),
         )
 
