@@ -805,7 +805,10 @@ def matching_finetune_due() -> list[TrainingRun]:
 
 def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -> dict:
     """Re-suggest products for the open, unanswered, unleased, non-gold photos of a match campaign
-    with its active matching head (or `version`).
+    with its active matching head (or `version`: a matching head, or a matching CNN, a BACKBONE
+    version, whose suggestions are mlcore.services.photos_suggest's: its index's shortlist re-ranked
+    by geometric verification when it carries a matte, as new tasks get them, and withheld by its
+    rejection model).
 
     - A photo the head suggests products for: its candidates become the head's top
       campaign.candidate_count products with their cosine scores, and a withholding by an earlier
@@ -832,7 +835,8 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     Raises:
         OSError, ValueError: the head's checkpoint is missing or unreadable (match_head_load).
     """
-    from mlcore.nn.matching import match_head_load, suggest
+    from mlcore import services as ml_services
+    from mlcore.models import PhotoEmbedding, ProductEmbedding
 
     from .models import Lease, TaskCandidate
 
@@ -840,26 +844,20 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     counts = {"tasks": 0, "resuggested": 0, "withheld": 0, "restored": 0}
     if version is None:
         return counts
-    if version.kind == ModelVersion.Kind.BACKBONE:
-        head, embedding_version = None, version
-        suggest = _backbone_suggester(version)
-        threshold = None
-    else:
-        head, extra = match_head_load(version.weights_path)
-        threshold = extra.get("threshold")
-        embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
-    from mlcore.models import PhotoEmbedding, ProductEmbedding
+    k = campaign.candidate_count
+    if version.kind == ModelVersion.Kind.BACKBONE:  # a matching CNN: its index, verification, rejection
+        embedding_version = version
+        if not ProductEmbedding.objects.filter(model_version=version, product__is_active=True).exists():
+            return counts
 
-    dim = embedding_version.embedding_dim
-    product_rows = list(
-        ProductEmbedding.objects.filter(model_version=embedding_version, product__is_active=True)
-        .order_by("product_id")
-        .values_list("product_id", "vector")
-    )
-    if not product_rows:
-        return counts
-    product_ids = [p for p, _ in product_rows]
-    products = np.stack([np.frombuffer(bytes(v), dtype=np.float32).reshape(dim) for _, v in product_rows])
+        def suggestions_of(photo_ids: list[int]) -> dict:
+            return ml_services.photos_suggest(version=version, photo_ids=photo_ids, k=k)
+
+    else:
+        suggestions_of = _head_suggester(version, k=k)
+        embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
+        if suggestions_of is None:
+            return counts
     now = timezone.now()
     leased = Lease.objects.filter(expires_at__gt=now).values("task_id")
     open_ids = list(
@@ -871,16 +869,17 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     for i in range(0, len(open_ids), CHUNK):
         chunk = open_ids[i : i + CHUNK]
         photo_of = dict(Task.objects.filter(pk__in=chunk).values_list("pk", "photo_id"))
-        vectors = dict(
+        embedded = set(
             PhotoEmbedding.objects.filter(
                 model_version=embedding_version, photo_id__in=list(photo_of.values())
-            ).values_list("photo_id", "vector")
+            ).values_list("photo_id", flat=True)
         )
-        tasks = [t for t in chunk if photo_of.get(t) in vectors]
+        tasks = [t for t in chunk if photo_of.get(t) in embedded]
         if not tasks:
             continue
-        photos = np.stack([np.frombuffer(bytes(vectors[photo_of[t]]), dtype=np.float32).reshape(dim) for t in tasks])
-        suggestions = suggest(photos, products, head, k=campaign.candidate_count, threshold=threshold)
+        by_photo = suggestions_of(sorted({photo_of[t] for t in tasks}))
+        tasks = [t for t in tasks if photo_of[t] in by_photo]
+        suggestions = [by_photo[photo_of[t]] for t in tasks]
         with transaction.atomic():
             fresh = set(
                 Task.objects.select_for_update(of=("self",))
@@ -896,7 +895,7 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
                     withheld.append(task_id)
                     continue
                 rows += [
-                    TaskCandidate(task_id=task_id, product_id=product_ids[p], rank=rank, score=round(score, 6))
+                    TaskCandidate(task_id=task_id, product_id=p, rank=rank, score=round(score, 6))
                     for rank, (p, score) in enumerate(suggested, start=1)
                 ]
                 resuggested.append(task_id)
@@ -912,26 +911,49 @@ def matching_apply(*, campaign: Campaign, version: ModelVersion | None = None) -
     return counts
 
 
-def _backbone_suggester(version: ModelVersion):
-    """suggest()'s contract for a matching CNN: cosine top-k, or None ("no suggestion") when the
-    CNN's rejection model puts P(in catalog) under its conformal threshold."""
-    import torch
+def _head_suggester(version: ModelVersion, *, k: int):
+    """A matching head's suggestions, as photos_suggest gives a CNN's: a function of photo pks →
+    {photo_id: [(product pk, cosine), ...] best first, or None where the head's rejection threshold
+    withholds them}, over its embedding model's active products; None when that model has no product
+    embeddings.
 
-    from mlcore.nn.match_cnn import match_cnn_load, ranking_features, topk_search
+    Raises:
+        OSError, ValueError: the head's checkpoint is missing or unreadable (match_head_load).
+    """
+    from mlcore.models import PhotoEmbedding, ProductEmbedding
+    from mlcore.nn.matching import match_head_load, suggest
 
-    _, _, rejection, _ = match_cnn_load(version.weights_path)
+    head, extra = match_head_load(version.weights_path)
+    threshold = extra.get("threshold")
+    embedding_version = ModelVersion.objects.get(uuid=version.config["embedding_version"])
+    dim = embedding_version.embedding_dim
+    product_rows = list(
+        ProductEmbedding.objects.filter(model_version=embedding_version, product__is_active=True)
+        .order_by("product_id")
+        .values_list("product_id", "vector")
+    )
+    if not product_rows:
+        return None
+    product_ids = [p for p, _ in product_rows]
+    products = np.stack([np.frombuffer(bytes(v), dtype=np.float32).reshape(dim) for _, v in product_rows])
 
-    def suggest(photos, products, head, *, k, threshold=None):
-        idx, scores = topk_search(torch.from_numpy(photos), torch.from_numpy(products), k=max(k, 10))
-        keep = torch.ones(len(idx), dtype=torch.bool)
-        if rejection is not None and rejection.threshold is not None and scores.shape[1] >= 2:
-            keep = rejection.probability(ranking_features(scores)) >= rejection.threshold
-        return [
-            [(int(p), float(s)) for p, s in zip(idx[i, :k], scores[i, :k], strict=True)] if keep[i] else None
-            for i in range(len(idx))
-        ]
+    def suggestions_of(photo_ids: list[int]) -> dict:
+        vectors = dict(
+            PhotoEmbedding.objects.filter(model_version=embedding_version, photo_id__in=photo_ids).values_list(
+                "photo_id", "vector"
+            )
+        )
+        shown = [p for p in photo_ids if p in vectors]
+        if not shown:
+            return {}
+        photos = np.stack([np.frombuffer(bytes(vectors[p]), dtype=np.float32).reshape(dim) for p in shown])
+        suggested = suggest(photos, products, head, k=k, threshold=threshold)
+        return {
+            p: None if s is None else [(product_ids[i], score) for i, score in s]
+            for p, s in zip(shown, suggested, strict=True)
+        }
 
-    return suggest
+    return suggestions_of
 
 
 def matching_metric_intervals(version: ModelVersion) -> dict:

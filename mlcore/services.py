@@ -105,15 +105,16 @@ def _match_cnn_for(version: ModelVersion, device):
 
     if version.checkpoint_sha256 and file_sha256(version.weights_path) != version.checkpoint_sha256:
         raise TrainingError(f"{version.weights_path} does not match the sha256 registered for {version.name}")
-    model, config, _, _ = match_cnn_load(version.weights_path)
-    return model, _MatchTransform(config, eval_batch)
+    model, config, rejection, _ = match_cnn_load(version.weights_path)
+    return model, _MatchTransform(config, eval_batch, rejection)
 
 
 class _MatchTransform:
-    """PIL image → (3, S, S) float32 network input of a matching CNN; `.config` is its MatchCNNConfig."""
+    """PIL image → (3, S, S) float32 network input of a matching CNN; `.config` is its MatchCNNConfig,
+    `.rejection` its rejection model (mlcore.nn.match_cnn.Rejection, or None)."""
 
-    def __init__(self, config, eval_batch):
-        self.config, self._eval_batch = config, eval_batch
+    def __init__(self, config, eval_batch, rejection=None):
+        self.config, self._eval_batch, self.rejection = config, eval_batch, rejection
 
     def __call__(self, image: Image.Image):
         return self._eval_batch(_uint8_chw(image)[None], self.config.image_size_px, grayscale=self.config.grayscale)[0]
@@ -567,28 +568,66 @@ def photos_topk_products(
     Raises:
         EmbeddingsMissing: no product embeddings exist for `version`.
     """
+    ranked, ids, scores, _ = _photos_ranked(version=version, photo_ids=photo_ids, k=k, product_ids=product_ids)
+    return {
+        photo_id: [(int(p), float(s)) for p, s in zip(ids[i], scores[i], strict=True)]
+        for i, photo_id in enumerate(ranked)
+    }
+
+
+def photos_suggest(
+    *, version: ModelVersion, photo_ids: list[int], k: int = 3, product_ids: list[int] | None = None
+) -> dict[int, list[tuple[int, float]] | None]:
+    """What a match task shows for each photo under a matching CNN: photos_topk_products's top k (the
+    shortlist re-ranked by geometric verification when the CNN carries a matte), or None where the
+    CNN's rejection model (mlcore.nn.match_cnn.Rejection, fitted at training) puts P(in catalog),
+    read from the CNN's sorted top-10 cosines, under its conformal threshold: "this photo shows no
+    catalog product". A version without a rejection model (the pretrained embedding) rejects nothing.
+
+    Same arguments as photos_topk_products; photos without an embedding are left out.
+
+    Raises:
+        EmbeddingsMissing: no product embeddings exist for `version`.
+    """
+    import torch
+
+    from .nn.match_cnn import ranking_features
+
+    ranked, ids, scores, cosines = _photos_ranked(version=version, photo_ids=photo_ids, k=k, product_ids=product_ids)
+    rejection = getattr(_model_for(version)[1], "rejection", None) if version.backbone == "match_cnn" else None
+    keep = np.ones(len(ranked), dtype=bool)
+    if rejection is not None and rejection.threshold is not None and cosines.shape[1] >= 2:
+        probability = rejection.probability(ranking_features(torch.from_numpy(cosines[:, :10].copy())))
+        keep = (probability >= rejection.threshold).numpy()
+    return {
+        photo_id: [(int(p), float(s)) for p, s in zip(ids[i], scores[i], strict=True)] if keep[i] else None
+        for i, photo_id in enumerate(ranked)
+    }
+
+
+def _photos_ranked(*, version: ModelVersion, photo_ids: list[int], k: int, product_ids: list[int] | None):
+    """(photo ids that have an embedding, ids (Q, k) product pks best first, scores (Q, k) their
+    cosines, cosines (Q, ≥ 10 where the catalog allows) the CNN's own top cosines sorted, before any
+    re-ranking). See photos_topk_products."""
     index = product_index_get(version=version)
     if not len(index):
         raise EmbeddingsMissing(f"no product embeddings for model version {version.name}")
     rows = list(
         PhotoEmbedding.objects.filter(model_version=version, photo_id__in=photo_ids).values_list("photo_id", "vector")
     )
-    if not rows:
-        return {}
-    if k < 1:  # what the exact index this replaced returned for k = 0
-        return {photo_id: [] for photo_id, _ in rows}
+    ranked = [photo_id for photo_id, _ in rows]
+    if not rows or k < 1:  # k = 0: what the exact index this replaced returned
+        empty = np.zeros((len(rows), 0))
+        return ranked, empty.astype(np.int64), empty, empty
     queries = _vectors([vector for _, vector in rows], version.embedding_dim)
     allowed = None if product_ids is None else np.asarray(product_ids, np.int64)
     model = _verifying_model(version)
     if model is None:
-        ids, scores = index.search(queries, k, allowed_ids=allowed)
+        ids, scores = index.search(queries, max(k, 10), allowed_ids=allowed)
+        cosines = scores
     else:  # the CNN's shortlist, re-ranked by geometric verification (mlcore.nn.verify)
         from .nn.verify import SHORTLIST
 
-        ids, scores = index.search(queries, max(k, SHORTLIST), allowed_ids=allowed)
-        ids, scores = _shortlists_verify(version, model, [photo_id for photo_id, _ in rows], ids, scores)
-        ids, scores = ids[:, :k], scores[:, :k]
-    return {
-        photo_id: [(int(p), float(s)) for p, s in zip(ids[i], scores[i], strict=True)]
-        for i, (photo_id, _) in enumerate(rows)
-    }
+        ids, cosines = index.search(queries, max(k, 10, SHORTLIST), allowed_ids=allowed)
+        ids, scores = _shortlists_verify(version, model, ranked, ids, cosines)
+    return ranked, ids[:, :k], scores[:, :k], cosines

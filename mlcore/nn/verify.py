@@ -311,6 +311,25 @@ def rerank(cosine: torch.Tensor, iou: torch.Tensor, ncc: torch.Tensor) -> torch.
     return _z(cosine.float()) + _z(iou.float()) + _z(ncc.float())
 
 
+def shortlist_scores(
+    photos: torch.Tensor, candidates: torch.Tensor, *, steps: int = 40, chunk: int = 1500
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align every candidate of each shortlist to its photo: photos float (Q, 2, S, S) (photo_mattes),
+    candidates float (Q, K, 2, S, S) (their silhouettes rows) → (IoU (Q, K), NCC (Q, K)) float32,
+    `align`'s scores of each pair, `chunk` pairs at a time."""
+    q, k = candidates.shape[:2]
+    if q == 0 or k == 0:
+        return torch.zeros((q, k)), torch.zeros((q, k))
+    flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
+    flat_cand = candidates.reshape(q * k, *candidates.shape[2:])
+    ious, nccs = [], []
+    for start in range(0, q * k, chunk):
+        iou, ncc = align(flat_photo[start : start + chunk], flat_cand[start : start + chunk], steps=steps)
+        ious.append(iou)
+        nccs.append(ncc)
+    return torch.cat(ious).view(q, k), torch.cat(nccs).view(q, k)
+
+
 def shortlist_verify(
     photos: torch.Tensor, candidates: torch.Tensor, cosine: torch.Tensor, *, steps: int = 40, chunk: int = 1500
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,14 +339,8 @@ def shortlist_verify(
     q, k = cosine.shape
     if q == 0 or k == 0:
         return torch.zeros((q, k), dtype=torch.int64), torch.zeros((q, k))
-    flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
-    flat_cand = candidates.reshape(q * k, *candidates.shape[2:])
-    ious, nccs = [], []
-    for start in range(0, q * k, chunk):
-        iou, ncc = align(flat_photo[start : start + chunk], flat_cand[start : start + chunk], steps=steps)
-        ious.append(iou)
-        nccs.append(ncc)
-    fused = rerank(cosine, torch.cat(ious).view(q, k), torch.cat(nccs).view(q, k))
+    iou, ncc = shortlist_scores(photos, candidates, steps=steps, chunk=chunk)
+    fused = rerank(cosine, iou, ncc)
     order = fused.argsort(dim=1, descending=True)
     return order, fused.gather(1, order)
 
@@ -370,6 +383,7 @@ __all__ = [
     "photo_mattes",
     "photos_matted",
     "rerank",
+    "shortlist_scores",
     "shortlist_verify",
     "shortlists_rerank",
     "silhouettes",

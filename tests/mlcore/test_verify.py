@@ -248,3 +248,75 @@ def test_a_photo_whose_image_cannot_be_read_keeps_the_cnns_order(verifying_versi
         assert len(top[photo.pk]) == 3 and len({p for p, _ in top[photo.pk]}) == 3
         for product_id, score in top[photo.pk]:
             assert score == pytest.approx(cosine_of[photo.pk][product_id], abs=1e-6)
+
+
+def _open_tasks(campaign, photos):
+    from annotate.models import Task, TaskCandidate
+
+    from ..factories import ProductFactory
+
+    stale = [ProductFactory() for _ in range(3)]  # what an earlier model suggested
+    tasks = []
+    for n, photo in enumerate(photos):
+        task = Task.objects.create(campaign=campaign, photo=photo, shuffle_key=n)
+        for rank, product in enumerate(stale, start=1):
+            TaskCandidate.objects.create(task=task, product=product, rank=rank, score=0.5)
+        tasks.append(task)
+    return tasks
+
+
+def test_open_tasks_re_suggested_by_a_verifying_cnn_get_its_re_ranked_order(verifying_version, monkeypatch):
+    """What a promotion runs (annotate.learning.backbone_apply → matching_apply) suggests what new
+    tasks get: the CNN's shortlist re-ranked by verification (here reversed by a stand-in), each
+    candidate with its own cosine. Before, the re-suggestion took the CNN's cosine order unverified."""
+    from annotate import learning
+
+    from ..factories import CampaignFactory
+
+    version, products, photos = verifying_version
+    campaign = CampaignFactory(model_version=version)
+    tasks = _open_tasks(campaign, photos)
+    plain = _plain_top(version, photos, 8)
+    monkeypatch.setattr(
+        verify, "shortlists_rerank", lambda model, images, idx, cosine, catalog, **kw: (idx.flip(1), cosine.flip(1))
+    )
+    counts = learning.matching_apply(campaign=campaign, version=version)
+    assert counts == {"tasks": 3, "resuggested": 3, "withheld": 0, "restored": 0}
+    for task in tasks:
+        rows = list(task.candidates.order_by("rank").values_list("product_id", "score"))
+        expected = plain[task.photo_id][::-1][:3]
+        assert [p for p, _ in rows] == [p for p, _ in expected]
+        np.testing.assert_allclose([s for _, s in rows], [s for _, s in expected], atol=1e-6)
+
+
+def test_open_tasks_whose_photo_the_cnns_rejection_model_turns_down_are_withheld(verifying_version, tmp_path):
+    """photos_suggest reads P(in catalog) from the CNN's sorted top-10 cosines: with a rejection model
+    P = sigmoid(top-1 cosine) and its threshold between the photos' values, the photos below it get no
+    suggestion and their tasks are withheld by the CNN; the others get 3 candidates."""
+    from annotate import learning
+    from mlcore import services
+
+    from ..factories import CampaignFactory
+
+    version, products, photos = verifying_version
+    model, config, _, _ = mc.match_cnn_load(version.weights_path)
+    top1 = {pk: rows[0][1] for pk, rows in _plain_top(version, photos, 1).items()}
+    cut = sorted(top1.values())[1]  # the lowest photo falls below it, the two others do not
+    rejection = mc.Rejection(
+        weights=[1.0, 0.0, 0.0], bias=0.0, mean=[0.0] * 3, std=[1.0] * 3, threshold=1 / (1 + math.exp(-cut)) - 1e-6
+    )
+    mc.match_cnn_save(model, config, version.weights_path, rejection=rejection)
+    services._model_cache.clear()
+    suggested = services.photos_suggest(version=version, photo_ids=[p.pk for p in photos], k=3)
+    low = min(top1, key=top1.get)
+    assert suggested[low] is None
+    assert all(len(suggested[p.pk]) == 3 for p in photos if p.pk != low)
+    campaign = CampaignFactory(model_version=version)
+    tasks = _open_tasks(campaign, photos)
+    assert learning.matching_apply(campaign=campaign, version=version)["withheld"] == 1
+    for task in tasks:
+        task.refresh_from_db()
+        if task.photo_id == low:
+            assert task.suggestions_withheld_by == version and not task.candidates.exists()
+        else:
+            assert task.suggestions_withheld_by is None and task.candidates.count() == 3
