@@ -10,7 +10,7 @@ generator is read. 6 epochs. Tested on the CNN's top 60 of the subset's 500 demo
 second-generator photos. Figures: docs/matching.md, "A learned pair verifier".
 
     .venv/bin/python bench/verify_subset.py OUT_DIR
-    .venv/bin/python bench/pair_verifier.py OUT_DIR   # about 45 min beside a demo
+    .venv/bin/python bench/pair_verifier.py OUT_DIR [EPOCHS]   # 6 epochs: about 45 min beside a demo
 """
 
 import sys
@@ -137,7 +137,7 @@ torch.manual_seed(0)
 net = Pair()
 target = (tr["idx"] == tr["own"][:, None]).float().argmax(1)
 opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-E, B = 6, 16
+E, B = int(sys.argv[2]) if len(sys.argv) > 2 else 6, 16  # epochs (second argument), views per step
 steps = E * (len(target) // B)
 sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
 t = time.perf_counter()
