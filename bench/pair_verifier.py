@@ -38,25 +38,6 @@ catalog = mc.images_embed(model, products, config, device=cpu)
 sil = verify.silhouettes(products)
 
 
-def align_warp(photo, candidate, steps=40, lr=0.02):
-    n = len(photo)
-    q = photo[:, :1]
-    size = (n, 1) + tuple(photo.shape[-2:])
-    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).repeat(n, 1, 1).requires_grad_(True)
-    opt = torch.optim.Adam([theta], lr=lr)
-    for _ in range(steps):
-        w = F.grid_sample(candidate[:, :1], F.affine_grid(theta, size, align_corners=False), align_corners=False)
-        inter = (w * q).sum((1, 2, 3))
-        union = (w + q - w * q).sum((1, 2, 3)).clamp_min(1e-6)
-        loss = -(inter / union).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        warped = F.grid_sample(candidate, F.affine_grid(theta, size, align_corners=False), align_corners=False)
-    return warped
-
-
 def pairs_of(photos, k, own=None):
     z = mc.photos_embed(model, photos, config, device=cpu)
     idx, cos = mc.topk_search(z, catalog, k=k)
@@ -70,8 +51,10 @@ def pairs_of(photos, k, own=None):
     flat_photo = matted[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, 2, 48, 48)
     warped, ious, nccs = [], [], []
     for s in range(0, q * k, 1500):
-        warped.append(align_warp(flat_photo[s : s + 1500], cand[s : s + 1500]).half())
-        iou, ncc = verify.align(flat_photo[s : s + 1500], cand[s : s + 1500])
+        part = cand[s : s + 1500]
+        iou, ncc, theta = verify.align(flat_photo[s : s + 1500], part, return_warp=True)
+        grid = F.affine_grid(theta, (len(part), 1, 48, 48), align_corners=False)
+        warped.append(F.grid_sample(part, grid, align_corners=False).half())
         ious.append(iou)
         nccs.append(ncc)
     return {

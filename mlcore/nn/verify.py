@@ -250,8 +250,8 @@ def photos_matted(model, photos, *, grayscale: bool = True) -> torch.Tensor:
 
 
 def align(
-    photo: torch.Tensor, candidate: torch.Tensor, *, steps: int = 40, lr: float = 0.02
-) -> tuple[torch.Tensor, torch.Tensor]:
+    photo: torch.Tensor, candidate: torch.Tensor, *, steps: int = 40, lr: float = 0.02, return_warp: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Fit an affine warp of each candidate's silhouette to its photo's matte and score the fit.
 
     photo: float (P, 2, S, S) (photo_mattes rows), candidate: float (P, 2, S, S) (silhouettes rows),
@@ -259,7 +259,8 @@ def align(
     fitted by `steps` Adam steps at `lr` on −soft IoU (the candidate mask resampled bilinearly by
     F.affine_grid / F.grid_sample). Returns (IoU (P,) in [0, 1], NCC (P,) in [-1, 1]): the soft IoU
     at the fitted warp, and the normalised cross-correlation of the two intensities weighted by
-    the product of the two masks.
+    the product of the two masks. With `return_warp`, also the fitted warp θ (P, 2, 3) float32, for
+    F.affine_grid (bench/pair_verifier.py resamples the candidate with it).
 
     The warp is free (no penalty towards the identity): on the 2,000-product subset a penalty of
     0.5·‖A − I‖² on its linear part moved demo-photo recall@3 by +0.016 and the second generator's
@@ -268,7 +269,11 @@ def align(
     """
     n = len(photo)
     if n == 0:
-        return torch.zeros(0), torch.zeros(0)
+        return (
+            (torch.zeros(0), torch.zeros(0), torch.zeros((0, 2, 3)))
+            if return_warp
+            else (torch.zeros(0), torch.zeros(0))
+        )
     photo, candidate = photo.float(), candidate.float()
     q, qi = photo[:, :1], photo[:, 1:]
     size = (n, 1) + tuple(photo.shape[-2:])
@@ -296,7 +301,7 @@ def align(
 
         a, b = centred(wi), centred(qi)
         ncc = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-6)
-    return iou, ncc
+    return (iou, ncc, theta.detach()) if return_warp else (iou, ncc)
 
 
 def _z(scores: torch.Tensor) -> torch.Tensor:
@@ -311,25 +316,6 @@ def rerank(cosine: torch.Tensor, iou: torch.Tensor, ncc: torch.Tensor) -> torch.
     return _z(cosine.float()) + _z(iou.float()) + _z(ncc.float())
 
 
-def shortlist_scores(
-    photos: torch.Tensor, candidates: torch.Tensor, *, steps: int = 40, chunk: int = 1500
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align every candidate of each shortlist to its photo: photos float (Q, 2, S, S) (photo_mattes),
-    candidates float (Q, K, 2, S, S) (their silhouettes rows) → (IoU (Q, K), NCC (Q, K)) float32,
-    `align`'s scores of each pair, `chunk` pairs at a time."""
-    q, k = candidates.shape[:2]
-    if q == 0 or k == 0:
-        return torch.zeros((q, k)), torch.zeros((q, k))
-    flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
-    flat_cand = candidates.reshape(q * k, *candidates.shape[2:])
-    ious, nccs = [], []
-    for start in range(0, q * k, chunk):
-        iou, ncc = align(flat_photo[start : start + chunk], flat_cand[start : start + chunk], steps=steps)
-        ious.append(iou)
-        nccs.append(ncc)
-    return torch.cat(ious).view(q, k), torch.cat(nccs).view(q, k)
-
-
 def shortlist_verify(
     photos: torch.Tensor, candidates: torch.Tensor, cosine: torch.Tensor, *, steps: int = 40, chunk: int = 1500
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,8 +325,14 @@ def shortlist_verify(
     q, k = cosine.shape
     if q == 0 or k == 0:
         return torch.zeros((q, k), dtype=torch.int64), torch.zeros((q, k))
-    iou, ncc = shortlist_scores(photos, candidates, steps=steps, chunk=chunk)
-    fused = rerank(cosine, iou, ncc)
+    flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
+    flat_cand = candidates.reshape(q * k, *candidates.shape[2:])
+    ious, nccs = [], []
+    for start in range(0, q * k, chunk):
+        iou, ncc = align(flat_photo[start : start + chunk], flat_cand[start : start + chunk], steps=steps)
+        ious.append(iou)
+        nccs.append(ncc)
+    fused = rerank(cosine, torch.cat(ious).view(q, k), torch.cat(nccs).view(q, k))
     order = fused.argsort(dim=1, descending=True)
     return order, fused.gather(1, order)
 
@@ -383,7 +375,6 @@ __all__ = [
     "photo_mattes",
     "photos_matted",
     "rerank",
-    "shortlist_scores",
     "shortlist_verify",
     "shortlists_rerank",
     "silhouettes",
