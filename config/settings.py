@@ -401,6 +401,14 @@ FITCHECK_MATCH_LOCALISER_CONFIG = {"views": env.int("FITCHECK_MATCH_LOCALISER_VI
 # silhouettes aligned to the photo). Off with FITCHECK_MATCH_VERIFY=0 (the CNN's ranking as it is).
 FITCHECK_MATCH_VERIFY = env.bool("FITCHECK_MATCH_VERIFY", default=True)
 FITCHECK_MATCH_MATTE_CONFIG = {"views": env.int("FITCHECK_MATCH_MATTE_VIEWS", default=6000)}
+# Then the pair verifier (mlcore.nn.verify.PairVerifier), the re-ranking's fourth, learned term: trained
+# on FITCHECK_MATCH_PAIR_VIEWS generated views, each with the CNN's top 20, for FITCHECK_MATCH_PAIR_EPOCHS
+# epochs (about 15-20 min on 2 CPU cores at the defaults). Off with FITCHECK_MATCH_PAIR_VERIFY=0 (three terms).
+FITCHECK_MATCH_PAIR_VERIFY = env.bool("FITCHECK_MATCH_PAIR_VERIFY", default=True)
+FITCHECK_MATCH_PAIR_CONFIG = {
+    "views": env.int("FITCHECK_MATCH_PAIR_VIEWS", default=3000),
+    "epochs": env.int("FITCHECK_MATCH_PAIR_EPOCHS", default=12),
+}
 # Stage 2 (mlcore.matching_finetune): the learning loop fine-tunes a campaign's serving matching CNN
 # once this many new verified matches have settled since its last CNN run (0: never by itself; the
 # Models page's Retrain still does).

@@ -150,6 +150,8 @@ def matching_pretrain_create(*, scope: str, base_version: ModelVersion, reason: 
             "localiser": dict(settings.FITCHECK_MATCH_LOCALISER_CONFIG),
             "verify": settings.FITCHECK_MATCH_VERIFY,
             "matte": dict(settings.FITCHECK_MATCH_MATTE_CONFIG),
+            "pair_verify": settings.FITCHECK_MATCH_PAIR_VERIFY,
+            "pair": dict(settings.FITCHECK_MATCH_PAIR_CONFIG),
         },
         epochs=int(config.get("epochs", 12)),
     )
@@ -289,6 +291,44 @@ def matte_train(run: TrainingRun, model, products, *, grayscale: bool) -> float 
     return time.perf_counter() - started
 
 
+def pair_train(run: TrainingRun, model, products, catalog, config, *, device) -> float | None:
+    """Train the pair verifier (mlcore.nn.verify.PairVerifier, the fourth term of geometric
+    verification) for `model` on views of `products` (uint8 (N, C, H, W)), with `catalog` (N, D) the
+    model's embeddings of them and `config` its MatchCNNConfig, and attach it (model.pair), unless the
+    run's config says {"pair_verify": false} or the model has no matte. Heartbeat, stop and seeding
+    as localiser_train. Returns its seconds, or None when skipped."""
+    from .jobs import worker_stopping
+    from .nn import verify
+    from .nn.match_cnn import TrainingInterrupted
+
+    if not run.config.get("pair_verify", True) or getattr(model, "matte", None) is None:
+        return None
+    started = time.perf_counter()
+    known = verify.PairConfig.__dataclass_fields__
+    fields = {k: v for k, v in run.config.get("pair", {}).items() if k in known}
+
+    def beat(row):
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        if row["epoch"] == 0:
+            logger.info("training run %s: pair verifier's views aligned", run.uuid)
+        else:
+            logger.info("training run %s: pair verifier epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
+        if worker_stopping():
+            raise TrainingInterrupted(f"stopped after pair verifier epoch {row['epoch']}")
+
+    model.pair, _ = verify.pair_fit(
+        model,
+        products,
+        catalog,
+        verify.PairConfig(**fields),
+        match_config=config,
+        grayscale=config.grayscale,
+        device=device,
+        on_epoch=beat,
+    )
+    return time.perf_counter() - started
+
+
 def pretrain_run_train(run: TrainingRun) -> None:
     """Train stage 1 for `run`, resuming from its checkpoint; register and try to promote the model."""
     import torch
@@ -313,6 +353,8 @@ def pretrain_run_train(run: TrainingRun) -> None:
     model = trainer.model
     localiser_s = localiser_train(run, model, train_data.products, grayscale=config.grayscale)
     matte_s = matte_train(run, model, train_data.products, grayscale=config.grayscale)
+    catalog = mc.images_embed(model, train_data.products, config, device=device)
+    pair_s = pair_train(run, model, train_data.products, catalog, config, device=device)
     started = time.perf_counter()
     rejection = mc.rejection_calibrate(model, train_data, config, device=device, count=min(2000, len(data["products"])))
     held_out = held_out_rows(data["product_ids"])
@@ -322,7 +364,6 @@ def pretrain_run_train(run: TrainingRun) -> None:
         train_data.products, size_px=config.image_size_px, grayscale=config.grayscale, seed=config.seed + 777
     )
     batch = _views_of(views, held_out)
-    catalog = mc.images_embed(model, train_data.products, config, device=device)
     # scored as the product scores photos: with the test-time crops (services.images_embed, photos=True)
     queries = mc.photos_embed(model, torch.from_numpy(_views_uint8(batch)), config, device=device)
     score = _recall_at_1(queries, catalog, held_out)
@@ -338,6 +379,7 @@ def pretrain_run_train(run: TrainingRun) -> None:
         "calibration_s": time.perf_counter() - started,
         "localiser_s": localiser_s,
         "matte_s": matte_s,
+        "pair_s": pair_s,
         "images_per_s": float(np.mean([h["images_per_s"] for h in trainer.history])) if trainer.history else None,
     }
     candidate = ModelVersion.objects.create(

@@ -36,6 +36,7 @@ def _test_settings(settings, tmp_path):
     settings.FITCHECK_MATCH_PRETRAIN = False  # tests that want the matching CNN trained turn it on
     settings.FITCHECK_MATCH_LOCALISER_CONFIG = {"views": 48, "sets": 1, "echo": 2, "width": 8}  # seconds, not minutes
     settings.FITCHECK_MATCH_MATTE_CONFIG = {"views": 32, "sets": 1, "echo": 1, "width": 8}
+    settings.FITCHECK_MATCH_PAIR_CONFIG = {"views": 16, "shortlist": 4, "epochs": 1, "batch_size": 8, "width": 8}
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     cache.clear()  # the API throttle counts live in the cache: every test starts with none
     celery_app.conf.task_always_eager = True

@@ -155,6 +155,9 @@ class MatchNet(nn.Module):
         # The photo's per-pixel product mask (mlcore.nn.verify), trained after the localiser and
         # carried by stage 2 unchanged; None: the CNN's ranking is not re-ranked.
         self.matte: nn.Module | None = None
+        # The learned fourth term of that re-ranking (mlcore.nn.verify.PairVerifier), trained after
+        # the matte and carried by stage 2 unchanged; None: three terms.
+        self.pair: nn.Module | None = None
 
     def category_logits(self, z: torch.Tensor) -> torch.Tensor:
         """(B, D) unit embeddings → (B, C) logits, scaled as a cosine classifier would be (NormFace,
@@ -560,7 +563,7 @@ class Trainer:
         self.steps_per_epoch = max(1, len(data.products) // config.batch_size)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            if name.startswith(("localiser.", "matte.")):  # trained on their own; stage 2 keeps them
+            if name.startswith(("localiser.", "matte.", "pair.")):  # trained on their own; stage 2 keeps them
                 p.requires_grad_(False)
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)
@@ -851,6 +854,7 @@ def match_cnn_save(
             "rejection": asdict(rejection) if rejection else None,
             "localiser_width": model.localiser.width if getattr(model, "localiser", None) is not None else None,
             "matte_width": model.matte.width if getattr(model, "matte", None) is not None else None,
+            "pair_width": model.pair.width if getattr(model, "pair", None) is not None else None,
             "extra": extra or {},
         },
         buffer,
@@ -888,6 +892,10 @@ def match_cnn_load(
         from .verify import Matte
 
         model.matte = Matte(int(state["matte_width"]))
+    if state.get("pair_width"):
+        from .verify import PairVerifier
+
+        model.pair = PairVerifier(int(state["pair_width"]))
     model.load_state_dict(state["model"])
     model = model.to(device or torch.device("cpu")).eval()
     rejection = Rejection(**state["rejection"]) if state.get("rejection") else None

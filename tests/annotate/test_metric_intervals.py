@@ -92,6 +92,7 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
             "base": {"name": "pretrained", "recall_at_1": 0.06},
             "localiser_s": 266.4,
             "matte_s": 301.2,
+            "pair_s": 412.7,
         },
     )
     client.force_login(user_with_role("ml"))
@@ -105,7 +106,7 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
     # Matching CNN: recall@1 65/500 on held-out views, the pretrained yardstick's 30/500.
     assert _ci(65, 500) in html and _ci(30, 500) in html
     assert "photos cut to the product by its localiser, trained in 266 s" in html
-    assert "suggestions re-ranked by geometric verification (matte trained in 301 s)" in html
+    assert "suggestions re-ranked by geometric verification (matte trained in 301 s, pair verifier in 413 s)" in html
 
 
 def test_the_agreement_report_shows_alphas_interval_and_n(client):

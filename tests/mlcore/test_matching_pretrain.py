@@ -219,7 +219,8 @@ def test_preparing_a_campaign_trains_the_cnn_and_a_promoted_one_takes_over_the_o
     assert run.promoted, run.decision
     model, *_ = mc.match_cnn_load(run.candidate.weights_path)
     assert model.localiser is not None and model.matte is not None  # its suggestions are verified
-    assert run.candidate.metrics["matte_s"] > 0
+    assert model.pair is not None and model.pair.width == 8  # with the learned fourth term
+    assert run.candidate.metrics["matte_s"] > 0 and run.candidate.metrics["pair_s"] > 0
     campaign.refresh_from_db()
     assert campaign.model_version == run.candidate
     assert ProductEmbedding.objects.filter(model_version=run.candidate).count() == 16

@@ -76,6 +76,8 @@ def test_rerank_sums_z_scores_over_each_shortlist_and_can_overturn_the_cosine_or
     assert torch.allclose(fused, z(cosine) + z(iou) + z(ncc))
     assert int(fused.argmax()) == 1
     assert torch.equal(verify.rerank(cosine[:, :1], iou[:, :1], ncc[:, :1]), torch.zeros(1, 1))  # one candidate
+    pair = torch.tensor([[3.0, -1.0, 0.5]])  # a learned fourth term, when the model has one
+    assert torch.allclose(verify.rerank(cosine, iou, ncc, pair), z(cosine) + z(iou) + z(ncc) + z(pair))
 
 
 def test_shortlist_verify_puts_the_photos_own_silhouette_first_despite_a_lower_cosine():
@@ -154,6 +156,54 @@ def test_matte_fit_learns_masks_of_catalog_views_deterministically_and_checkpoin
     for row in range(3):  # each shortlist permuted, each product keeping its own cosine
         assert sorted(new_idx[row].tolist()) == idx[row].tolist()
         assert new_cos[row].tolist() == [cosine[row, int((idx[row] == p).nonzero())].item() for p in new_idx[row]]
+
+
+def test_pair_fit_learns_from_catalog_views_deterministically_and_becomes_the_fourth_term(tmp_path):
+    """The pair verifier: trained listwise on views of the catalog with the CNN's shortlists, the
+    same for a seed, kept by a checkpoint, and fused by shortlist_verify as a fourth z-score."""
+    from mlcore.nn import localise
+
+    products = _products(n=10)
+    tiny = mc.MatchCNNConfig(image_size_px=16, width=8, embedding_dim=16, epochs=1, batch_size=8, workers=0)
+    torch.manual_seed(0)
+    model = mc.matchnet_build(tiny, category_count=3)
+    model.localiser = localise.Localiser(8)
+    model.matte, _ = verify.matte_fit(products, verify.MatteConfig(views=48, sets=1, echo=2, batch_size=16, width=8))
+    catalog = mc.images_embed(model, products, tiny, device=torch.device("cpu"))
+    config = verify.PairConfig(views=48, shortlist=4, epochs=6, batch_size=8, width=8, lr=5e-3)
+    seen = []
+    pair, rows = verify.pair_fit(model, products, catalog, config, match_config=tiny, on_epoch=seen.append)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6] and seen == [{"epoch": 0, "loss": None}, *rows]
+    assert rows[0]["loss"] <= math.log(4) + 0.3 and rows[-1]["loss"] < rows[0]["loss"]  # ln 4: chance
+    again, _ = verify.pair_fit(model, products, catalog, config, match_config=tiny)
+    assert all(torch.equal(a, b) for a, b in zip(pair.state_dict().values(), again.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="at least 2 catalog products"):
+        verify.pair_fit(model, products[:1], catalog[:1], config, match_config=tiny)
+
+    model.pair = pair
+    mc.match_cnn_save(model, tiny, tmp_path / "m.pt")
+    loaded, *_ = mc.match_cnn_load(tmp_path / "m.pt")
+    assert loaded.pair is not None and loaded.pair.width == 8
+    assert all(
+        torch.equal(a, b) for a, b in zip(pair.state_dict().values(), loaded.pair.state_dict().values(), strict=True)
+    )
+
+    # shortlist_verify with the verifier: z(cos) + z(IoU) + z(NCC) + z(logit of the aligned pair)
+    sil = verify.silhouettes(products)
+    photos = torch.stack([_warp(_pair(_shape(k)), degrees=6.0 * k, shift=0.04) for k in (0, 3)])
+    shortlist = torch.tensor([[0, 1, 2, 3], [4, 3, 2, 1]])
+    candidates = sil[shortlist.reshape(-1)].float().view(2, 4, 2, S, S)
+    cosine = torch.tensor([[0.5, 0.9, 0.8, 0.7], [0.9, 0.6, 0.8, 0.7]])
+    order, fused = verify.shortlist_verify(photos, candidates, cosine, pair=pair, steps=30)
+    flat_photo = photos[:, None].expand(-1, 4, -1, -1, -1).reshape(8, 2, S, S)
+    iou, ncc, theta = verify.align(flat_photo, candidates.reshape(8, 2, S, S), steps=30, return_warp=True)
+    logits = verify.pair_logits(pair, flat_photo, verify.pair_warp(candidates.reshape(8, 2, S, S), theta))
+    by_hand = verify.rerank(cosine, iou.view(2, 4), ncc.view(2, 4), logits.view(2, 4))
+    assert torch.allclose(fused, by_hand.gather(1, order), atol=1e-5)
+    three_order, three = verify.shortlist_verify(photos, candidates, cosine, steps=30)
+    assert torch.allclose(
+        three, verify.rerank(cosine, iou.view(2, 4), ncc.view(2, 4)).gather(1, three_order), atol=1e-5
+    )
 
 
 @pytest.fixture
