@@ -15,9 +15,10 @@ Data, all from the bench database that match_recall.py loaded with fashion_mnist
   in the catalog (and not among the stage-2 rejections), so that recall@3 and the not-in-catalog
   AUROC can be compared across generators.
 
-After the localiser, stage 1 trains the matte (mlcore.nn.verify, unless --no-verify); from then on
-recall and category@1 are those of the CNN's top SHORTLIST re-ranked by geometric verification, as
-the app suggests, and the CNN's own ranking is reported beside them.
+After the localiser, stage 1 trains the matte (mlcore.nn.verify, unless --no-verify) and the pair
+verifier (its fourth term, unless --no-pair); from then on recall and category@1 are those of the
+CNN's top SHORTLIST re-ranked by geometric verification, as the app suggests, and the CNN's own
+ranking is reported beside them.
 """
 
 import time
@@ -319,7 +320,7 @@ def _stage_run(trainer, train_data, data: dict, *, args, device, progress, local
     started = time.perf_counter()
     trainer.fit(on_epoch=progress)
     train_s = time.perf_counter() - started
-    whole = matte_s = None
+    whole = matte_s = pair_s = None
     if localise:
         from mlcore.nn import localise as loc
 
@@ -349,6 +350,21 @@ def _stage_run(trainer, train_data, data: dict, *, args, device, progress, local
             )
             matte_s = time.perf_counter() - started
             print(f"matte trained in {matte_s:.0f} s", flush=True)
+            if not getattr(args, "no_pair", False):  # the fourth term, as mlcore.matching_pretrain trains it
+                started = time.perf_counter()
+                catalog = mc.images_embed(trainer.model, train_data.products, trainer.config, device=device)
+                trainer.model.pair, _ = verify.pair_fit(
+                    trainer.model,
+                    train_data.products,
+                    catalog,
+                    verify.PairConfig(views=getattr(args, "pair_views", 3000), epochs=getattr(args, "pair_epochs", 12)),
+                    match_config=trainer.config,
+                    grayscale=trainer.config.grayscale,
+                    device=device,
+                    on_epoch=lambda row: print(f"  pair verifier epoch {row['epoch']}: loss {row['loss']}", flush=True),
+                )
+                pair_s = time.perf_counter() - started
+                print(f"pair verifier trained in {pair_s:.0f} s", flush=True)
     rejection = mc.rejection_calibrate(trainer.model, train_data, trainer.config, device=device)
     result = evaluate(trainer.model, trainer.config, data, rejection, k=args.k, device=device)
     result["train_s"] = train_s
@@ -357,6 +373,8 @@ def _stage_run(trainer, train_data, data: dict, *, args, device, progress, local
         result["whole_photo"] = whole
     if matte_s is not None:
         result["matte_s"] = matte_s
+    if pair_s is not None:
+        result["pair_s"] = pair_s
     return result
 
 

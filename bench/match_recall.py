@@ -121,6 +121,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --train: no geometric verification (mlcore.nn.verify) of the shortlist",
     )
     parser.add_argument(
+        "--no-pair",
+        action="store_true",
+        help="with --train: geometric verification without the learned pair verifier (three terms)",
+    )
+    parser.add_argument("--pair-views", type=int, default=3000, help="pair verifier views (default: %(default)s)")
+    parser.add_argument("--pair-epochs", type=int, default=12, help="pair verifier epochs (default: %(default)s)")
+    parser.add_argument(
         "--train-config",
         default="",
         help="JSON overrides of mlcore.nn.match_cnn.MatchCNNConfig, e.g. '{\"image_size_px\": 40}'",

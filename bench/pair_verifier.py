@@ -1,5 +1,7 @@
-"""Prototype (2026-12-08, not in the product): a learned pair verifier over aligned pairs, against
-geometric verification's 3-term fusion (mlcore.nn.verify.rerank).
+"""Prototype (2026-12-08) of the learned pair verifier over aligned pairs, against geometric
+verification's 3-term fusion (mlcore.nn.verify.rerank). The product's version, the same network
+and recipe, is mlcore.nn.verify.PairVerifier / pair_fit; this script keeps the subset comparison
+that chose it.
 
 Each (photo, candidate) pair is aligned as mlcore.nn.verify.align does; a small CNN (6 conv + GroupNorm
 + ReLU, 16-64 channels) reads the photo's matte and intensity, the warped candidate's mask and
