@@ -142,8 +142,11 @@ def version_is_pretrained(version: ModelVersion) -> bool:
 
 def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
     """Create a task for every photo that has an embedding and no task yet in the campaign, with the
-    model's top `candidate_count` products (cosine similarity, mlcore.services.photos_topk_products)
-    as its candidates in model order. Marks the campaign ACTIVE.
+    model's top `candidate_count` products (mlcore.services.photos_suggest: cosine similarity, the
+    shortlist re-ranked by geometric verification under a verifying matching CNN) as its candidates
+    in model order. A photo the serving matching CNN's rejection model turns down gets its task with
+    no candidates and `suggestions_withheld_by` set to the CNN, as annotate.learning.matching_apply
+    withholds an open task's. Marks the campaign ACTIVE.
 
     Idempotent: (campaign, photo) is unique, so a second run creates nothing. Each batch is one
     transaction. Returns the number of tasks created.
@@ -170,12 +173,17 @@ def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
         )
         if not photo_ids:
             break
-        suggestions = ml_services.photos_topk_products(version=version, photo_ids=photo_ids, k=k)
+        suggestions = ml_services.photos_suggest(version=version, photo_ids=photo_ids, k=k)
         with transaction.atomic():
             tasks = [
-                Task(campaign=campaign, photo_id=photo_id, shuffle_key=rng.randrange(SHUFFLE_SPACE))
+                Task(
+                    campaign=campaign,
+                    photo_id=photo_id,
+                    shuffle_key=rng.randrange(SHUFFLE_SPACE),
+                    suggestions_withheld_by=version if suggestions[photo_id] is None else None,
+                )
                 for photo_id in photo_ids
-                if len(suggestions.get(photo_id, ())) == k
+                if photo_id in suggestions and (suggestions[photo_id] is None or len(suggestions[photo_id]) == k)
             ]
             if not tasks:
                 break
@@ -190,7 +198,7 @@ def campaign_tasks_build(*, campaign_id: int, batch_size: int = 500) -> int:
                 [
                     TaskCandidate(task_id=task_id, product_id=product_id, rank=rank, score=score)
                     for photo_id, task_id in by_photo.items()
-                    for rank, (product_id, score) in enumerate(suggestions[photo_id], start=1)
+                    for rank, (product_id, score) in enumerate(suggestions[photo_id] or (), start=1)
                 ],
                 ignore_conflicts=True,
             )

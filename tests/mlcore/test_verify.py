@@ -370,3 +370,15 @@ def test_open_tasks_whose_photo_the_cnns_rejection_model_turns_down_are_withheld
             assert task.suggestions_withheld_by == version and not task.candidates.exists()
         else:
             assert task.suggestions_withheld_by is None and task.candidates.count() == 3
+    # a campaign's new tasks, built under the CNN, are withheld the same way (each once: idempotent)
+    from annotate.models import Task
+    from annotate.services import campaign_tasks_build
+
+    fresh = CampaignFactory(slug="new-photos", model_version=version, candidate_count=3)
+    assert campaign_tasks_build(campaign_id=fresh.pk) == 3 and campaign_tasks_build(campaign_id=fresh.pk) == 0
+    for task in Task.objects.filter(campaign=fresh):
+        if task.photo_id == low:
+            assert task.suggestions_withheld_by == version and not task.candidates.exists()
+        else:
+            assert task.suggestions_withheld_by is None
+            assert [c.product_id for c in task.candidates.order_by("rank")] == [p for p, _ in suggested[task.photo_id]]
