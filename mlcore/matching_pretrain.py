@@ -316,6 +316,11 @@ def pair_train(run: TrainingRun, model, products, catalog, config, *, device) ->
         if worker_stopping():
             raise TrainingInterrupted(f"stopped after pair verifier epoch {row['epoch']}")
 
+    def aligning():  # minutes without an epoch: the stale-run sweep must not take the run over
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        if worker_stopping():
+            raise TrainingInterrupted("stopped while aligning the pair verifier's views")
+
     model.pair, _ = verify.pair_fit(
         model,
         products,
@@ -325,6 +330,7 @@ def pair_train(run: TrainingRun, model, products, catalog, config, *, device) ->
         grayscale=config.grayscale,
         device=device,
         on_epoch=beat,
+        on_progress=aligning,
     )
     return time.perf_counter() - started
 

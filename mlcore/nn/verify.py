@@ -412,6 +412,7 @@ def pair_fit(
     grayscale: bool = True,
     device: torch.device | None = None,
     on_epoch=None,
+    on_progress=None,
 ) -> tuple[PairVerifier, list[dict]]:
     """Train a PairVerifier for `model` (a MatchNet with localiser and matte) on the CPU (the views
     are embedded on `device`, the CPU by default).
@@ -424,7 +425,8 @@ def pair_fit(
     the view's own product first. Returns (the verifier in eval mode, one row per epoch: {"epoch",
     "loss" (mean softmax cross-entropy, nats; chance is ln shortlist)}). Deterministic for a seed.
     `on_epoch(row)` is called after each epoch, and once with {"epoch": 0} when the views are
-    aligned (it may raise to stop).
+    aligned (it may raise to stop); `on_progress()` after each chunk of 75 aligned views (the
+    alignment takes minutes: a caller beats its heartbeat there, and may raise to stop too).
 
     Raises:
         ValueError: fewer than 2 products, or a shortlist under 2.
@@ -458,17 +460,13 @@ def pair_fit(
     target = (idx == own[:, None]).float().argmax(1)
     matted = photos_matted(model, views, grayscale=grayscale)
     del views
-    theta = torch.cat(
-        [
-            _aligned(
-                matted[s : s + 75],
-                sil[idx[s : s + 75].reshape(-1)].float().view(-1, k, *sil.shape[1:]),
-                steps=40,
-                chunk=1500,
-            )[2]
-            for s in range(0, len(idx), 75)
-        ]
-    )
+    thetas = []
+    for s in range(0, len(idx), 75):
+        candidates = sil[idx[s : s + 75].reshape(-1)].float().view(-1, k, *sil.shape[1:])
+        thetas.append(_aligned(matted[s : s + 75], candidates, steps=40, chunk=1500)[2])
+        if on_progress:
+            on_progress()
+    theta = torch.cat(thetas)
     if on_epoch:
         on_epoch({"epoch": 0, "loss": None})
     torch.manual_seed(config.seed)

@@ -146,6 +146,33 @@ def test_a_run_stopped_by_the_workers_shutdown_is_queued_again_and_resumes_to_th
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+def test_a_shutdown_while_the_pair_verifiers_views_are_aligned_stops_the_run_there(catalog, monkeypatch, settings):
+    """The alignment before the pair verifier's first epoch takes minutes on a real catalog: it beats
+    the heartbeat and checks for a shutdown after each chunk, so a stopping worker is not held there
+    and the run goes back to PENDING to be sent again."""
+    from mlcore import jobs
+    from mlcore.nn import verify
+
+    settings.FITCHECK_MATCH_PAIR_CONFIG = {**settings.FITCHECK_MATCH_PAIR_CONFIG, "views": 160}  # 3 chunks of 75
+    stopping, chunks = {"now": False}, []
+    real = verify._aligned
+
+    def aligned_then_stop_asked(*args, **kwargs):
+        stopping["now"] = True
+        chunks.append(1)
+        return real(*args, **kwargs)
+
+    sent = []
+    monkeypatch.setattr(jobs, "worker_stopping", lambda: stopping["now"])
+    monkeypatch.setattr(jobs, "task_send", lambda sig, **kw: sent.append((sig.task, sig.args[0])) or True)
+    monkeypatch.setattr(verify, "_aligned", aligned_then_stop_asked)
+    run = _run(scope="backbone:pair-stop", epochs=1)
+    assert training.training_run_execute(run_id=run.pk).status == TrainingRun.Status.PENDING
+    run.refresh_from_db()
+    assert (run.error, run.candidate) == ("", None) and sent == [("mlcore.matching_pretrain", run.pk)]
+    assert len(chunks) == 1  # stopped after the first chunk, not after all three
+
+
 def test_an_error_while_the_worker_is_not_stopping_still_fails_the_run(catalog, monkeypatch):
     from mlcore import jobs
 

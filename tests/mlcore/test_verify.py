@@ -171,9 +171,12 @@ def test_pair_fit_learns_from_catalog_views_deterministically_and_becomes_the_fo
     model.matte, _ = verify.matte_fit(products, verify.MatteConfig(views=48, sets=1, echo=2, batch_size=16, width=8))
     catalog = mc.images_embed(model, products, tiny, device=torch.device("cpu"))
     config = verify.PairConfig(views=48, shortlist=4, epochs=6, batch_size=8, width=8, lr=5e-3)
-    seen = []
-    pair, rows = verify.pair_fit(model, products, catalog, config, match_config=tiny, on_epoch=seen.append)
+    seen, beats = [], []
+    pair, rows = verify.pair_fit(
+        model, products, catalog, config, match_config=tiny, on_epoch=seen.append, on_progress=lambda: beats.append(1)
+    )
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6] and seen == [{"epoch": 0, "loss": None}, *rows]
+    assert len(beats) == 1  # one chunk of 75 views aligned
     assert rows[0]["loss"] <= math.log(4) + 0.3 and rows[-1]["loss"] < rows[0]["loss"]  # ln 4: chance
     again, _ = verify.pair_fit(model, products, catalog, config, match_config=tiny)
     assert all(torch.equal(a, b) for a, b in zip(pair.state_dict().values(), again.state_dict().values(), strict=True))
