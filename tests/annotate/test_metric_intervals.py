@@ -8,10 +8,11 @@ import pytest
 from django.urls import reverse
 
 from annotate import learning
+from annotate.models import Task
 from mlcore.models import ModelVersion
 from mlcore.nn.stats import proportion_summary, wilson_interval
 
-from ..factories import CampaignFactory, user_with_role
+from ..factories import CampaignFactory, PhotoFactory, user_with_role
 from ..test_first_views import _tagged_campaign
 
 pytestmark = pytest.mark.django_db
@@ -78,7 +79,7 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
             "pretrained": {"matches": 50, "recall_at_1": 0.1, "recall_at_3": 0.3},
         },
     )
-    ModelVersion.objects.create(
+    cnn = ModelVersion.objects.create(
         name="cnn-ci",
         kind=ModelVersion.Kind.BACKBONE,
         status=ModelVersion.Status.RETIRED,
@@ -95,6 +96,10 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
             "pair_s": 412.7,
         },
     )
+    for n in range(3):  # photos whose suggestions the CNN's rejection model withheld, one since answered
+        task = Task.objects.create(campaign=match, photo=PhotoFactory(), shuffle_key=n, suggestions_withheld_by=cnn)
+        if n == 2:
+            Task.objects.filter(pk=task.pk).update(answer_count=1)
     client.force_login(user_with_role("ml"))
     html = re.sub(r"\s+", " ", client.get(reverse("annotate:learning")).content.decode())
     # Tagging: accuracy 36/40, coverage 20/40, precision 19/20 (its stored interval from exact counts).
@@ -107,6 +112,7 @@ def test_the_models_page_shows_n_and_interval_of_every_proportion(client):
     assert _ci(65, 500) in html and _ci(30, 500) in html
     assert "photos cut to the product by its localiser, trained in 266 s" in html
     assert "suggestions re-ranked by geometric verification (matte trained in 301 s, pair verifier in 413 s)" in html
+    assert "<td>3 (2)</td></tr>" in html  # the CNN's withheld photos (unanswered), as a head's
 
 
 def test_the_agreement_report_shows_alphas_interval_and_n(client):
