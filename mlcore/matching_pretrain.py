@@ -238,30 +238,40 @@ def trainer_fit_resumable(run: TrainingRun, trainer, *, stage_name: str, device,
     trainer.fit(on_epoch=on_epoch, should_stop=worker_stopping)
 
 
+def _part_beat(run: TrainingRun, part: str):
+    """The `on_epoch` of a part trained after stage 1 (localiser, matte, pair verifier): each call
+    beats the run's heartbeat, so the stale-run sweep leaves it alone, logs the epoch, and raises
+    TrainingInterrupted when the worker is shutting down. The parts are seeded, so the resumed run
+    trains the same part again from its start. Called with {"epoch": 0} at the end of a part's
+    preparation, and with no row during it (only the heartbeat and the stop check)."""
+    from .jobs import worker_stopping
+    from .nn.match_cnn import TrainingInterrupted
+
+    def beat(row=None):
+        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        if row is not None and row["epoch"]:
+            logger.info("training run %s: %s epoch %s, loss %.4f", run.uuid, part, row["epoch"], row["loss"])
+        if worker_stopping():
+            where = f"after {part} epoch {row['epoch']}" if row is not None else f"while preparing the {part}"
+            raise TrainingInterrupted(f"stopped {where}")
+
+    return beat
+
+
 def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
     """Train the product localiser (mlcore.nn.localise) on views of `products` (uint8 (N, C, H, W))
     and attach it to `model` (model.localiser), unless the run's config says {"localise": false}.
-    Each of its epochs beats the run's heartbeat, so the stale-run sweep leaves it alone. Seeded:
-    a run resumed after a kill here trains the same localiser again. Returns its seconds, or None
-    when skipped."""
-    from .jobs import worker_stopping
+    Each of its epochs beats the run's heartbeat and checks for a stop (`_part_beat`). Returns its
+    seconds, or None when skipped."""
     from .nn import localise
-    from .nn.match_cnn import TrainingInterrupted
 
     if not run.config.get("localise", True):
         return None
     started = time.perf_counter()
     known = localise.LocaliserConfig.__dataclass_fields__
     fields = {k: v for k, v in run.config.get("localiser", {}).items() if k in known}
-
-    def beat(row):
-        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-        logger.info("training run %s: localiser epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
-        if worker_stopping():  # seeded, so the resumed run trains the same localiser from its start
-            raise TrainingInterrupted(f"stopped after localiser epoch {row['epoch']}")
-
     model.localiser, _ = localise.localiser_fit(
-        products, localise.LocaliserConfig(**fields), grayscale=grayscale, on_epoch=beat
+        products, localise.LocaliserConfig(**fields), grayscale=grayscale, on_epoch=_part_beat(run, "localiser")
     )
     return time.perf_counter() - started
 
@@ -269,25 +279,18 @@ def localiser_train(run: TrainingRun, model, products, *, grayscale: bool) -> fl
 def matte_train(run: TrainingRun, model, products, *, grayscale: bool) -> float | None:
     """Train the matte of geometric verification (mlcore.nn.verify) on views of `products` (uint8
     (N, C, H, W)) and attach it to `model` (model.matte), unless the run's config says
-    {"verify": false} or the model has no localiser (verification cuts photos with it). Heartbeat,
-    stop and seeding as localiser_train. Returns its seconds, or None when skipped."""
-    from .jobs import worker_stopping
+    {"verify": false} or the model has no localiser (verification cuts photos with it). Heartbeat
+    and stop as localiser_train. Returns its seconds, or None when skipped."""
     from .nn import verify
-    from .nn.match_cnn import TrainingInterrupted
 
     if not run.config.get("verify", True) or getattr(model, "localiser", None) is None:
         return None
     started = time.perf_counter()
     known = verify.MatteConfig.__dataclass_fields__
     fields = {k: v for k, v in run.config.get("matte", {}).items() if k in known}
-
-    def beat(row):
-        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-        logger.info("training run %s: matte epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
-        if worker_stopping():
-            raise TrainingInterrupted(f"stopped after matte epoch {row['epoch']}")
-
-    model.matte, _ = verify.matte_fit(products, verify.MatteConfig(**fields), grayscale=grayscale, on_epoch=beat)
+    model.matte, _ = verify.matte_fit(
+        products, verify.MatteConfig(**fields), grayscale=grayscale, on_epoch=_part_beat(run, "matte")
+    )
     return time.perf_counter() - started
 
 
@@ -295,32 +298,17 @@ def pair_train(run: TrainingRun, model, products, catalog, config, *, device) ->
     """Train the pair verifier (mlcore.nn.verify.PairVerifier, the fourth term of geometric
     verification) for `model` on views of `products` (uint8 (N, C, H, W)), with `catalog` (N, D) the
     model's embeddings of them and `config` its MatchCNNConfig, and attach it (model.pair), unless the
-    run's config says {"pair_verify": false} or the model has no matte. Heartbeat, stop and seeding
-    as localiser_train. Returns its seconds, or None when skipped."""
-    from .jobs import worker_stopping
+    run's config says {"pair_verify": false} or the model has no matte. Heartbeat and stop as
+    localiser_train, during the alignment of its views too. Returns its seconds, or None when
+    skipped."""
     from .nn import verify
-    from .nn.match_cnn import TrainingInterrupted
 
     if not run.config.get("pair_verify", True) or getattr(model, "matte", None) is None:
         return None
     started = time.perf_counter()
     known = verify.PairConfig.__dataclass_fields__
     fields = {k: v for k, v in run.config.get("pair", {}).items() if k in known}
-
-    def beat(row):
-        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-        if row["epoch"] == 0:
-            logger.info("training run %s: pair verifier's views aligned", run.uuid)
-        else:
-            logger.info("training run %s: pair verifier epoch %s, loss %.4f", run.uuid, row["epoch"], row["loss"])
-        if worker_stopping():
-            raise TrainingInterrupted(f"stopped after pair verifier epoch {row['epoch']}")
-
-    def aligning():  # minutes without an epoch: the stale-run sweep must not take the run over
-        TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-        if worker_stopping():
-            raise TrainingInterrupted("stopped while aligning the pair verifier's views")
-
+    beat = _part_beat(run, "pair verifier")
     model.pair, _ = verify.pair_fit(
         model,
         products,
@@ -330,7 +318,7 @@ def pair_train(run: TrainingRun, model, products, catalog, config, *, device) ->
         grayscale=config.grayscale,
         device=device,
         on_epoch=beat,
-        on_progress=aligning,
+        on_progress=beat,  # the alignment takes minutes before the first epoch
     )
     return time.perf_counter() - started
 
