@@ -25,7 +25,6 @@ out = Path(sys.argv[1])
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mlcore.nn import match_cnn as mc
 from mlcore.nn import verify
@@ -95,21 +94,7 @@ else:
 print("test pairs", time.perf_counter() - t, flush=True)
 
 
-class Pair(nn.Module):
-    def __init__(self, w=16):
-        super().__init__()
-
-        def b(i, o, s):
-            return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.GroupNorm(4, o), nn.ReLU())
-
-        self.body = nn.Sequential(
-            b(5, w, 1), b(w, 2 * w, 2), b(2 * w, 2 * w, 1), b(2 * w, 4 * w, 2), b(4 * w, 4 * w, 1), b(4 * w, 4 * w, 2)
-        )
-        self.head = nn.Linear(4 * w, 1)
-
-    def forward(self, photo, warped):  # (B,2,S,S) each
-        x = torch.cat([photo, warped, (photo[:, 1:] - warped[:, 1:]) * photo[:, :1] * warped[:, :1]], 1)
-        return self.head(self.body(x).mean((2, 3)))[:, 0]
+Pair = verify.PairVerifier  # the prototype's network, now the product's (same layers, same init)
 
 
 def inputs(p, rows):

@@ -384,11 +384,17 @@ def pair_logits(pair: PairVerifier, photos: torch.Tensor, warped: torch.Tensor, 
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def _per_candidate(photos: torch.Tensor, k: int) -> torch.Tensor:
+    """(Q, 2, S, S) → (Q·k, 2, S, S): each photo repeated for each of its k candidates, in the
+    order of candidates.reshape(Q·k, ...)."""
+    return photos[:, None].expand(-1, k, -1, -1, -1).reshape(len(photos) * k, *photos.shape[1:])
+
+
 def _aligned(photos: torch.Tensor, candidates: torch.Tensor, *, steps: int, chunk: int):
     """Align each photo (Q, 2, S, S) with each of its candidates (Q, K, 2, S, S) → (IoU (Q, K), NCC
     (Q, K), θ (Q, K, 2, 3))."""
     q, k = candidates.shape[:2]
-    flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
+    flat_photo = _per_candidate(photos, k)
     flat_cand = candidates.reshape(q * k, *candidates.shape[2:])
     ious, nccs, thetas = [], [], []
     for start in range(0, q * k, chunk):
@@ -408,7 +414,6 @@ def pair_fit(
     config: PairConfig,
     *,
     match_config,
-    catalog_silhouettes: torch.Tensor | None = None,
     grayscale: bool = True,
     device: torch.device | None = None,
     on_epoch=None,
@@ -418,9 +423,9 @@ def pair_fit(
     are embedded on `device`, the CPU by default).
 
     products: the catalog, uint8 (N, C, H, W); catalog: its embeddings by `model`, float32 (N, D) unit
-    rows; match_config: the model's MatchCNNConfig; catalog_silhouettes: `silhouettes(products)`, made
-    here when None. Each of `config.views` "photo" CatalogViews of a random product is embedded and
-    cut as the product embeds a customer photo (photos_embed, photos_matted), its top
+    rows; match_config: the model's MatchCNNConfig. Each of `config.views` "photo" CatalogViews of a
+    random product is embedded and cut as the product embeds a customer photo (photos_embed,
+    photos_matted), its top
     `config.shortlist` candidates are aligned (`align`), and the verifier learns, listwise, to put
     the view's own product first. Returns (the verifier in eval mode, one row per epoch: {"epoch",
     "loss" (mean softmax cross-entropy, nats; chance is ln shortlist)}). Deterministic for a seed.
@@ -436,7 +441,7 @@ def pair_fit(
     if len(products) < 2 or config.shortlist < 2:
         raise ValueError("the pair verifier needs at least 2 catalog products and a shortlist of 2")
     k = min(config.shortlist, len(products))
-    sil = catalog_silhouettes if catalog_silhouettes is not None else silhouettes(products, grayscale=grayscale)
+    sil = silhouettes(products, grayscale=grayscale)
     source = CatalogViews(
         products,
         size_px=96,
@@ -484,7 +489,7 @@ def pair_fit(
         losses = []
         for start in range(0, per_epoch * config.batch_size, config.batch_size):
             chosen = order[start : start + config.batch_size]
-            photo = matted[chosen][:, None].expand(-1, k, -1, -1, -1).reshape(-1, *matted.shape[1:])
+            photo = _per_candidate(matted[chosen], k)
             warped = pair_warp(sil[idx[chosen].reshape(-1)], theta[chosen].reshape(-1, 2, 3))
             if torch.rand((), generator=g) < 0.5:
                 photo, warped = photo.flip(-1), warped.flip(-1)
@@ -537,9 +542,8 @@ def shortlist_verify(
     iou, ncc, theta = _aligned(photos, candidates, steps=steps, chunk=chunk)
     logits = None
     if pair is not None:
-        flat_photo = photos[:, None].expand(-1, k, -1, -1, -1).reshape(q * k, *photos.shape[1:])
         warped = pair_warp(candidates.reshape(q * k, *candidates.shape[2:]), theta.reshape(-1, 2, 3))
-        logits = pair_logits(pair, flat_photo, warped).view(q, k)
+        logits = pair_logits(pair, _per_candidate(photos, k), warped).view(q, k)
     fused = rerank(cosine, iou, ncc, logits)
     order = fused.argsort(dim=1, descending=True)
     return order, fused.gather(1, order)
