@@ -57,6 +57,8 @@ def two_workers(broker_url, settings):  # noqa: F811
 @pytest.mark.django_db(transaction=True)
 def test_an_export_is_ready_within_60_s_while_the_gpu_worker_trains(live_server, browser, two_workers, settings):  # noqa: F811
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
     shirt = taxonomy_path_ensure(path="Clothing › Tops › Shirt")
@@ -85,7 +87,8 @@ def test_an_export_is_ready_within_60_s_while_the_gpu_worker_trains(live_server,
     browser.find_element(By.NAME, "username").send_keys("mia")
     browser.find_element(By.NAME, "password").send_keys("mia-password-1")
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    name = browser.find_element(By.NAME, "name")
+    # the login's redirect to /exports/ may still be loading (a busy machine): wait for its form
+    name = WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.NAME, "name")))
     name.clear()
     name.send_keys("while-training")
     asked_at = time.monotonic()
